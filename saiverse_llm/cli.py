@@ -1,0 +1,382 @@
+"""``saiverse-llm``: the command line of the SAIVerse llama.cpp provider.
+
+One sub-command per ``register_<name>(subparsers)`` function listed in :data:`SUBCOMMANDS`;
+each sets ``func`` (taking the parsed ``argparse.Namespace``, returning an exit code).
+
+Every run logs to ``saiverse_log.txt`` (``--log-file``, else ``$SAIVERSE_LOG_FILE``, else
+``./saiverse_log.txt``) like SAIVerse itself, and prints warnings on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from saiverse_llm import __version__
+from saiverse_llm.config import ConfigError, ModelConfig
+from saiverse_llm.gguf_file import GGUFError, read_gguf
+from saiverse_llm.registry import (
+    ModelNotFoundError,
+    RegistryEntry,
+    config_dirs,
+    discover,
+    project_models_dir,
+    user_models_dir,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOG_FILE = "saiverse_log.txt"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+
+def log_file_path(path: Path | str | None = None) -> Path:
+    """``path``, else ``$SAIVERSE_LOG_FILE``, else ``./saiverse_log.txt``."""
+    if path:
+        return Path(path).expanduser()
+    env = os.environ.get("SAIVERSE_LOG_FILE")
+    return Path(env).expanduser() if env else Path(DEFAULT_LOG_FILE)
+
+
+def setup_logging(path: Path | str | None = None, *, verbose: bool = False) -> Path | None:
+    """Log everything from ``saiverse_llm`` to a file and warnings (or all, ``verbose``) to stderr.
+
+    The file is :func:`log_file_path` of ``path``, appended to. Returns the file's path, or
+    ``None`` when it cannot be opened (then a warning says why and only stderr is used).
+    Calling it again replaces the handlers it installed before.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_saiverse_cli", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("saiverse_llm").setLevel(logging.DEBUG)
+
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    stderr.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    stderr._saiverse_cli = True  # type: ignore[attr-defined]
+    root.addHandler(stderr)
+
+    file = log_file_path(path)
+    try:
+        if file.parent != Path():
+            file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(file, encoding="utf-8")
+    except OSError as exc:
+        log.warning(
+            "cannot write the log file %s (%s); logging to stderr only. Fix: pass "
+            "--log-file PATH or set SAIVERSE_LOG_FILE to a writable file",
+            file,
+            exc.strerror or exc,
+        )
+        return None
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    file_handler._saiverse_cli = True  # type: ignore[attr-defined]
+    root.addHandler(file_handler)
+    return file
+
+
+# ---------------------------------------------------------------------------------------------
+# list
+
+
+def register_list(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "list",
+        help="list the model configs (what SAIVerse's model dropdown would show)",
+        description=(
+            "List every model config found in the config directories: key, display name, "
+            "provider, resolved GGUF path and whether that file exists, context length and "
+            "GPU layers. Invalid configs are listed with their reason. Directories, lowest "
+            "priority first: the project's models/, $SAIVERSE_USER_DATA_DIR/models (or "
+            "~/.saiverse/user_data/models), $SAIVERSE_MODELS_PATH, then --dir."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also read configs from DIR (highest priority; may be repeated)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 1 if any config is invalid"
+    )
+    parser.set_defaults(func=cmd_list)
+
+
+def search_dirs(extra: Sequence[Path] = ()) -> list[Path]:
+    """The registry's directories plus ``extra`` (given highest priority first)."""
+    return [*config_dirs(), *reversed([d.expanduser() for d in extra])]
+
+
+def dangling_fallbacks(entries: dict[str, RegistryEntry]) -> dict[str, str]:
+    """Keys whose ``fallback_model`` names no valid config, with a message for each."""
+    result: dict[str, str] = {}
+    for key, entry in entries.items():
+        target = entry.config.fallback_model if entry.config else None
+        if target is None:
+            continue
+        other = entries.get(target)
+        if other is None or not other.valid:
+            state = "is invalid" if other is not None else "does not exist"
+            result[key] = f"fallback_model {target!r} {state}"
+    return result
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    dirs = search_dirs(args.dirs)
+    entries = discover(dirs)
+    notes = dangling_fallbacks(entries)
+    log.info(
+        "list: %d configs (%d invalid) from %s",
+        len(entries),
+        sum(1 for e in entries.values() if not e.valid),
+        ", ".join(map(str, dirs)),
+    )
+    for key, note in notes.items():
+        log.warning("%s: %s", entries[key].path, note)
+    invalid = [e for e in entries.values() if not e.valid]
+    if args.json:
+        print(json.dumps(_list_json(dirs, entries, notes), indent=2, ensure_ascii=False))
+    else:
+        _print_table(dirs, entries, notes)
+    return 1 if args.strict and invalid else 0
+
+
+def _origin(path: Path) -> str:
+    parent = path.parent.resolve()
+    if parent == project_models_dir().resolve():
+        return "project"
+    if parent == user_models_dir().resolve():
+        return "user"
+    return str(path.parent)
+
+
+def _entry_json(entry: RegistryEntry, note: str | None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "key": entry.key,
+        "valid": entry.valid,
+        "config_file": str(entry.path),
+        "origin": _origin(entry.path),
+        "overrides": [str(p) for p in entry.overrides],
+    }
+    if entry.config is not None:
+        item.update(entry.config.to_dict())
+        item["model_exists"] = entry.config.model_path.is_file()
+        item["note"] = note
+        if entry.config.context_length is None and item["model_exists"]:
+            item["gguf_context_length"], item["gguf_error"] = gguf_context(entry.config)
+    elif entry.error is not None:
+        err = entry.error
+        item["error"] = {
+            "message": str(err),
+            "field": err.field,
+            "value": err.value,
+            "problem": err.problem,
+            "fix": err.fix,
+        }
+    return item
+
+
+def _list_json(
+    dirs: Sequence[Path], entries: dict[str, RegistryEntry], notes: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "dirs": [{"path": str(d), "exists": d.is_dir()} for d in dirs],
+        "models": [_entry_json(e, notes.get(k)) for k, e in entries.items()],
+    }
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped output: do not squeeze long paths into 80 columns.
+        console = Console(width=200)
+    return console
+
+
+def _print_table(
+    dirs: Sequence[Path], entries: dict[str, RegistryEntry], notes: dict[str, str]
+) -> None:
+    console = _console()
+    table = Table(title="SAIVerse llama.cpp models", title_justify="left")
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("display name")
+    table.add_column("provider")
+    table.add_column("model_path (resolved)", overflow="fold")
+    table.add_column("file", justify="center")
+    table.add_column("context", justify="right")
+    table.add_column("GPU layers", justify="right")
+    table.add_column("from")
+    for key, entry in entries.items():
+        origin = _origin(entry.path)
+        if entry.overrides:
+            origin += " (overrides " + ", ".join(_origin(p) for p in entry.overrides) + ")"
+        cfg = entry.config
+        if cfg is None:
+            err = entry.error
+            reason = f"{err.field}: {err.problem}" if err and err.field else "see below"
+            table.add_row(
+                key,
+                Text("INVALID: " + (reason if err else "unknown error"), style="red"),
+                "-",
+                str(entry.path),
+                Text("-", style="red"),
+                "-",
+                "-",
+                origin,
+            )
+            continue
+        exists = cfg.model_path.is_file()
+        display = Text(cfg.display_name)
+        if key in notes:
+            display.append(f"\n(warning: {notes[key]})", style="yellow")
+        table.add_row(
+            key,
+            display,
+            cfg.provider,
+            str(cfg.model_path),
+            Text("✓", style="green") if exists else Text("✗", style="red"),
+            _context_cell(cfg, exists),
+            _gpu_layers(cfg.n_gpu_layers),
+            origin,
+        )
+    console.print(table)
+    valid = sum(1 for e in entries.values() if e.valid)
+    present = sum(1 for e in entries.values() if e.config and e.config.model_path.is_file())
+    invalid = len(entries) - valid
+    summary = (
+        f"{len(entries)} configs: {valid} valid, {invalid} invalid; {present} model files present"
+    )
+    console.print(Text(summary, style="red" if invalid else ""))
+    for entry in entries.values():
+        if entry.error is not None:
+            console.print(Text(f"✗ {entry.error}", style="red"), soft_wrap=True)
+    console.print("Searched (lowest priority first):")
+    for d in dirs:
+        console.print(f"  {d}" + ("" if d.is_dir() else "  (missing)"), highlight=False)
+
+
+def gguf_context(cfg: ModelConfig) -> tuple[int | None, str | None]:
+    """The GGUF's trained context length (used when the config has none), or its problem."""
+    try:
+        info = read_gguf(cfg.model_path)
+    except GGUFError as exc:
+        log.warning("%s: model_path: %s", cfg.source or cfg.key, exc)
+        return None, str(exc)
+    return info.context_length, None
+
+
+def _context_cell(cfg: ModelConfig, exists: bool) -> Text:
+    if cfg.context_length is not None:
+        return Text(str(cfg.context_length))
+    if not exists:
+        return Text("from GGUF")
+    n_ctx, problem = gguf_context(cfg)
+    if problem is not None:
+        return Text("bad GGUF", style="red")
+    return Text(f"{n_ctx} (GGUF)" if n_ctx else "? (GGUF)")
+
+
+def _gpu_layers(n: int) -> str:
+    if n == -1:
+        return "all (-1)"
+    if n == 0:
+        return "0 (CPU)"
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+#: Sub-command registrars, in ``--help`` order. Add ``register_<name>`` functions here.
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [register_list]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saiverse-llm",
+        description="The SAIVerse llama.cpp provider: model configs, checks and chat.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_common_options(parser, default_log_file=None, default_verbose=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(sub)
+    for command_parser in sub.choices.values():
+        # Also accepted after the command (`saiverse-llm list --log-file x`); SUPPRESS keeps
+        # a value given before the command.
+        _add_common_options(
+            command_parser, default_log_file=argparse.SUPPRESS, default_verbose=argparse.SUPPRESS
+        )
+    return parser
+
+
+def _add_common_options(
+    parser: argparse.ArgumentParser, *, default_log_file: Any, default_verbose: Any
+) -> None:
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=default_log_file,
+        metavar="PATH",
+        help=f"log file (default: $SAIVERSE_LOG_FILE or ./{DEFAULT_LOG_FILE})",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default_verbose,
+        help="print debug logs on stderr too",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    setup_logging(args.log_file, verbose=args.verbose)
+    try:
+        return func(args)
+    except (ConfigError, ModelNotFoundError) as exc:
+        log.debug("command failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
