@@ -1,0 +1,87 @@
+"""``llama-harness matrix``: the GitHub Actions matrix computed from the variant registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.ci_matrix import CIMatrix, MatrixError, compute_matrix, format_github_outputs
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "matrix",
+        help="print the CI matrix computed from the variant registry",
+        description=(
+            "Print the GitHub Actions matrix of the variant registry (harness/variants.yaml "
+            "plus the user file): which variants build and test on hosted runners, which "
+            "compile there and test on the self-hosted `gpu` runner. ci.yml runs "
+            '`llama-harness matrix --github-output "$GITHUB_OUTPUT"` in its first job.'
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the matrix as one JSON document")
+    parser.add_argument(
+        "--github-output",
+        metavar="FILE",
+        type=Path,
+        help="append the job outputs (test, build, gpu, has_*, variants) to FILE "
+        '(in a workflow: "$GITHUB_OUTPUT")',
+    )
+    parser.set_defaults(func=run)
+
+
+def load_matrix() -> CIMatrix:
+    """The matrix of the registry this checkout (and the user's variants file) defines."""
+    from harness.variants import load_variants
+
+    return compute_matrix(load_variants().values())
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        matrix = load_matrix()
+    except (MatrixError, ValueError, OSError) as exc:
+        print(f"llama-harness matrix: {exc}", file=sys.stderr)
+        return 2
+    if args.github_output is not None:
+        text = format_github_outputs(matrix.github_outputs())
+        try:
+            with args.github_output.open("a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            print(
+                f"llama-harness matrix: cannot write {args.github_output}: {exc}", file=sys.stderr
+            )
+            return 2
+    if args.json:
+        print(json.dumps(matrix.to_json(), indent=2))
+    else:
+        print_table(matrix)
+    return 0
+
+
+def _runs_on(value: object) -> str:
+    return ", ".join(value) if isinstance(value, tuple) else str(value)
+
+
+def print_table(matrix: CIMatrix) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="CI matrix (from the variant registry)")
+    for column in ("job", "variant", "backend", "runs-on", "container", "packages"):
+        table.add_column(column)
+    for job, entries in (("test+bench", matrix.test), ("build", matrix.build), ("gpu", matrix.gpu)):
+        for e in entries:
+            name = e.variant + (" (experimental)" if e.experimental else "")
+            container = e.container + (f" {e.container_options}" if e.container_options else "")
+            table.add_row(
+                job, name, e.backend, _runs_on(e.runs_on), container or "-", e.packages or "-"
+            )
+    console = Console()
+    if not console.is_terminal:  # CI logs: do not wrap the table at 80 columns
+        console = Console(width=160)
+    console.print(table)
