@@ -25,6 +25,7 @@ from rich.text import Text
 from saiverse_llm import __version__
 from saiverse_llm.config import ConfigError, ModelConfig
 from saiverse_llm.gguf_file import GGUFError, read_gguf
+from saiverse_llm.model_commands import register_chat, register_check
 from saiverse_llm.registry import (
     ModelNotFoundError,
     RegistryEntry,
@@ -313,7 +314,7 @@ def _gpu_layers(n: int) -> str:
 # Entry point
 
 #: Sub-command registrars, in ``--help`` order. Add ``register_<name>`` functions here.
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [register_list]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [register_list, register_check, register_chat]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,223 @@
+"""``saiverse-llm check`` and ``saiverse-llm chat``: the commands that run a model.
+
+Registered by :mod:`saiverse_llm.cli` (which also sets up logging to ``saiverse_log.txt``).
+MODEL is a config key (``saiverse-llm list`` shows them) or a path to a ``.gguf`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from saiverse_llm.client import GenerationError, LlamaCppClient, get_llm_client
+from saiverse_llm.fallback import FallbackError
+from saiverse_llm.messages import MessageError
+from saiverse_llm.pool import ModelLoadError
+from saiverse_llm.tools import ToolCallError
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+log = logging.getLogger("saiverse_llm.cli")
+
+DEFAULT_CHECK_PROMPT = "Hello! Please introduce yourself in one sentence."
+
+#: What a model command reports as "error: ..." with exit status 1.
+RUN_ERRORS = (ModelLoadError, FallbackError, GenerationError, ToolCallError, MessageError)
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="config key, or a path to a .gguf file")
+    parser.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also read configs from DIR (highest priority; may be repeated)",
+    )
+    parser.add_argument(
+        "--n-gpu-layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="override the config's n_gpu_layers (-1 all, 0 CPU only)",
+    )
+    parser.add_argument(
+        "--n-threads", type=int, default=None, metavar="N", help="override n_threads"
+    )
+
+
+def register_check(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "check",
+        help="load a model and report backend, offloaded layers and tokens/s",
+        description=(
+            "Load MODEL exactly as SAIVerse would (no fallback), report where it runs "
+            "(backend, devices, layers offloaded to the GPU, n_ctx, chat template) and time a "
+            "short greedy generation (tokens/s). Exit status 1 when the model cannot run."
+        ),
+    )
+    _model_args(parser)
+    parser.add_argument(
+        "--tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)"
+    )
+    parser.add_argument("--prompt", default=DEFAULT_CHECK_PROMPT, help="the prompt to time")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=cmd_check)
+
+
+def register_chat(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "chat",
+        help='stream a reply: saiverse-llm chat MODEL "prompt"',
+        description=(
+            "Send one prompt to MODEL and stream the reply to stdout. The config's "
+            "fallback_on_error applies (use --no-fallback to turn it off); the model that "
+            "answered and the token usage are printed on stderr."
+        ),
+    )
+    _model_args(parser)
+    parser.add_argument("prompt", metavar="PROMPT", help='the user message ("-" reads stdin)')
+    parser.add_argument("--system", default=None, help="a system message")
+    parser.add_argument("--max-tokens", type=int, default=None, metavar="N")
+    parser.add_argument("--temperature", type=float, default=None, metavar="T")
+    parser.add_argument("--seed", type=int, default=None, metavar="N")
+    parser.add_argument("--no-fallback", action="store_true", help="never use a fallback model")
+    parser.set_defaults(func=cmd_chat)
+
+
+def client_for(model: str, dirs: Sequence[Path] = (), **overrides: Any) -> LlamaCppClient:
+    """A client for a config key or a ``.gguf`` path, with ``overrides`` applied."""
+    from saiverse_llm.cli import search_dirs
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    path = Path(model).expanduser()
+    if model.endswith(".gguf") or path.is_file():
+        overrides.setdefault("fallback_on_error", False)
+        return LlamaCppClient(path, **overrides)
+    return get_llm_client(model, dirs=search_dirs(dirs), **overrides)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    client = client_for(
+        args.model,
+        args.dirs,
+        fallback_on_error=False,
+        n_gpu_layers=args.n_gpu_layers,
+        n_threads=args.n_threads,
+    )
+    console = Console(stderr=True)
+    try:
+        with console.status(f"loading {client.model_name} ({client.model_path}) ..."):
+            report = client.load_report()
+        with console.status(f"generating {args.tokens} tokens ..."):
+            started = time.perf_counter()
+            reply = client.generate(
+                [{"role": "user", "content": args.prompt}],
+                max_tokens=args.tokens,
+                temperature=0.0,
+                seed=0,
+            )
+            elapsed = time.perf_counter() - started
+    except RUN_ERRORS as exc:
+        log.info("check %s failed: %s", args.model, exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    usage = client.consume_usage()
+    tokens = usage.completion_tokens if usage else 0
+    result = {
+        **report,
+        "generation": {
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": tokens,
+            "seconds": round(elapsed, 3),
+            "tokens_per_second": round(tokens / elapsed, 2) if elapsed > 0 else None,
+            "reply": reply,
+        },
+    }
+    log.info(
+        "check %s: backend=%s offloaded=%d/%d %.1f tok/s",
+        client.model_name,
+        report["backend"],
+        report["n_layers_offloaded"],
+        report["n_layers_total"],
+        tokens / elapsed if elapsed > 0 else 0.0,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    table = Table(title=f"saiverse-llm check {client.model_name}", title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    devices = ", ".join(f"{d['name']} ({d['description']})" for d in report["devices"])
+    gen = result["generation"]
+    rows = [
+        ("file", report["model_path"]),
+        ("backend", report["backend"]),
+        (
+            "GPU layers",
+            f"{report['n_layers_offloaded']}/{report['n_layers_total']} offloaded "
+            f"(n_gpu_layers={report['n_gpu_layers_requested']})",
+        ),
+        ("GPU offload in this build", "yes" if report["gpu_offload_supported"] else "no"),
+        ("devices", devices),
+        ("n_ctx", f"{report['n_ctx']} (trained {report['n_ctx_train']})"),
+        ("chat template", str(report["chat_template"])),
+        ("n_threads", str(report["n_threads"])),
+        ("load", f"{report['load_seconds']:.2f} s"),
+        (
+            "generation",
+            f"{gen['completion_tokens']} tokens in {gen['seconds']:.2f} s = "
+            f"{gen['tokens_per_second']} tok/s (prompt {gen['prompt_tokens']} tokens)",
+        ),
+        ("reply", repr(reply[:200])),
+        ("llama_cpp", f"{report['llama_cpp_version']}: {report['system_info'].strip()}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    overrides: dict[str, Any] = {"n_gpu_layers": args.n_gpu_layers, "n_threads": args.n_threads}
+    if args.no_fallback:
+        overrides["fallback_on_error"] = False
+    client = client_for(args.model, args.dirs, **overrides)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": prompt})
+    try:
+        for chunk in client.generate_stream(
+            messages, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed
+        ):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except RUN_ERRORS as exc:
+        log.info("chat %s failed: %s", args.model, exc)
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write("\n")
+    usage = client.consume_usage()
+    if usage is not None:
+        note = f" (fallback for {usage.model}: {usage.fallback_reason})" if usage.fallback else ""
+        print(
+            f"[{usage.answered_by}] {usage.prompt_tokens} prompt + {usage.completion_tokens} "
+            f"completion tokens{note}",
+            file=sys.stderr,
+        )
+    detection = client.consume_tool_detection()
+    if detection is not None:
+        print(f"[tool call] {json.dumps(detection, ensure_ascii=False)}", file=sys.stderr)
+    return 0
