@@ -1,0 +1,145 @@
+"""``llama-harness doctor``: is this llama-cpp-python using the GPU, and if not, why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from harness import paths
+from harness.doctor import DoctorOptions, render_json, render_markdown, render_text, run_doctor
+
+
+def variant_python(variant: str) -> Path:
+    """The interpreter of ``nox -s test-<variant>``'s environment."""
+    root = paths.PROJECT_ROOT / ".nox" / f"test-{variant}"
+    for rel in ("bin/python", "Scripts/python.exe"):
+        if (root / rel).exists():
+            return root / rel
+    raise FileNotFoundError(
+        f"{root}: no environment for variant {variant!r}; fix: run `nox -s test-{variant}` "
+        "first (it builds/installs that variant), or pass --python PATH"
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
+    kwargs: dict[str, Any] | None = None
+    if args.kwargs:
+        try:
+            loaded = json.loads(args.kwargs)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"--kwargs: bad JSON {args.kwargs!r} ({exc}); fix: e.g. --kwargs "
+                "'{\"n_gpu_layers\": -1}'"
+            ) from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--kwargs: {args.kwargs!r} is not a JSON object; fix: use {{...}}")
+        kwargs = loaded
+    if args.n_gpu_layers is not None:
+        kwargs = dict(kwargs or {})
+        kwargs["n_gpu_layers"] = args.n_gpu_layers
+    return kwargs
+
+
+def run(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    try:
+        if args.variant:
+            python = str(variant_python(args.variant))
+        else:
+            python = args.python or sys.executable
+        kwargs = _kwargs(args)
+        logs = [Path(p).read_text(encoding="utf-8", errors="replace") for p in args.log]
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        err.print(f"[red]doctor:[/red] {exc}")
+        return 2
+    if args.model is not None and not args.model.is_file():
+        err.print(f"[red]doctor:[/red] --model {args.model}: no such file; fix: pass a GGUF file")
+        return 2
+    options = DoctorOptions(
+        python=python,
+        probe=args.probe,
+        model=args.model,
+        kwargs=kwargs,
+        commands=args.install_cmd,
+        logs=logs,
+        probe_tokens=args.tokens,
+    )
+    with err.status(f"inspecting the llama_cpp of {python} ..."):
+        report = run_doctor(options)
+    if args.json:
+        sys.stdout.write(render_json(report) + "\n")
+    else:
+        sys.stdout.write(render_text(report))
+    if args.markdown:
+        write_atomic(args.markdown, render_markdown(report))
+        err.print(f"report written to {args.markdown}")
+    errors = [m for m in report.matches if m.cause.severity == "error"]
+    return 1 if errors else 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "doctor",
+        help='explain "GPU not detected": build, driver, CUDA, pip cache, offload probe',
+        description=(
+            "Inspect the llama-cpp-python of an interpreter (this one, --python, or a "
+            "variant's nox environment), probe GPU offload with a small model, and name the "
+            "known causes (harness/causes.yaml) whose evidence is present, with the exact fix. "
+            "Exit status: 0 nothing wrong found, 1 a cause of severity error matched, 2 usage."
+        ),
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--variant", help="inspect .nox/test-VARIANT (created by nox)")
+    where.add_argument("--python", help="inspect this interpreter (default: the current one)")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write a Markdown report"
+    )
+    parser.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="load a small model with n_gpu_layers=-1 and 0 and compare (default: on)",
+    )
+    parser.add_argument("--model", type=Path, help="GGUF for the probe (default: test model tiny)")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per probe run (16)")
+    parser.add_argument(
+        "--n-gpu-layers", type=int, help="the n_gpu_layers your code passes to Llama()"
+    )
+    parser.add_argument(
+        "--kwargs", help="your Llama() keyword arguments as JSON, e.g. '{\"n_gpu_layer\": -1}'"
+    )
+    parser.add_argument(
+        "--install-cmd",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="an install command as you ran it (repeatable), e.g. 'CMAKE_ARGS=... pip install ...'",
+    )
+    parser.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="pip / runtime output you saw (repeatable); searched for known symptoms",
+    )
+    parser.set_defaults(func=run)
