@@ -1,0 +1,67 @@
+"""``llama-harness build VARIANT``: build (or reuse) a variant's wheel and print its path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from harness.build import BuildError, build_wheel, import_wheel
+from harness.variants import VariantError, get_variant
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "build",
+        help="build a llama-cpp-python wheel for a variant (cached) and print its path",
+        description=(
+            "Build llama-cpp-python from the pinned sdist with the variant's CMAKE_ARGS, or "
+            "reuse the cached wheel whose key (sdist sha256, normalised CMake flags, compilers, "
+            "nvcc, platform, build env) matches exactly. Prints the wheel path. The full build "
+            "log is kept under the cache's logs/ folder. --import adds a wheel built elsewhere."
+        ),
+    )
+    p.add_argument("variant", nargs="?", help="variant name (see `llama-harness variants`)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cache has it")
+    p.add_argument("--wheel-out", type=Path, help="also copy the wheel (and build.json) here")
+    p.add_argument(
+        "--import",
+        dest="import_wheel",
+        type=Path,
+        metavar="WHEEL",
+        help="add a wheel built elsewhere to the cache (its build.json beside it is used "
+        "when present; else VARIANT is required and its backend library is checked)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        variant = get_variant(args.variant) if args.variant else None
+        if args.import_wheel is not None:
+            entry = import_wheel(args.import_wheel.expanduser().resolve(), variant)
+            wheel, key, cached = entry.wheel, entry.key, True
+            print(f"imported {args.import_wheel} as {entry.variant} (key {key[:12]})")
+        else:
+            if variant is None:
+                print("error: give a VARIANT (see `llama-harness variants`)")
+                return 2
+            built = build_wheel(variant, force=args.force, progress=not args.no_progress)
+            wheel, key, cached = built.wheel, built.key, built.cached
+    except (BuildError, VariantError) as exc:
+        print(f"error: {exc}")
+        return 1
+    if args.wheel_out:
+        args.wheel_out.mkdir(parents=True, exist_ok=True)
+        meta = wheel.parent / "build.json"
+        if meta.is_file():  # keeps key and inputs with the wheel (`--import` reads it)
+            shutil.copy2(meta, args.wheel_out / "build.json")
+        wheel = Path(shutil.copy2(wheel, args.wheel_out / wheel.name))
+    if args.json:
+        print(json.dumps({"wheel": str(wheel), "key": key, "cached": cached}))
+    else:
+        print(wheel)
+    return 0

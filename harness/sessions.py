@@ -1,0 +1,434 @@
+"""What ``noxfile.py``'s generated ``build-/test-/bench-<variant>`` sessions do.
+
+A test session::
+
+    wheel (the cache / a fresh build / --wheel PATH) -> install it into the session's own
+    venv by path (--no-deps), its runtime deps, the project, and a constraint file pinning
+    llama-cpp-python to that exact file for every later pip call -> verify the installed
+    build against the variant (harness.verify) -> GPU variant without a GPU: stop, status
+    "built-no-gpu" -> exercise it in a child process (harness.exercise: a native crash becomes
+    "crashed in native code: SIGSEGV ...", status "crashed-native") -> pytest tests/client
+
+Each outcome is written to ``reports_dir()/<variant>/status.json`` (read by the report):
+``{"variant", "status", "message", "sessions": {"test-cpu": {...}, ...}}``, where the
+top-level status is the worst of the test/bench/build sessions' statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import paths
+from harness.variants import Registry, Variant, load_registry
+
+if TYPE_CHECKING:  # nox is only needed by the noxfile that calls these helpers
+    from nox import Session as NoxSession
+
+RUNTIME_DEPS = ("numpy>=1.20", "diskcache>=5.6.1", "jinja2>=2.11.3", "typing-extensions>=4.5")
+#: Worst first: the top-level status of status.json is the worst session status.
+SEVERITY = (
+    "crashed-native",
+    "build-failed",
+    "verify-failed",
+    "failed",
+    "built-no-gpu",
+    "skipped",
+    "passed",
+    "built",
+)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@cache
+def registry() -> Registry:
+    return load_registry()
+
+
+def variants() -> dict[str, Variant]:
+    return registry().variants
+
+
+def gpu_present(variant: Variant) -> bool:
+    return variant.gpu and not variant.runtime_problems()
+
+
+def runnable_here(variant: Variant) -> bool:
+    """Builds here and (GPU variants) has its GPU here: cheap checks, safe at import time."""
+    return not variant.build_problems() and not variant.runtime_problems()
+
+
+def default_sessions(extra_first: Sequence[str] = ("lint", "tests")) -> list[str]:
+    """Plain ``nox``: lint, tests, build/test/bench of every default variant runnable here,
+    then the report."""
+    names = list(extra_first)
+    for v in variants().values():
+        if v.default and runnable_here(v):
+            names += [f"build-{v.name}", f"test-{v.name}", f"bench-{v.name}"]
+    names.append("report")
+    return names
+
+
+# --------------------------------------------------------------------------- posargs
+
+
+@dataclass
+class SessionOptions:
+    wheel: Path | None = None
+    wheel_out: Path | None = None
+    container: bool = False
+    force: bool = False
+    rest: list[str] = field(default_factory=list)
+
+
+def parse_posargs(posargs: Iterable[str]) -> SessionOptions:
+    """``--wheel PATH``, ``--wheel-out DIR``, ``--container``, ``--force``; the rest is for
+    pytest."""
+    opts = SessionOptions()
+    items = list(posargs)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        for flag in ("--wheel", "--wheel-out"):
+            if arg.startswith(flag + "="):
+                items[i : i + 1] = [flag, arg.split("=", 1)[1]]
+                arg = flag
+        if arg in ("--wheel", "--wheel-out"):
+            if i + 1 >= len(items):
+                raise ValueError(f"{arg} needs a path: nox -s test-<variant> -- {arg} PATH")
+            value = Path(items[i + 1]).expanduser().resolve()
+            if arg == "--wheel":
+                opts.wheel = value
+            else:
+                opts.wheel_out = value
+            i += 2
+            continue
+        if arg == "--container":
+            opts.container = True
+        elif arg == "--force":
+            opts.force = True
+        else:
+            opts.rest.append(arg)
+        i += 1
+    return opts
+
+
+# --------------------------------------------------------------------------- status.json
+
+
+def status_path(variant: str) -> Path:
+    return paths.reports_dir() / variant / "status.json"
+
+
+def write_status(variant: str, session: str, status: str, message: str, **details: Any) -> Path:
+    """Record one session's outcome (temp file + atomic rename)."""
+    path = status_path(variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    sessions = data.get("sessions") if isinstance(data.get("sessions"), dict) else {}
+    assert isinstance(sessions, dict)
+    sessions[session] = {
+        "status": status,
+        "message": message,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **details,
+    }
+    worst_name, worst = min(
+        sessions.items(),
+        key=lambda kv: (
+            SEVERITY.index(kv[1].get("status")) if kv[1].get("status") in SEVERITY else 0
+        ),
+    )
+    data.update(
+        {
+            "variant": variant,
+            "status": worst.get("status"),
+            "message": worst.get("message"),
+            "session": worst_name,
+            "sessions": sessions,
+        }
+    )
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def obtain_wheel(
+    session: NoxSession, variant: Variant, opts: SessionOptions, name: str
+) -> tuple[Path, str | None]:
+    """(wheel, cache key) from --wheel, the cache, or a build."""
+    from harness import wheel_cache
+    from harness.build import BuildError, build_wheel, check_wheel_libraries
+
+    if opts.wheel is not None:
+        if not opts.wheel.is_file():
+            session.error(f"--wheel {opts.wheel}: no such file")
+        meta = opts.wheel.parent / "build.json"
+        key = None
+        if meta.is_file():
+            try:
+                key = json.loads(meta.read_text()).get("key")
+            except ValueError:
+                key = None
+        backends = wheel_cache.wheel_backends(opts.wheel)
+        try:
+            check_wheel_libraries(variant, opts.wheel)
+        except BuildError as exc:
+            write_status(variant.name, name, "verify-failed", str(exc))
+            session.error(f"--wheel {opts.wheel}: {exc}")
+        session.log(f"{variant.name}: testing the given wheel {opts.wheel} "
+                    f"(libraries for {', '.join(sorted(backends)) or 'no backend'})")  # fmt: skip
+        return opts.wheel, key
+    try:
+        built = build_wheel(variant, force=opts.force, say=session.log)
+    except BuildError as exc:
+        write_status(variant.name, f"build-{variant.name}", "build-failed", str(exc),
+                     log=str(exc.log) if exc.log else None)  # fmt: skip
+        session.error(str(exc))
+        raise  # unreachable: session.error raises
+    return built.wheel, built.key
+
+
+def session_python(session: NoxSession) -> str:
+    exe = "python.exe" if sys.platform == "win32" else "python"
+    return str(Path(session.bin) / exe)
+
+
+def _configured_constraints() -> list[str]:
+    """Constraint files pip already applies (env or pip config), kept in ours."""
+    found = [c for c in os.environ.get("PIP_CONSTRAINT", "").split() if c]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        if name.endswith(".constraint"):
+            found += value.strip().strip("'\"").split()
+    return list(dict.fromkeys(found))
+
+
+def write_constraints(venv: Path, wheel: Path) -> Path:
+    """``llama-cpp-python @ file://<wheel>`` so no later pip call can swap the build."""
+    path = venv / "llama-harness-constraints.txt"
+    lines = [f"llama-cpp-python @ {wheel.resolve().as_uri()}"]
+    lines += [f"-c {c}" for c in _configured_constraints() if Path(c).is_file()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> Path:
+    """Install the variant's wheel by path, its runtime deps, and the project; return the
+    constraint file (also set as PIP_CONSTRAINT for the rest of the session)."""
+    from harness.wheel_cache import sha256_file
+
+    venv = Path(session.bin).parent
+    constraints = write_constraints(venv, wheel)
+    marker = venv / "llama-harness-wheel.json"
+    digest = sha256_file(wheel)
+    try:
+        same = json.loads(marker.read_text()).get("sha256") == digest
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        marker.unlink(missing_ok=True)
+        session.install("--no-deps", "--force-reinstall", str(wheel))
+    session.install("-c", str(constraints), *RUNTIME_DEPS)
+    session.install("-c", str(constraints), "-e", f".[{extras}]" if extras else ".")
+    marker.write_text(json.dumps({"wheel": str(wheel), "sha256": digest}) + "\n")
+    session.env["PIP_CONSTRAINT"] = str(constraints)
+    return constraints
+
+
+def exercise_model() -> Path:
+    """A tiny q8_0 model: quantized, so an AMX -march=native build crashes on it like on a
+    real model (an f32 model never reaches the AMX path)."""
+    from harness.synth import synthesize
+
+    path = paths.models_dir() / "exercise-tiny-q8_0.gguf"
+    if not path.is_file():
+        synthesize(path, preset="tiny", dtype="q8_0", seed=0)
+    return path
+
+
+def client_env(variant: Variant, key: str | None, wheel: Path) -> dict[str, str]:
+    gpu = gpu_present(variant)
+    env = {
+        "LLAMA_HARNESS_VARIANT": variant.name,
+        "LLAMA_HARNESS_N_GPU_LAYERS": "-1" if variant.gpu else "0",
+        "LLAMA_HARNESS_WHEEL": str(wheel),
+    }
+    if key:
+        env["LLAMA_HARNESS_BUILD_KEY"] = key
+    if gpu:
+        env["LLAMA_HARNESS_REQUIRE_GPU"] = "1"
+    return env
+
+
+def _container(session: NoxSession, variant: Variant, name: str, opts: SessionOptions) -> None:
+    try:
+        from harness import container  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        session.error(
+            "--container: harness/container.py is not available in this checkout; run the "
+            "session without --container, or update the project"
+        )
+        return
+    posargs = [a for a in session.posargs if a != "--container"]
+    code = int(container.run_session_in_container(variant.name, name, posargs))
+    if code != 0:
+        session.error(f"{name} in a container failed with exit code {code}")
+
+
+def run_build_session(session: NoxSession, variant: Variant) -> None:
+    name = f"build-{variant.name}"
+    opts = parse_posargs(session.posargs)
+    if opts.container:
+        _container(session, variant, name, opts)
+        return
+    reason = variant.skip_reason()
+    if reason:
+        session.skip(reason)
+    from harness.build import BuildError, build_wheel
+
+    try:
+        built = build_wheel(variant, force=opts.force, say=session.log)
+    except BuildError as exc:
+        write_status(variant.name, name, "build-failed", str(exc),
+                     log=str(exc.log) if exc.log else None)  # fmt: skip
+        session.error(str(exc))
+        return
+    wheel = built.wheel
+    if opts.wheel_out:
+        opts.wheel_out.mkdir(parents=True, exist_ok=True)
+        wheel = Path(shutil.copy2(built.wheel, opts.wheel_out / built.wheel.name))
+        meta = built.wheel.parent / "build.json"
+        if meta.is_file():
+            shutil.copy2(meta, opts.wheel_out / "build.json")
+    write_status(variant.name, name, "built",
+                 f"{'cache hit' if built.cached else 'built'} in {built.seconds:.1f} s",
+                 wheel=str(built.wheel), key=built.key, cached=built.cached)  # fmt: skip
+    session.log(f"{variant.name}: {'cache hit' if built.cached else 'built'} in "
+                f"{built.seconds:.1f} s (key {built.key[:12]})")  # fmt: skip
+    print(wheel)
+
+
+@dataclass
+class Prepared:
+    """The session's venv holds the variant's verified, exercised wheel."""
+
+    wheel: Path
+    key: str | None
+    python: str
+    details: dict[str, Any]
+
+
+def _prepare_and_check(
+    session: NoxSession, variant: Variant, name: str, opts: SessionOptions
+) -> Prepared:
+    """wheel -> install -> verify -> (GPU variant without GPU: stop) -> exercise."""
+    from harness.exercise import exercise
+    from harness.verify import verify_python
+
+    if opts.wheel is None:
+        reason = variant.skip_reason()
+        if reason:
+            write_status(variant.name, name, "skipped", reason)
+            session.skip(reason)
+    wheel, key = obtain_wheel(session, variant, opts, name)
+    details: dict[str, Any] = {"wheel": str(wheel), "key": key}
+    install_wheel(session, wheel)
+    python = session_python(session)
+    gpu = gpu_present(variant)
+    result, _info = verify_python(variant, python, wheel=wheel, gpu_present=gpu)
+    details["verification"] = result.to_dict()
+    if not result.ok:
+        write_status(variant.name, name, "verify-failed", result.summary(), **details)
+        session.error(result.summary())
+    session.log(result.summary())
+    if variant.gpu and not gpu:
+        why = "; ".join(f"{p.what}: {p.detail}" for p in variant.runtime_problems())
+        msg = (
+            f"{variant.name}: built OK, no GPU to run on ({why}). The compiled "
+            f"{variant.backend} backend was verified; run `nox -s {name} -- --wheel {wheel}` "
+            "on a machine with the GPU"
+        )
+        write_status(variant.name, name, "built-no-gpu", msg, **details)
+        session.skip(msg)
+    ex = exercise(python, exercise_model(), n_gpu_layers=-1 if variant.gpu else 0)
+    details["exercise"] = ex.to_dict()
+    if not ex.ok:
+        status = "crashed-native" if ex.status == "crashed" else "failed"
+        write_status(variant.name, name, status, ex.summary(), **details)
+        session.error(f"{variant.name}: {ex.summary()}")
+    session.log(f"{variant.name}: exercise: {ex.message}")
+    return Prepared(wheel=wheel, key=key, python=python, details=details)
+
+
+def run_test_session(session: NoxSession, variant: Variant) -> None:
+    name = f"test-{variant.name}"
+    opts = parse_posargs(session.posargs)
+    if opts.container:
+        _container(session, variant, name, opts)
+        return
+    ready = _prepare_and_check(session, variant, name, opts)
+    env = client_env(variant, ready.key, ready.wheel)
+    _run_pytest(session, variant, name, ["tests/client", *opts.rest], env, ready)
+
+
+def run_bench_session(session: NoxSession, variant: Variant) -> None:
+    name = f"bench-{variant.name}"
+    opts = parse_posargs(session.posargs)
+    if opts.container:
+        _container(session, variant, name, opts)
+        return
+    ready = _prepare_and_check(session, variant, name, opts)
+    out = paths.reports_dir() / variant.name / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = client_env(variant, ready.key, ready.wheel)
+    args = ["benchmarks/", f"--benchmark-json={out}", *opts.rest]
+    _run_pytest(session, variant, name, args, env, ready)
+    if os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "1") != "0":
+        # llama.cpp's own llama-bench, same sdist + CMAKE_ARGS + settings -> parity in the report
+        session.run("python", "-m", "harness.cli", "llama-bench", "--variant", variant.name,
+                    env=dict(env))  # fmt: skip
+
+
+def _run_pytest(
+    session: NoxSession,
+    variant: Variant,
+    name: str,
+    args: list[str],
+    env: Mapping[str, str],
+    ready: Prepared,
+) -> None:
+    command = "pytest " + " ".join(args)
+    try:
+        session.run("pytest", *args, env=dict(env))
+    except Exception as exc:  # nox.command.CommandFailed
+        write_status(variant.name, name, "failed", f"{command} failed: {exc}", **ready.details)
+        raise
+    write_status(variant.name, name, "passed", f"{command} passed", **ready.details)
