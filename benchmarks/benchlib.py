@@ -1,0 +1,363 @@
+"""Helpers of the throughput benchmarks: settings, provenance, loading, timing, metrics.
+
+What is measured, and how, mirrors llama.cpp's ``llama-bench`` (tools/llama-bench):
+
+* pp<N>: one ``Llama.eval`` of N random tokens (BOS first when the vocab adds one) in
+  batches of n_batch, on a fresh KV cache in a context of exactly N tokens, then
+  ``llama_synchronize``; tokens/s = N / time per round, averaged (llama-bench's avg_ts).
+* tg<N>: N single-token ``Llama.eval`` calls, each followed by ``llama_synchronize``, on a
+  fresh KV cache in a context of N tokens.
+* flash attention off, n_batch = n_ubatch = 512, ``swa_full=False``, an explicit n_threads
+  (llama-bench's own defaults differ: ``-fa auto -b 2048 -t <physical cores>``).
+
+Shapes come from :class:`harness.llama_bench.BenchSettings`, so ``llama-harness llama-bench``
+runs exactly the same test. ``llama_cpp`` is imported inside functions only: importing this
+module never needs a build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import paths
+from harness.llama_bench import BenchSettings
+
+GPU_MODEL = "synth-1b"  # ~1 GB f16 synthesized model: tg as a fraction of memory bandwidth
+DEFAULT_MODELS = "tiny,gemma-3-270m"
+
+# Peak DRAM bandwidth in GB/s, matched in order against nvidia-smi's name (first hit wins).
+PEAK_BANDWIDTH_GBPS: list[tuple[str, float]] = [
+    ("GH200", 4000.0),
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIe", 2000.0),
+    ("H100", 3350.0),  # SXM5, "NVIDIA H100 80GB HBM3"
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),  # 40 GB
+    ("L40S", 864.0),
+    ("L40", 864.0),
+    ("L4", 300.0),
+    ("A10G", 600.0),
+    ("A10", 600.0),
+    ("T4", 320.0),
+    ("RTX 4090", 1008.0),
+    ("RTX 3090", 936.0),
+    ("V100", 900.0),
+]
+
+
+def peak_bandwidth_gbps(gpu_name: str | None) -> float | None:
+    env = os.environ.get("LLAMA_HARNESS_PEAK_BW_GBPS", "").strip()
+    if env:
+        return float(env)
+    if not gpu_name:
+        return None
+    for pattern, bw in PEAK_BANDWIDTH_GBPS:
+        if pattern.lower() in gpu_name.lower():
+            return bw
+    return None
+
+
+# --- environment and provenance ----------------------------------------------------------------
+
+
+def nvidia_smi() -> dict[str, str] | None:
+    """Name, driver and memory of the first GPU, or None."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout else ""
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) < 3:
+        return None
+    return {"name": parts[0], "driver": parts[1], "memory": parts[2]}
+
+
+def build_key() -> tuple[str | None, dict[str, Any] | None]:
+    """(build key, build.json) from $LLAMA_HARNESS_BUILD_KEY and $LLAMA_HARNESS_BUILD_JSON or
+    the build.json beside $LLAMA_HARNESS_WHEEL (the wheel cache keeps them together)."""
+    key = os.environ.get("LLAMA_HARNESS_BUILD_KEY") or None
+    meta: Any = None
+    bj = os.environ.get("LLAMA_HARNESS_BUILD_JSON")
+    wheel = os.environ.get("LLAMA_HARNESS_WHEEL")
+    if not bj and wheel:
+        bj = str(Path(wheel).parent / "build.json")
+    if bj and Path(bj).is_file():
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            meta = json.loads(Path(bj).read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        meta = None
+    if meta is not None and not key:
+        key = str(meta.get("key") or meta.get("build_key") or "") or None
+    return key, meta
+
+
+@dataclass(frozen=True)
+class BenchEnv:
+    variant: str
+    n_gpu_layers: int
+    require_gpu: bool
+    build_key: str | None
+    cmake_args: Any
+    llama_cpp_version: str
+    compiled_backends: list[str]
+    gpu_offload: bool
+    devices: list[str]
+    gpu: dict[str, str] | None
+
+    @property
+    def backend(self) -> str:
+        """The backend the weights run on: a GPU backend only when it can really offload."""
+        gpu = [b for b in self.compiled_backends if b not in ("CPU", "BLAS", "RPC")]
+        if gpu and self.gpu_offload and self.n_gpu_layers != 0:
+            return gpu[0]
+        return "BLAS" if "BLAS" in self.compiled_backends else "CPU"
+
+
+def model_names() -> list[str]:
+    raw = os.environ.get("LLAMA_HARNESS_MODELS", DEFAULT_MODELS)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if os.environ.get("LLAMA_HARNESS_REQUIRE_GPU") == "1" and GPU_MODEL not in names:
+        names.append(GPU_MODEL)
+    return names
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    path: Path
+    sha256: str
+    size: int
+    chat_format: str | None
+    n_layer: int | None
+    weight_bytes_per_token: int  # bytes of weights one decode step reads
+
+    def extra(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "model_path": str(self.path),
+            "model_sha256": self.sha256,
+            "model_size": self.size,
+            "weight_bytes_per_token": self.weight_bytes_per_token,
+        }
+
+
+def weight_bytes_per_token(path: Path) -> tuple[int, int | None]:
+    """Bytes of weights one decode step reads: every tensor but the token embedding (a row
+    lookup), unless the embedding doubles as the output matrix (no ``output.weight``)."""
+    from saiverse_llm.gguf_file import read_gguf
+
+    info = read_gguf(path)
+    names = {t.name for t in info.tensors}
+    total = sum(
+        t.nbytes
+        for t in info.tensors
+        if not (t.name == "token_embd.weight" and "output.weight" in names)
+    )
+    return total, info.block_count
+
+
+def synth_gpu_model() -> Path:
+    """The ~1 GB bandwidth model (deterministic; written once into the model cache)."""
+    from harness.synth import synthesize
+
+    target = paths.models_dir() / "synth-1b-s0.gguf"
+    if not target.is_file():
+        synthesize(target, preset="1b", seed=0)
+    return target
+
+
+# --- loading with the load log captured -----------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    llm: Any
+    load_s: float
+    offloaded: str  # "X/Y" layers on a GPU, as llama.cpp's load log says
+    buffers_mib: dict[str, float]
+
+
+def open_llama(path: Path, *, n_ctx: int, s: BenchSettings, n_gpu_layers: int, **kw: Any) -> Loaded:
+    """A ``Llama`` with the benchmark settings. llama.cpp's load log is captured through the
+    client's process-wide log hook (one llama.cpp log callback per process) and parsed with
+    the client's parser: layers really offloaded, weight buffer per device."""
+    from saiverse_llm.client import _llama_cpp, _native_log, parse_load_log
+
+    llama_cpp = _llama_cpp()  # installs the log hook once
+    t0 = time.perf_counter()
+    with _native_log.capture() as lines:
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=s.n_batch,
+            n_ubatch=s.n_ubatch,
+            n_threads=s.n_threads,
+            n_threads_batch=s.n_threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=s.flash_attn,
+            verbose=False,
+            **kw,
+        )
+    load_s = time.perf_counter() - t0
+    r = parse_load_log(lines)
+    total = r["n_layers_total"] or "?"
+    return Loaded(
+        llm=llm,
+        load_s=load_s,
+        offloaded=f"{r['n_layers_offloaded']}/{total}",
+        buffers_mib=dict(r["buffers_mib"]),
+    )
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def perf(ctx: Any) -> dict[str, float]:
+    """llama.cpp's own timers for the context (C side; call after a synchronize)."""
+    import llama_cpp
+
+    d = llama_cpp.llama_perf_context(ctx)
+    return {
+        "t_p_eval_ms": float(d.t_p_eval_ms),
+        "t_eval_ms": float(d.t_eval_ms),
+        "n_p_eval": int(d.n_p_eval),
+        "n_eval": int(d.n_eval),
+    }
+
+
+def synchronize(ctx: Any) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_synchronize(ctx)
+
+
+def random_tokens(llm: Any, n: int, *, seed: int = 0) -> list[int]:
+    """llama-bench's input: BOS first when the vocab adds one, then random token ids."""
+    import llama_cpp
+
+    rng = random.Random(seed)
+    n_vocab = int(llm.n_vocab())
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    out = [rng.randrange(n_vocab) for _ in range(n)]
+    if n and llama_cpp.llama_vocab_get_add_bos(vocab):
+        out[0] = int(llama_cpp.llama_vocab_bos(vocab))
+    return out
+
+
+def clear_kv(llm: Any) -> None:
+    """Fresh KV cache (like llama-bench's llama_memory_clear) and zeroed perf counters."""
+    import llama_cpp
+
+    mem = llama_cpp.llama_get_memory(llm.ctx)
+    if mem is not None:
+        llama_cpp.llama_memory_clear(mem, False)
+    llm.reset()
+    llama_cpp.llama_perf_context_reset(llm.ctx)
+
+
+def new_conversation(llm: Any) -> None:
+    """Forget the previous prompt (the next completion evaluates it in full) and zero the
+    perf counters; the KV cells are overwritten from position 0."""
+    import llama_cpp
+
+    llm.reset()
+    llama_cpp.llama_perf_context_reset(llm.ctx)
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = sum(xs) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, (sum((x - mean) ** 2 for x in xs) / (n - 1)) ** 0.5
+
+
+def throughput_metric(n_tokens: int, samples_s: list[float]) -> dict[str, Any]:
+    """llama-bench's avg_ts / stddev_ts: mean and sample stddev of n / t per repetition."""
+    ts = [n_tokens / t for t in samples_s if t > 0]
+    avg, std = mean_std(ts)
+    return {
+        "value": avg,
+        "stddev": std,
+        "unit": "t/s",
+        "higher_is_better": True,
+        "rounds": len(ts),
+        "samples": ts,
+    }
+
+
+def latency_metric(samples_s: list[float]) -> dict[str, Any]:
+    avg, std = mean_std(samples_s)
+    return {
+        "value": avg,
+        "stddev": std,
+        "unit": "s",
+        "higher_is_better": False,
+        "rounds": len(samples_s),
+        "samples": samples_s,
+    }
+
+
+def percent_metric(values: list[float]) -> dict[str, Any]:
+    avg, std = mean_std(values)
+    return {
+        "value": avg,
+        "stddev": std,
+        "unit": "%",
+        "higher_is_better": True,
+        "rounds": len(values),
+    }
+
+
+class Recorder:
+    """Per-round wall times taken inside a pytest-benchmark target, warm-up rounds dropped."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self._samples: list[float] = []
+        self._perf: list[dict[str, float]] = []
+
+    def add(self, seconds: float, perf_data: dict[str, float] | None = None) -> None:
+        self._samples.append(seconds)
+        if perf_data is not None:
+            self._perf.append(perf_data)
+
+    def _measured(self, xs: list[Any]) -> list[Any]:
+        # --benchmark-disable runs the target once, without warm-up: keep that sample
+        return xs[self.warmup :] if len(xs) > self.warmup else xs
+
+    @property
+    def samples(self) -> list[float]:
+        return self._measured(self._samples)
+
+    def perf_summary(self) -> dict[str, float]:
+        data = self._measured(self._perf)
+        if not data:
+            return {}
+        return {k: sum(p[k] for p in data) / len(data) for k in data[0]}

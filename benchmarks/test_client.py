@@ -1,0 +1,294 @@
+"""The SAIVerse client: warm load from its pool, time to first token and end-to-end tokens/s
+through ``generate_stream``, and its overhead over a raw ``Llama.create_chat_completion`` on
+the same loaded model with the same parameters.
+
+Every round starts a new conversation (``Llama.reset()`` in the untimed set-up): the prompt is
+evaluated in full, not served from the KV cache of the previous round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from benchlib import (
+    BenchEnv,
+    BenchModel,
+    Recorder,
+    latency_metric,
+    mean_std,
+    new_conversation,
+    perf,
+    synchronize,
+)
+
+from harness.llama_bench import BenchSettings
+
+pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
+
+from saiverse_llm.client import LlamaCppClient
+from saiverse_llm.pool import ModelPool
+
+# No system message: Gemma's format has no system role and the raw path would drop it.
+MESSAGES = [
+    {"role": "user", "content": "Hello! Please introduce yourself."},
+    {"role": "assistant", "content": "Hi, I am a persona living in SAIVerse."},
+    {"role": "user", "content": "今日はどんな一日でしたか？ Tell me about your day in detail."},
+]
+CONTEXT_LENGTH = 1024
+SEED = 1234
+TEMPERATURE = 0.7
+TOP_P = 0.9
+
+
+def _client(
+    model: BenchModel, s: BenchSettings, env: BenchEnv, pool: ModelPool[Any]
+) -> LlamaCppClient:
+    return LlamaCppClient(
+        str(model.path),
+        context_length=CONTEXT_LENGTH,
+        n_gpu_layers=env.n_gpu_layers,
+        fallback_on_error=False,
+        model=model.name,
+        chat_format=model.chat_format,
+        n_threads=s.n_threads,
+        pool=pool,
+        parameters={"temperature": TEMPERATURE, "top_p": TOP_P, "max_tokens": s.n_gen},
+        n_batch=s.n_batch,
+        n_ubatch=s.n_ubatch,
+    )
+
+
+@pytest.fixture
+def pooled(
+    bench_model: BenchModel, settings: BenchSettings, bench_env: BenchEnv
+) -> Iterator[tuple[LlamaCppClient, ModelPool[Any]]]:
+    pool: ModelPool[Any] = ModelPool(max_models=1)
+    client = _client(bench_model, settings, bench_env, pool)
+    client.load()
+    try:
+        yield client, pool
+    finally:
+        pool.unload_all()
+
+
+def _report_extra(client: LlamaCppClient) -> dict[str, Any]:
+    r = client.load_report()
+    return {
+        "offloaded_layers": f"{r.get('n_layers_offloaded')}/{r.get('n_layers_total')}",
+        "client_backend": r.get("backend"),
+        "model_buffers_mib": r.get("buffers_mib"),
+        "n_ctx": r.get("n_ctx"),
+        "chat_template": r.get("chat_template"),
+    }
+
+
+def test_load_warm(
+    benchmark: Any,
+    rounds: Callable[[str], tuple[int, int]],
+    bench_model: BenchModel,
+    settings: BenchSettings,
+    bench_env: BenchEnv,
+    pooled: tuple[LlamaCppClient, ModelPool[Any]],
+    extra: Callable[..., dict[str, Any]],
+) -> None:
+    """A new client for an already loaded model: key, pool lookup, no llama.cpp load."""
+    first, pool = pooled
+    n_rounds, warmup = rounds("load_warm")
+    rec = Recorder(warmup)
+    loaded = first.load()
+
+    def target() -> None:
+        t0 = time.perf_counter()
+        got = _client(bench_model, settings, bench_env, pool).load()
+        rec.add(time.perf_counter() - t0)
+        assert got is loaded, "the pool loaded the model again"
+
+    benchmark.pedantic(target, rounds=n_rounds, warmup_rounds=warmup)
+    extra(
+        bench_model,
+        metric="load_warm",
+        **_report_extra(first),
+        metrics={"load_warm": latency_metric(rec.samples)},
+    )
+
+
+def test_stream(
+    benchmark: Any,
+    rounds: Callable[[str], tuple[int, int]],
+    bench_model: BenchModel,
+    settings: BenchSettings,
+    pooled: tuple[LlamaCppClient, ModelPool[Any]],
+    extra: Callable[..., dict[str, Any]],
+) -> None:
+    """generate_stream: time to the first chunk and completion tokens / total time."""
+    client, _pool = pooled
+    llm = client.llama
+    n_rounds, warmup = rounds("stream")
+    ttft: list[float] = []
+    totals: list[float] = []
+    tokens: list[int] = []
+    perfs: list[dict[str, float]] = []
+
+    def target() -> None:
+        t0 = time.perf_counter()
+        first: float | None = None
+        for _chunk in client.generate_stream(MESSAGES, seed=SEED):
+            if first is None:
+                first = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+        usage = client.consume_usage()
+        synchronize(llm.ctx)
+        ttft.append(first if first is not None else total)
+        totals.append(total)
+        tokens.append(usage.completion_tokens if usage else 0)
+        perfs.append(perf(llm.ctx))
+
+    benchmark.pedantic(
+        target, setup=lambda: new_conversation(llm), rounds=n_rounds, warmup_rounds=warmup
+    )
+    keep = slice(warmup, None) if len(totals) > warmup else slice(None)
+    ttft, totals, tokens, perfs = ttft[keep], totals[keep], tokens[keep], perfs[keep]
+    assert min(tokens) > 0, "generate_stream produced no tokens"
+    tps = [n / t for n, t in zip(tokens, totals, strict=True)]
+    avg, std = mean_std(tps)
+    extra(
+        bench_model,
+        metric="stream",
+        max_tokens=settings.n_gen,
+        seed=SEED,
+        temperature=TEMPERATURE,
+        top_p=TOP_P,
+        completion_tokens=tokens,
+        **_report_extra(client),
+        perf_last=perfs[-1] if perfs else {},
+        metrics={
+            "ttft": latency_metric(ttft),
+            "stream": {
+                "value": avg,
+                "stddev": std,
+                "unit": "t/s",
+                "higher_is_better": True,
+                "rounds": len(tps),
+                "samples": tps,
+            },
+        },
+    )
+
+
+def _chat_bench(
+    benchmark: Any,
+    bench_model: BenchModel,
+    settings: BenchSettings,
+    client: LlamaCppClient,
+    extra: Callable[..., dict[str, Any]],
+    *,
+    metric: str,
+    call: Callable[[], int],
+    n_rounds: int,
+    warmup: int,
+) -> None:
+    llm = client.llama
+    rec = Recorder(warmup)
+    counts: list[int] = []
+
+    def target() -> None:
+        t0 = time.perf_counter()
+        n = call()
+        rec.add(time.perf_counter() - t0, perf(llm.ctx))
+        counts.append(n)
+
+    benchmark.pedantic(
+        target, setup=lambda: new_conversation(llm), rounds=n_rounds, warmup_rounds=warmup
+    )
+    kept = counts[warmup:] if len(counts) > warmup else counts
+    assert min(kept) > 0, f"{metric}: no tokens generated"
+    extra(
+        bench_model,
+        metric=metric,
+        max_tokens=settings.n_gen,
+        seed=SEED,
+        temperature=TEMPERATURE,
+        top_p=TOP_P,
+        completion_tokens=kept,
+        perf=rec.perf_summary(),
+        **_report_extra(client),
+        metrics={metric: latency_metric(rec.samples)},
+    )
+
+
+def test_chat_raw(
+    benchmark: Any,
+    rounds: Callable[[str], tuple[int, int]],
+    bench_model: BenchModel,
+    settings: BenchSettings,
+    pooled: tuple[LlamaCppClient, ModelPool[Any]],
+    extra: Callable[..., dict[str, Any]],
+) -> None:
+    """Raw ``Llama.create_chat_completion`` on the client's loaded model, same parameters
+    and chat format as the client (the GGUF's template, or the configured chat_format)."""
+    client, _pool = pooled
+    n_rounds, warmup = rounds("chat")
+    loaded = client.load()
+    llm = loaded.llm
+
+    def call() -> int:
+        with loaded.lock:
+            saved = llm.chat_format
+            if bench_model.chat_format:
+                llm.chat_format = bench_model.chat_format
+            try:
+                out = llm.create_chat_completion(
+                    messages=MESSAGES,
+                    max_tokens=settings.n_gen,
+                    temperature=TEMPERATURE,
+                    top_p=TOP_P,
+                    seed=SEED,
+                )
+            finally:
+                llm.chat_format = saved
+        return int(out["usage"]["completion_tokens"])
+
+    _chat_bench(
+        benchmark,
+        bench_model,
+        settings,
+        client,
+        extra,
+        metric="chat_raw",
+        call=call,
+        n_rounds=n_rounds,
+        warmup=warmup,
+    )
+
+
+def test_chat_client(
+    benchmark: Any,
+    rounds: Callable[[str], tuple[int, int]],
+    bench_model: BenchModel,
+    settings: BenchSettings,
+    pooled: tuple[LlamaCppClient, ModelPool[Any]],
+    extra: Callable[..., dict[str, Any]],
+) -> None:
+    """``client.generate`` (messages normalised, template, tool parsing, usage) end to end."""
+    client, _pool = pooled
+    n_rounds, warmup = rounds("chat")
+
+    def call() -> int:
+        client.generate(MESSAGES, seed=SEED)
+        usage = client.consume_usage()
+        return usage.completion_tokens if usage else 0
+
+    _chat_bench(
+        benchmark,
+        bench_model,
+        settings,
+        client,
+        extra,
+        metric="chat_client",
+        call=call,
+        n_rounds=n_rounds,
+        warmup=warmup,
+    )

@@ -1,0 +1,114 @@
+"""``llama-harness llama-bench``: build llama.cpp's llama-bench from the same sdist and run it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "llama-bench",
+        help="build (cached) and run llama.cpp's llama-bench for parity with the benchmarks",
+        description=(
+            "Build llama-bench from vendor/llama.cpp of the pinned llama-cpp-python sdist with "
+            "the variant's CMAKE_ARGS (cached under <cache>/llama-bench/<key>/, ccache in a "
+            "stable build folder), run it on the test models with the benchmarks' settings "
+            "(-fa 0 -b 512 -ub 512 -p 512 -n 128 -t N) and write "
+            "<reports>/<variant>/llama-bench.json for `llama-harness report`."
+        ),
+    )
+    p.add_argument("--variant", default=os.environ.get("LLAMA_HARNESS_VARIANT", "cpu"))
+    p.add_argument(
+        "--models",
+        default=os.environ.get("LLAMA_HARNESS_MODELS", "tiny,gemma-3-270m"),
+        help="comma list of test-model names (default: $LLAMA_HARNESS_MODELS or tiny,gemma-3-270m)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="-t (default: usable cores)")
+    p.add_argument("--reps", type=int, default=None, help="-r repetitions (default: 5)")
+    p.add_argument(
+        "--n-gpu-layers",
+        type=int,
+        default=None,
+        help="-ngl (default: $LLAMA_HARNESS_N_GPU_LAYERS, else -1 for GPU variants, 0 otherwise)",
+    )
+    p.add_argument("--build-only", action="store_true", help="build (or find) it, do not run")
+    p.add_argument("--force", action="store_true", help="rebuild even when cached")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="results file (default: <reports>/<variant>/llama-bench.json)",
+    )
+    p.set_defaults(func=run)
+
+
+def _gpu_layers(variant: str, given: int | None) -> int:
+    if given is not None:
+        return given
+    env = os.environ.get("LLAMA_HARNESS_N_GPU_LAYERS", "").strip()
+    if env:
+        return int(env)
+    from harness.variants import load_variants
+
+    v = load_variants().get(variant)
+    return -1 if v is not None and v.gpu else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness import llama_bench
+
+    console = Console(stderr=True)
+    try:
+        settings = llama_bench.BenchSettings.from_env()
+        if args.threads is not None:
+            settings = dataclasses.replace(settings, n_threads=args.threads)
+        if args.reps is not None:
+            settings = dataclasses.replace(settings, reps=args.reps)
+        with Progress(
+            TextColumn("[bold]llama-bench[/bold] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(f"build ({args.variant})", total=None)
+
+            def report(done: int, total: int, what: str) -> None:
+                progress.update(task, completed=done, total=total, description=what)
+
+            b = llama_bench.build(
+                args.variant, force=args.force, jobs=args.jobs, report=report, say=console.print
+            )
+        console.print(f"llama-bench: {b.binary} (key {b.key})")
+        if args.build_only:
+            return 0
+        from harness.test_models import ensure_model
+
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        models = {n: ensure_model(n, progress=True, offline=True) for n in names}
+        ngl = _gpu_layers(args.variant, args.n_gpu_layers)
+        doc = llama_bench.run_models(
+            args.variant, models, settings, n_gpu_layers=ngl, b=b, say=console.print
+        )
+    except (llama_bench.LlamaBenchError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    out = args.output or llama_bench.results_path(args.variant)
+    llama_bench.write_results(doc, out)
+    for r in doc["runs"]:
+        for rec in r["results"]:
+            test = f"pp{rec['n_prompt']}" if rec.get("n_prompt") else f"tg{rec['n_gen']}"
+            console.print(
+                f"  {r['model']:>14} {test:>6}: {rec['avg_ts']:10.2f} ± {rec['stddev_ts']:.2f} t/s"
+            )
+    console.print(f"wrote {out}")
+    return 0

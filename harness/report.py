@@ -1,0 +1,1170 @@
+"""Merge benchmark results of every variant into one report: Markdown, PNG charts, JSON.
+
+Inputs, per variant, under ``reports_dir()/<variant>/``:
+
+* ``bench.json``: pytest-benchmark JSON written by ``nox -s bench-<variant>``. Each benchmark's
+  ``extra_info`` carries its provenance (variant, build key, model sha256, threads, ...) and,
+  under ``"metrics"``, the figures it measured (``{"pp512": {"value": .., "stddev": ..,
+  "unit": "t/s", "higher_is_better": true, "samples": [..]}}``). A benchmark without
+  ``"metrics"`` is read as a latency: its name (or ``extra_info["metric"]``) with the mean and
+  stddev of pytest-benchmark's own timings.
+* ``llama-bench.json``: written by :mod:`harness.llama_bench` (llama.cpp's own ``llama-bench -o
+  json`` records plus provenance). pp/tg from both give the parity ratio harness / llama-bench.
+* ``status.json``: ``{"status": "built-no-gpu", "detail": ...}`` for variants that did not (or
+  could not) run; they stay in the tables with their status instead of disappearing.
+
+Outputs (``report.md``, ``report.json``, ``charts/*.png``) are written atomically.
+``compare()`` flags regressions against a baseline (a previous ``report.json``, a
+pytest-benchmark JSON file, or a reports folder) beyond a threshold, like
+``pytest-benchmark compare --compare-fail`` and llama.cpp's ``compare-llama-bench.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "llama-harness-report/1"
+BASELINE_VARIANT = "cpu"
+PARITY_GOAL = 0.97
+
+BENCH_FILE = "bench.json"
+LLAMA_BENCH_FILE = "llama-bench.json"
+STATUS_FILE = "status.json"
+#: status.json values meaning "ran fine"; anything else is shown next to the variant's rows
+OK_STATUSES = frozenset({"ok", "passed", "built"})
+
+
+class ReportError(ValueError):
+    """A results file that cannot be read; the message names the file, the field and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# metric catalogue
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    label: str
+    unit: str
+    higher_is_better: bool
+    comparable: bool = True  # takes part in --compare
+
+
+_FIXED: dict[str, MetricSpec] = {
+    "load_cold": MetricSpec("load cold", "s", False),
+    "load_warm": MetricSpec("load warm (pool)", "s", False),
+    "ttft": MetricSpec("TTFT stream", "s", False),
+    "stream": MetricSpec("stream e2e", "t/s", True),
+    "chat_raw": MetricSpec("chat raw Llama", "s", False),
+    "chat_client": MetricSpec("chat via client", "s", False),
+    "client_overhead": MetricSpec("client overhead", "Δ%", False, comparable=False),
+    "tg_bw_fraction": MetricSpec("tg / BW bound", "%", True, comparable=False),
+}
+_PATTERNS: list[tuple[re.Pattern[str], MetricSpec]] = [
+    (re.compile(r"^pp\d+$"), MetricSpec("{m}", "t/s", True)),
+    (re.compile(r"^tg\d+$"), MetricSpec("{m}", "t/s", True)),
+    (re.compile(r"^lb_(pp|tg)\d+$"), MetricSpec("llama-bench {s}", "t/s", True)),
+    (re.compile(r"^parity_(pp|tg)\d+$"), MetricSpec("parity {s}", "x", True, comparable=False)),
+]
+# column order in tables; anything else follows alphabetically
+_ORDER = [
+    "load_cold",
+    "load_warm",
+    "pp*",
+    "lb_pp*",
+    "parity_pp*",
+    "tg*",
+    "lb_tg*",
+    "parity_tg*",
+    "tg_bw_fraction",
+    "ttft",
+    "stream",
+    "chat_raw",
+    "chat_client",
+    "client_overhead",
+]
+
+
+def metric_spec(metric: str) -> MetricSpec:
+    if metric in _FIXED:
+        return _FIXED[metric]
+    for pattern, spec in _PATTERNS:
+        if pattern.match(metric):
+            suffix = metric.split("_", 1)[1] if "_" in metric else metric
+            return MetricSpec(
+                spec.label.format(m=metric, s=suffix),
+                spec.unit,
+                spec.higher_is_better,
+                spec.comparable,
+            )
+    return MetricSpec(metric, "s", False)
+
+
+def _order_key(metric: str) -> tuple[int, str]:
+    for i, pat in enumerate(_ORDER):
+        if pat.endswith("*"):
+            prefix = pat[:-1]
+            rest = metric[len(prefix) :]
+            if metric.startswith(prefix) and rest.isdigit():
+                return (i, f"{int(rest):08d}")
+        elif metric == pat:
+            return (i, "")
+    return (len(_ORDER), metric)
+
+
+# --------------------------------------------------------------------------------------------
+# data model
+
+
+@dataclass
+class Measurement:
+    """One figure: a metric of one model on one variant."""
+
+    variant: str
+    model: str
+    metric: str
+    value: float
+    stddev: float = 0.0
+    rounds: int = 0
+    unit: str = ""
+    higher_is_better: bool = True
+    source: str = ""  # "pytest-benchmark", "llama-bench" or "derived"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cv(self) -> float | None:
+        """Coefficient of variation (stddev / mean), None when undefined."""
+        if self.value == 0 or not math.isfinite(self.value):
+            return None
+        return abs(self.stddev / self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cv"] = self.cv
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
+        return cls(
+            variant=str(d["variant"]),
+            model=str(d["model"]),
+            metric=str(d["metric"]),
+            value=float(d["value"]),
+            stddev=float(d.get("stddev", 0.0)),
+            rounds=int(d.get("rounds", 0)),
+            unit=str(d.get("unit", "")),
+            higher_is_better=bool(d.get("higher_is_better", True)),
+            source=str(d.get("source", "")),
+            settings=dict(d.get("settings", {})),
+        )
+
+
+@dataclass
+class VariantInfo:
+    name: str
+    status: str = "ok"
+    detail: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ResultSet:
+    variants: dict[str, VariantInfo] = field(default_factory=dict)
+    measurements: list[Measurement] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    baseline: str = BASELINE_VARIANT  # the variant ratios are taken against
+
+    def get(self, variant: str, model: str, metric: str) -> Measurement | None:
+        for m in self.measurements:
+            if (m.variant, m.model, m.metric) == (variant, model, metric):
+                return m
+        return None
+
+    def models(self) -> list[str]:
+        return sorted({m.model for m in self.measurements})
+
+    def metrics(self, model: str | None = None) -> list[str]:
+        names = {m.metric for m in self.measurements if model is None or m.model == model}
+        return sorted(names, key=_order_key)
+
+    def variant_names(self) -> list[str]:
+        names = set(self.variants) | {m.variant for m in self.measurements}
+        return sorted(names, key=lambda v: (v != self.baseline, v))
+
+
+@dataclass
+class Regression:
+    variant: str
+    model: str
+    metric: str
+    baseline: float
+    current: float
+    change_pct: float  # signed change in the metric's "worse" direction, percent
+    regressed: bool
+    sigmas: float | None = None  # |change| / combined stddev of both runs (None: no spread)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read ({exc.strerror}); fix: check the path") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(
+            f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix: rerun the session "
+            "that writes it or delete the file"
+        ) from exc
+
+
+def _as_float(value: Any, *, path: Path, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ReportError(
+            f"{path}: field {field_name!r} must be a number, got {value!r}; fix: rerun the "
+            "benchmark session that wrote this file"
+        )
+    return float(value)
+
+
+def _settings_from_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
+    keys = (
+        "n_threads",
+        "n_batch",
+        "n_ubatch",
+        "n_prompt",
+        "n_gen",
+        "n_gpu_layers",
+        "flash_attn",
+        "loadavg",
+    )
+    return {k: extra[k] for k in keys if k in extra}
+
+
+_PROVENANCE_KEYS = (
+    "build_key",
+    "llama_cpp_version",
+    "backend",
+    "compiled_backends",
+    "offloaded_layers",
+    "gpu",
+    "cmake_args",
+)
+
+
+def parse_bench_json(data: Any, *, path: Path, variant: str | None = None) -> ResultSet:
+    """Read one pytest-benchmark JSON document into measurements.
+
+    ``variant`` (the folder name) is used when a benchmark's ``extra_info`` has none.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise ReportError(
+            f"{path}: field 'benchmarks' missing: this is not pytest-benchmark JSON; fix: "
+            "pass the file written by `pytest --benchmark-json=...`"
+        )
+    rs = ResultSet()
+    for i, bench in enumerate(data["benchmarks"]):
+        if not isinstance(bench, dict):
+            raise ReportError(f"{path}: benchmarks[{i}] is not an object; fix: rerun the session")
+        extra = bench.get("extra_info") or {}
+        if not isinstance(extra, dict):
+            raise ReportError(f"{path}: benchmarks[{i}].extra_info is not an object")
+        var = str(extra.get("variant") or variant or "unknown")
+        model = str(extra.get("model") or "-")
+        settings = _settings_from_extra(extra)
+        info = rs.variants.setdefault(var, VariantInfo(var))
+        for key in _PROVENANCE_KEYS:
+            if key in extra and key not in info.provenance:
+                info.provenance[key] = extra[key]
+        if "model_sha256" in extra:
+            models = info.provenance.setdefault("models", {})
+            models[model] = {
+                "sha256": extra["model_sha256"],
+                "size": extra.get("model_size"),
+                "path": extra.get("model_path"),
+            }
+        metrics = extra.get("metrics")
+        if isinstance(metrics, dict) and metrics:
+            for name, m in metrics.items():
+                if not isinstance(m, dict):
+                    raise ReportError(
+                        f"{path}: benchmarks[{i}].extra_info.metrics.{name} not an object"
+                    )
+                where = f"benchmarks[{i}].extra_info.metrics.{name}"
+                spec = metric_spec(name)
+                samples = m.get("samples")
+                rs.measurements.append(
+                    Measurement(
+                        variant=var,
+                        model=model,
+                        metric=str(name),
+                        value=_as_float(m.get("value"), path=path, field_name=f"{where}.value"),
+                        stddev=_as_float(
+                            m.get("stddev", 0.0), path=path, field_name=f"{where}.stddev"
+                        ),
+                        rounds=int(
+                            m.get("rounds", len(samples) if isinstance(samples, list) else 0)
+                        ),
+                        unit=str(m.get("unit", spec.unit)),
+                        higher_is_better=bool(m.get("higher_is_better", spec.higher_is_better)),
+                        source="pytest-benchmark",
+                        settings=settings,
+                    )
+                )
+        else:
+            stats = bench.get("stats")
+            if not isinstance(stats, dict):
+                raise ReportError(f"{path}: benchmarks[{i}].stats missing; fix: rerun the session")
+            name = str(extra.get("metric") or bench.get("name") or f"bench{i}")
+            rs.measurements.append(
+                Measurement(
+                    variant=var,
+                    model=model,
+                    metric=name,
+                    value=_as_float(
+                        stats.get("mean"), path=path, field_name=f"benchmarks[{i}].stats.mean"
+                    ),
+                    stddev=_as_float(
+                        stats.get("stddev", 0.0),
+                        path=path,
+                        field_name=f"benchmarks[{i}].stats.stddev",
+                    ),
+                    rounds=int(stats.get("rounds", 0)),
+                    unit="s",
+                    higher_is_better=False,
+                    source="pytest-benchmark",
+                    settings=settings,
+                )
+            )
+    machine = data.get("machine_info")
+    if isinstance(machine, dict):
+        for info in rs.variants.values():
+            info.provenance.setdefault("machine", _short_machine_info(machine))
+    return rs
+
+
+def _short_machine_info(machine: Mapping[str, Any]) -> dict[str, Any]:
+    cpu = machine.get("cpu") if isinstance(machine.get("cpu"), dict) else {}
+    assert isinstance(cpu, dict)
+    return {
+        "node": machine.get("node"),
+        "cpu": cpu.get("brand_raw") or machine.get("processor"),
+        "cores": cpu.get("count"),
+        "system": machine.get("system"),
+        "release": machine.get("release"),
+        "python": machine.get("python_version"),
+    }
+
+
+def parse_llama_bench_json(data: Any, *, path: Path, variant: str | None = None) -> ResultSet:
+    """Read :func:`harness.llama_bench.run` output: ``{"variant", "runs": [{"model", "results":
+    [llama-bench records]}]}``, or a bare list of llama-bench ``-o json`` records."""
+    runs: list[dict[str, Any]]
+    var = variant or "unknown"
+    meta: dict[str, Any] = {}
+    if isinstance(data, list):
+        runs = [{"model": None, "results": data}]
+    elif isinstance(data, dict) and isinstance(data.get("runs"), list):
+        runs = data["runs"]
+        var = str(data.get("variant") or var)
+        meta = {k: v for k, v in data.items() if k != "runs"}
+    else:
+        raise ReportError(
+            f"{path}: field 'runs' missing: not llama-bench output; fix: rerun "
+            "`llama-harness llama-bench --variant VARIANT`"
+        )
+    rs = ResultSet()
+    info = rs.variants.setdefault(var, VariantInfo(var))
+    if meta:
+        info.provenance["llama_bench"] = {
+            k: meta[k]
+            for k in ("build_key", "wheel_key", "binary", "cmake_args", "command", "settings")
+            if k in meta
+        }
+    for r, run in enumerate(runs):
+        results = run.get("results")
+        if not isinstance(results, list):
+            raise ReportError(f"{path}: runs[{r}].results is not a list; fix: rerun llama-bench")
+        for j, rec in enumerate(results):
+            if not isinstance(rec, dict):
+                raise ReportError(f"{path}: runs[{r}].results[{j}] is not an object")
+            n_prompt = int(rec.get("n_prompt", 0))
+            n_gen = int(rec.get("n_gen", 0))
+            if n_prompt > 0 and n_gen == 0:
+                test = f"pp{n_prompt}"
+            elif n_gen > 0 and n_prompt == 0:
+                test = f"tg{n_gen}"
+            else:
+                test = f"pp{n_prompt}_tg{n_gen}"
+            model = run.get("model") or Path(str(rec.get("model_filename", "-"))).stem
+            where = f"runs[{r}].results[{j}]"
+            samples = rec.get("samples_ts")
+            rs.measurements.append(
+                Measurement(
+                    variant=var,
+                    model=str(model),
+                    metric=f"lb_{test}",
+                    value=_as_float(rec.get("avg_ts"), path=path, field_name=f"{where}.avg_ts"),
+                    stddev=_as_float(
+                        rec.get("stddev_ts", 0.0), path=path, field_name=f"{where}.stddev_ts"
+                    ),
+                    rounds=len(samples) if isinstance(samples, list) else 0,
+                    unit="t/s",
+                    higher_is_better=True,
+                    source="llama-bench",
+                    settings={
+                        "n_threads": rec.get("n_threads"),
+                        "n_batch": rec.get("n_batch"),
+                        "n_ubatch": rec.get("n_ubatch"),
+                        "n_prompt": n_prompt,
+                        "n_gen": n_gen,
+                        "n_gpu_layers": rec.get("n_gpu_layers"),
+                        "flash_attn": rec.get("flash_attn"),
+                        "build_commit": rec.get("build_commit"),
+                        "backends": rec.get("backends"),
+                    },
+                )
+            )
+    return rs
+
+
+def _merge(into: ResultSet, other: ResultSet) -> None:
+    for name, info in other.variants.items():
+        mine = into.variants.setdefault(name, VariantInfo(name))
+        if info.status != "ok" or info.detail:
+            mine.status, mine.detail = info.status, info.detail
+        for k, v in info.provenance.items():
+            if k == "models" and isinstance(v, dict):
+                mine.provenance.setdefault("models", {}).update(v)
+            else:
+                mine.provenance.setdefault(k, v)
+        mine.files.extend(info.files)
+    into.measurements.extend(other.measurements)
+    into.notes.extend(other.notes)
+
+
+def load_variant_dir(directory: Path) -> ResultSet:
+    """Everything one variant's folder holds (bench.json, llama-bench.json, status.json)."""
+    name = directory.name
+    rs = ResultSet()
+    info = VariantInfo(name)
+    rs.variants[name] = info
+    status_path = directory / STATUS_FILE
+    if status_path.is_file():
+        status = _read_json(status_path)
+        if not isinstance(status, dict) or not isinstance(status.get("status"), str):
+            raise ReportError(
+                f"{status_path}: field 'status' missing or not a string; fix: write "
+                '{"status": "ok"} (or e.g. "built-no-gpu", "crashed-native")'
+            )
+        info.status = status["status"]
+        info.detail = str(status.get("detail") or status.get("message") or "")
+        info.files.append(str(status_path))
+        extra = {k: v for k, v in status.items() if k not in ("status", "detail", "message")}
+        if extra:
+            info.provenance["status_info"] = extra
+    bench_path = directory / BENCH_FILE
+    if bench_path.is_file():
+        _merge(rs, parse_bench_json(_read_json(bench_path), path=bench_path, variant=name))
+        info.files.append(str(bench_path))
+    lb_path = directory / LLAMA_BENCH_FILE
+    if lb_path.is_file():
+        _merge(rs, parse_llama_bench_json(_read_json(lb_path), path=lb_path, variant=name))
+        info.files.append(str(lb_path))
+    if not info.files:
+        info.status = "no-results"
+        info.detail = f"no {BENCH_FILE} or {STATUS_FILE} in {directory}"
+    elif not bench_path.is_file() and info.status in OK_STATUSES:
+        info.status = "no-bench"
+        info.detail = f"{bench_path} missing"
+    return rs
+
+
+def collect(reports: Path) -> ResultSet:
+    """Every variant folder under ``reports`` (those holding a results file)."""
+    rs = ResultSet()
+    if not reports.is_dir():
+        raise ReportError(
+            f"{reports}: no such folder; fix: run `nox -s bench-<variant>` first or pass the "
+            "folder that holds <variant>/bench.json"
+        )
+    for d in sorted(p for p in reports.iterdir() if p.is_dir()):
+        if any((d / f).is_file() for f in (BENCH_FILE, LLAMA_BENCH_FILE, STATUS_FILE)):
+            _merge(rs, load_variant_dir(d))
+    add_derived(rs)
+    return rs
+
+
+def load_baseline(path: Path) -> ResultSet:
+    """A previous report.json, a pytest-benchmark JSON file, or a reports folder."""
+    if path.is_dir():
+        if (path / BENCH_FILE).is_file():  # one variant's folder
+            rs = load_variant_dir(path)
+            add_derived(rs)
+            return rs
+        if (path / "report.json").is_file() and not any(
+            (p / BENCH_FILE).is_file() for p in path.iterdir() if p.is_dir()
+        ):
+            return load_baseline(path / "report.json")
+        return collect(path)
+    data = _read_json(path)
+    if isinstance(data, dict) and data.get("schema") == SCHEMA:
+        rows = data.get("measurements")
+        if not isinstance(rows, list):
+            raise ReportError(f"{path}: field 'measurements' missing; fix: regenerate the report")
+        rs = ResultSet(measurements=[Measurement.from_dict(r) for r in rows])
+        for name, v in (data.get("variants") or {}).items():
+            rs.variants[name] = VariantInfo(name, status=str(v.get("status", "ok")))
+        return rs
+    if isinstance(data, dict) and "benchmarks" in data:
+        rs = parse_bench_json(data, path=path, variant=path.parent.name)
+        add_derived(rs)
+        return rs
+    if isinstance(data, dict) and "runs" in data:
+        return parse_llama_bench_json(data, path=path, variant=path.parent.name)
+    raise ReportError(
+        f"{path}: not a report.json (field 'schema' != {SCHEMA!r}), pytest-benchmark JSON or "
+        "llama-bench JSON; fix: pass one of those or a reports folder"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# derived figures
+
+
+def _ratio_stddev(a: Measurement, b: Measurement, ratio: float) -> float:
+    ca, cb = a.cv or 0.0, b.cv or 0.0
+    return abs(ratio) * math.sqrt(ca * ca + cb * cb)
+
+
+def add_derived(rs: ResultSet) -> None:
+    """Parity (harness / llama-bench) and client overhead (client / raw - 1), in place."""
+    have = {(m.variant, m.model, m.metric) for m in rs.measurements}
+    new: list[Measurement] = []
+    for m in list(rs.measurements):
+        if m.source != "llama-bench" or not m.metric.startswith("lb_"):
+            continue
+        test = m.metric[3:]
+        ours = rs.get(m.variant, m.model, test)
+        if ours is None or ours.value <= 0 or m.value <= 0:
+            continue
+        if (m.variant, m.model, f"parity_{test}") in have:
+            continue
+        ratio = ours.value / m.value
+        settings = {"harness": ours.settings, "llama_bench": m.settings}
+        mismatched = [
+            k
+            for k in ("n_threads", "n_batch", "n_ubatch")
+            if k in ours.settings and m.settings.get(k) not in (None, ours.settings[k])
+        ]
+        if mismatched:
+            rs.notes.append(
+                f"{m.variant}/{m.model} {test}: harness and llama-bench differ in "
+                + ", ".join(f"{k} ({ours.settings[k]} vs {m.settings.get(k)})" for k in mismatched)
+                + ": the parity ratio compares unlike settings"
+            )
+        new.append(
+            Measurement(
+                variant=m.variant,
+                model=m.model,
+                metric=f"parity_{test}",
+                value=ratio,
+                stddev=_ratio_stddev(ours, m, ratio),
+                rounds=min(ours.rounds, m.rounds),
+                unit="x",
+                higher_is_better=True,
+                source="derived",
+                settings=settings,
+            )
+        )
+        if test.startswith(("pp", "tg")) and ratio < PARITY_GOAL:
+            rs.notes.append(
+                f"{m.variant}/{m.model} {test}: parity {ratio:.3f} is below the {PARITY_GOAL} goal "
+                f"(harness {ours.value:.1f} t/s vs llama-bench {m.value:.1f} t/s)"
+            )
+    for name, info in rs.variants.items():
+        lb = info.provenance.get("llama_bench")
+        wheel = info.provenance.get("build_key")
+        if isinstance(lb, dict) and lb.get("wheel_key") and wheel and lb["wheel_key"] != wheel:
+            rs.notes.append(
+                f"{name}: llama-bench was built for wheel key {str(lb['wheel_key'])[:12]} but the "
+                f"benchmarks ran wheel {str(wheel)[:12]}: parity compares different builds; fix: "
+                f"rerun `llama-harness llama-bench --variant {name}`"
+            )
+    for m in rs.measurements:
+        load = m.settings.get("loadavg")
+        threads = m.settings.get("n_threads")
+        busy = (
+            isinstance(load, list)
+            and bool(load)
+            and isinstance(threads, int)
+            and float(load[0]) > threads + 1
+        )
+        if busy:
+            assert isinstance(load, list)
+            rs.notes.append(
+                f"{m.variant}/{m.model} {m.metric}: the 1-min load average was "
+                f"{float(load[0]):.1f} with {threads} benchmark threads: other work shared "
+                "the cores, expect a wider spread; rerun on an idle machine"
+            )
+    hosts: dict[str, list[str]] = {}
+    for name, i in sorted(rs.variants.items()):
+        if isinstance(i.provenance.get("machine"), dict):
+            hosts.setdefault(_machine_text(i.provenance["machine"]), []).append(name)
+    if len(hosts) > 1:
+        rs.notes.append(
+            "variants ran on different machines ("
+            + "; ".join(f"{', '.join(v)} on {h}" for h, v in sorted(hosts.items()))
+            + "): ratios between them compare machines as well as builds"
+        )
+    for var, model in {(m.variant, m.model) for m in rs.measurements}:
+        raw = rs.get(var, model, "chat_raw")
+        cli = rs.get(var, model, "chat_client")
+        if raw and cli and raw.value > 0 and (var, model, "client_overhead") not in have:
+            ratio = cli.value / raw.value
+            new.append(
+                Measurement(
+                    variant=var,
+                    model=model,
+                    metric="client_overhead",
+                    value=(ratio - 1.0) * 100.0,
+                    stddev=_ratio_stddev(cli, raw, ratio) * 100.0,
+                    rounds=min(raw.rounds, cli.rounds),
+                    unit="Δ%",
+                    higher_is_better=False,
+                    source="derived",
+                )
+            )
+    rs.measurements.extend(new)
+
+
+# --------------------------------------------------------------------------------------------
+# comparing
+
+
+def compare(
+    current: ResultSet,
+    baseline: ResultSet,
+    *,
+    threshold_pct: float = 5.0,
+    min_sigmas: float = 2.0,
+) -> list[Regression]:
+    """Every comparable metric present in both. ``regressed`` when worse by more than
+    ``threshold_pct`` percent AND by more than ``min_sigmas`` times the combined stddev of the
+    two runs (so run-to-run noise of a jittery figure is not called a regression; 0 turns the
+    noise check off, like ``pytest-benchmark compare --compare-fail``)."""
+    out: list[Regression] = []
+    for cur in current.measurements:
+        spec = metric_spec(cur.metric)
+        if not spec.comparable or cur.source == "derived":
+            continue
+        base = baseline.get(cur.variant, cur.model, cur.metric)
+        if base is None or base.value == 0:
+            continue
+        if cur.higher_is_better:
+            worse = (base.value - cur.value) / abs(base.value) * 100.0
+        else:
+            worse = (cur.value - base.value) / abs(base.value) * 100.0
+        spread = math.hypot(cur.stddev, base.stddev)
+        sigmas = abs(cur.value - base.value) / spread if spread > 0 else None
+        significant = sigmas is None or sigmas > min_sigmas
+        out.append(
+            Regression(
+                variant=cur.variant,
+                model=cur.model,
+                metric=cur.metric,
+                baseline=base.value,
+                current=cur.value,
+                change_pct=worse,
+                regressed=worse > threshold_pct and significant,
+                sigmas=sigmas,
+            )
+        )
+    out.sort(key=lambda r: (not r.regressed, r.variant, r.model, _order_key(r.metric)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# machine provenance
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, OS and GPUs of the machine writing the report."""
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib: float | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+                break
+    except (OSError, ValueError):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu_model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "memory_gib": mem_gib,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "gpus": gpu_info(),
+    }
+
+
+def gpu_info() -> list[dict[str, str]]:
+    """``nvidia-smi`` name, driver and memory of each GPU; empty when there is none."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        proc = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    gpus = []
+    for line in proc.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and proc.returncode == 0:
+            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
+    return gpus
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+
+
+def _fmt_value(value: float, unit: str) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if unit == "s":
+        if abs(value) < 1e-3:
+            return f"{value * 1e6:.0f} µs"
+        if abs(value) < 1.0:
+            return f"{value * 1000:.1f} ms"
+        return f"{value:.2f} s"
+    if unit == "Δ%":
+        return f"{value:+.1f}%"
+    if unit == "%":
+        return f"{value:.1f}%"
+    if unit == "x":
+        return f"{value:.3f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}"
+
+
+def format_cell(m: Measurement, base: Measurement | None) -> str:
+    text = _fmt_value(m.value, m.unit)
+    if m.unit in ("%", "Δ%"):
+        text += f" ±{m.stddev:.1f}"
+    elif m.unit == "x":
+        text += f" ±{m.stddev:.3f}"
+    elif m.cv is not None:
+        text += f" ±{m.cv * 100:.1f}%"
+    if (
+        base is not None
+        and m.variant != base.variant
+        and m.unit not in ("%", "Δ%", "x")
+        and base.value > 0
+        and m.value > 0
+    ):
+        ratio = m.value / base.value if m.higher_is_better else base.value / m.value
+        text += f" (×{ratio:.2f})"
+    return text
+
+
+def _header(metric: str) -> str:
+    spec = metric_spec(metric)
+    unit = {"s": "", "t/s": " t/s", "%": "", "Δ%": "", "x": ""}.get(spec.unit, f" {spec.unit}")
+    return f"{spec.label}{unit}"
+
+
+def render_markdown(
+    rs: ResultSet,
+    *,
+    machine: Mapping[str, Any] | None = None,
+    regressions: Sequence[Regression] | None = None,
+    threshold_pct: float = 5.0,
+    charts: Sequence[Path] = (),
+    chart_base: Path | None = None,
+) -> str:
+    lines: list[str] = ["# llama-harness benchmark report", ""]
+    if machine:
+        gpus = ", ".join(f"{g['name']} (driver {g['driver']})" for g in machine.get("gpus") or [])
+        lines.append(
+            f"Report written on: **{machine.get('cpu')}**, "
+            f"{machine.get('usable_cores')} usable cores, "
+            f"{machine.get('memory_gib')} GiB, {machine.get('os')}"
+            + (f"; GPU: {gpus}" if gpus else "; no GPU")
+        )
+        lines.append("")
+    lines += [
+        "Cells: mean ±spread (stddev for ratios, coefficient of variation otherwise); "
+        f"(×N) is the ratio to `{rs.baseline}`, >1 is better (faster / quicker). "
+        "Parity = harness / llama-bench on the same build, model, threads and batch.",
+        "",
+        "## Variants",
+        "",
+        "| variant | status | backend | offloaded layers | llama-cpp-python | build key | GPU "
+        "| ran on |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in rs.variant_names():
+        info = rs.variants.get(name, VariantInfo(name))
+        p = info.provenance
+        shown = info.detail and info.status not in OK_STATUSES
+        detail = info.detail if len(info.detail) <= 140 else info.detail[:139] + "…"
+        status = info.status + (f": {detail}" if shown else "")
+        gpu = p.get("gpu")
+        gpu_text = gpu.get("name", "") if isinstance(gpu, dict) else (str(gpu) if gpu else "-")
+        lines.append(
+            f"| {name} | {_md(status)} | {p.get('backend', '-')} | "
+            f"{p.get('offloaded_layers', '-')} | {p.get('llama_cpp_version', '-')} | "
+            f"{str(p.get('build_key') or '-')[:16]} | {_md(gpu_text or '-')} | "
+            f"{_md(_machine_text(p.get('machine')))} |"
+        )
+    lines.append("")
+    for model in rs.models():
+        metrics = rs.metrics(model)
+        settings = _model_settings(rs, model)
+        lines += [f"## {model}", ""]
+        if settings:
+            lines += [settings, ""]
+        lines.append("| variant | " + " | ".join(_header(m) for m in metrics) + " |")
+        lines.append("| --- |" + " --- |" * len(metrics))
+        for var in rs.variant_names():
+            info = rs.variants.get(var, VariantInfo(var))
+            cells = []
+            for metric in metrics:
+                m = rs.get(var, model, metric)
+                base = rs.get(rs.baseline, model, metric)
+                cells.append(format_cell(m, base) if m else "—")
+            ok = info.status in OK_STATUSES
+            label = var if ok else f"{var} ({info.status})"
+            if all(c == "—" for c in cells) and ok:
+                continue
+            lines.append(f"| {_md(label)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    parity = [m for m in rs.measurements if m.metric.startswith("parity_")]
+    if parity:
+        lines += [
+            "## Parity with llama-bench",
+            "",
+            "| variant | model | test | harness t/s | llama-bench t/s | ratio |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for m in sorted(parity, key=lambda x: (x.variant, x.model, _order_key(x.metric))):
+            test = m.metric[len("parity_") :]
+            ours = rs.get(m.variant, m.model, test)
+            lb = rs.get(m.variant, m.model, f"lb_{test}")
+            flag = "" if m.value >= PARITY_GOAL else " ⚠"
+            lines.append(
+                f"| {m.variant} | {m.model} | {test} | "
+                f"{format_cell(ours, None) if ours else '—'} | "
+                f"{format_cell(lb, None) if lb else '—'} | "
+                f"{m.value:.3f}{flag} |"
+            )
+        lines.append("")
+    if regressions is not None:
+        bad = [r for r in regressions if r.regressed]
+        lines += [
+            f"## Comparison with baseline (worse by > {threshold_pct:g}% and beyond the noise)",
+            "",
+            f"{len(bad)} regression(s) in {len(regressions)} compared figure(s).",
+            "",
+        ]
+        if regressions:
+            lines += [
+                "| variant | model | metric | baseline | current | worse by | noise (σ) | |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for r in regressions:
+                unit = metric_spec(r.metric).unit
+                lines.append(
+                    f"| {r.variant} | {r.model} | {r.metric} | {_fmt_value(r.baseline, unit)} | "
+                    f"{_fmt_value(r.current, unit)} | {r.change_pct:+.1f}% | "
+                    f"{'-' if r.sigmas is None else f'{r.sigmas:.1f}'} | "
+                    f"{'**REGRESSION**' if r.regressed else 'ok'} |"
+                )
+            lines.append("")
+    if rs.notes:
+        lines += ["## Notes", ""] + [f"- {_md(n)}" for n in dict.fromkeys(rs.notes)] + [""]
+    if charts:
+        lines += ["## Charts", ""]
+        for c in charts:
+            rel = c.relative_to(chart_base) if chart_base and c.is_relative_to(chart_base) else c
+            lines.append(f"![{c.stem}]({rel.as_posix()})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _machine_text(machine: Any) -> str:
+    if not isinstance(machine, dict):
+        return "-"
+    cores = f", {machine['cores']} cores" if machine.get("cores") else ""
+    return f"{machine.get('node') or '?'} ({machine.get('cpu') or '?'}{cores})"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _model_settings(rs: ResultSet, model: str) -> str:
+    seen: dict[str, set[str]] = {}
+    for m in rs.measurements:
+        if m.model != model or m.source != "pytest-benchmark":
+            continue
+        for k, v in m.settings.items():
+            if k not in ("n_prompt", "n_gen", "n_ctx", "loadavg"):  # shown elsewhere
+                seen.setdefault(k, set()).add(str(v))
+    info = rs.variants
+    sha = next(
+        (
+            v.provenance["models"][model].get("sha256")
+            for v in info.values()
+            if model in v.provenance.get("models", {})
+        ),
+        None,
+    )
+    parts = [f"{k}={'/'.join(sorted(v))}" for k, v in sorted(seen.items())]
+    if sha:
+        parts.append(f"sha256 {str(sha)[:12]}…")
+    return ("Settings: " + ", ".join(parts)) if parts else ""
+
+
+def render_charts(rs: ResultSet, out_dir: Path) -> list[Path]:
+    """Grouped bar charts (one PNG per throughput/latency family) plus parity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    variants = rs.variant_names()
+    models = rs.models()
+
+    def bars(
+        name: str, title: str, ylabel: str, metrics: list[str], *, ref: float | None = None
+    ) -> None:
+        """One subplot per metric; bars per model, one series per variant. A throughput
+        metric with llama-bench figures gets a hatched "<variant> llama-bench" series too."""
+        present = [m for m in metrics if any(x.metric == m for x in rs.measurements)]
+        if not present:
+            return
+        fig, axes = plt.subplots(
+            1, len(present), figsize=(max(5.0, 4.6 * len(present)), 4.4), squeeze=False
+        )
+        for ax, metric in zip(axes[0], present, strict=True):
+            series: list[tuple[str, str, bool]] = []  # (label, metric, hatched)
+            for v in variants:
+                if any(rs.get(v, mo, metric) for mo in models):
+                    series.append((v, metric, False))
+                lb = f"lb_{metric}"
+                if any(rs.get(v, mo, lb) for mo in models):
+                    series.append((f"{v} llama-bench", lb, True))
+            width = 0.8 / max(1, len(series))
+            values: list[float] = []
+            for k, (label, met, hatched) in enumerate(series):
+                var = label.split(" ")[0]
+                xs, ys, es = [], [], []
+                for i, mo in enumerate(models):
+                    m = rs.get(var, mo, met)
+                    if m is None:
+                        continue
+                    xs.append(i + (k - (len(series) - 1) / 2) * width)
+                    ys.append(m.value)
+                    es.append(m.stddev)
+                values += [y for y in ys if y > 0]
+                ax.bar(
+                    xs,
+                    ys,
+                    width=width,
+                    yerr=es,
+                    capsize=3,
+                    label=label,
+                    hatch="//" if hatched else None,
+                    alpha=0.6 if hatched else 1.0,
+                )
+            if ref is not None:
+                ax.axhline(ref, color="black", linewidth=0.8, linestyle="--")
+            ax.set_xticks(range(len(models)))
+            ax.set_xticklabels(models, rotation=15)
+            ax.set_title(_header(metric))
+            ax.set_ylabel(ylabel)
+            if ref is None and values and max(values) / min(values) > 50:
+                ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        _save_fig(fig, path)
+        plt.close(fig)
+        written.append(path)
+
+    all_metrics = rs.metrics()
+    tput = [m for m in all_metrics if re.match(r"^(pp|tg)\d+$", m) or m == "stream"]
+    bars("throughput", "Throughput (tokens/s, higher is better)", "tokens/s", tput)
+    lat = [
+        m for m in all_metrics if m in ("load_cold", "load_warm", "ttft", "chat_raw", "chat_client")
+    ]
+    bars("latency", "Latency (seconds, lower is better)", "s", lat)
+    par = [m for m in all_metrics if m.startswith("parity_")]
+    bars("parity", f"harness / llama-bench (goal ≥ {PARITY_GOAL})", "ratio", par, ref=PARITY_GOAL)
+    return written
+
+
+def _save_fig(fig: Any, path: Path) -> None:
+    """PNG to a temp file beside ``path``, fsync, normal permissions, atomic rename."""
+    from harness.download import publish, temp_path_beside
+
+    tmp = temp_path_beside(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, fsync, then rename it into place."""
+    from harness.download import publish, temp_path_beside
+
+    tmp = temp_path_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        publish(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def to_json(
+    rs: ResultSet,
+    *,
+    machine: Mapping[str, Any],
+    regressions: Sequence[Regression] | None,
+    threshold_pct: float,
+    baseline: str | None,
+    charts: Iterable[Path],
+) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": dict(machine),
+        "baseline_variant": rs.baseline,
+        "parity_goal": PARITY_GOAL,
+        "variants": {
+            name: {
+                "status": info.status,
+                "detail": info.detail,
+                "provenance": info.provenance,
+                "files": info.files,
+            }
+            for name, info in sorted(rs.variants.items())
+        },
+        "measurements": [m.to_dict() for m in rs.measurements],
+        "notes": list(dict.fromkeys(rs.notes)),
+        "comparison": None
+        if regressions is None
+        else {
+            "baseline": baseline,
+            "threshold_pct": threshold_pct,
+            "results": [asdict(r) for r in regressions],
+        },
+        "charts": [str(c) for c in charts],
+    }
+
+
+@dataclass
+class ReportOutput:
+    markdown: Path
+    json: Path
+    charts: list[Path]
+    regressions: list[Regression] | None
+    text: str
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions and any(r.regressed for r in self.regressions))
+
+
+def write_report(
+    reports: Path,
+    out_dir: Path,
+    *,
+    baseline: Path | None = None,
+    threshold_pct: float = 5.0,
+    charts: bool = True,
+    step_summary: Path | None = None,
+    baseline_variant: str = BASELINE_VARIANT,
+    min_sigmas: float = 2.0,
+) -> ReportOutput:
+    """Collect ``reports``, write report.md / report.json / charts/*.png into ``out_dir``."""
+    rs = collect(reports)
+    rs.baseline = baseline_variant
+    if not rs.variants:
+        raise ReportError(
+            f"{reports}: no <variant>/{BENCH_FILE}, {LLAMA_BENCH_FILE} or {STATUS_FILE} found; "
+            "fix: run `nox -s bench-<variant>` first"
+        )
+    regressions = None
+    if baseline is not None:
+        regressions = compare(
+            rs, load_baseline(baseline), threshold_pct=threshold_pct, min_sigmas=min_sigmas
+        )
+    machine = machine_info()
+    chart_paths = render_charts(rs, out_dir / "charts") if charts else []
+    text = render_markdown(
+        rs,
+        machine=machine,
+        regressions=regressions,
+        threshold_pct=threshold_pct,
+        charts=chart_paths,
+        chart_base=out_dir,
+    )
+    md_path = out_dir / "report.md"
+    json_path = out_dir / "report.json"
+    atomic_write_text(md_path, text)
+    doc = to_json(
+        rs,
+        machine=machine,
+        regressions=regressions,
+        threshold_pct=threshold_pct,
+        baseline=str(baseline) if baseline else None,
+        charts=chart_paths,
+    )
+    atomic_write_text(json_path, json.dumps(doc, indent=2, default=str) + "\n")
+    if step_summary is not None:
+        with step_summary.open("a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return ReportOutput(md_path, json_path, chart_paths, regressions, text)

@@ -1,0 +1,270 @@
+"""The benchmark report: merging variants, parity, regressions, Markdown, charts, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import report
+from harness.cli import main as cli_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BASE_FIGURES = {"pp512": 1000.0, "tg128": 100.0, "load_cold": 0.5}
+
+
+def _metric(value: float, stddev: float, unit: str, higher: bool) -> dict[str, Any]:
+    return {
+        "value": value,
+        "stddev": stddev,
+        "unit": unit,
+        "higher_is_better": higher,
+        "rounds": 10,
+    }
+
+
+def bench_doc(variant: str, model: str, figures: dict[str, float]) -> dict[str, Any]:
+    """A pytest-benchmark JSON document shaped like the one benchmarks/ writes."""
+    benches: list[dict[str, Any]] = []
+    common = {
+        "variant": variant,
+        "model": model,
+        "model_sha256": "ab" * 32,
+        "model_size": 1234,
+        "n_threads": 2,
+        "n_batch": 512,
+        "n_ubatch": 512,
+        "llama_cpp_version": "0.3.36",
+        "backend": variant.upper(),
+        "build_key": f"key-{variant}",
+    }
+    for name, value in figures.items():
+        if name.startswith(("pp", "tg")):
+            extra = {**common, "metrics": {name: _metric(value, value * 0.01, "t/s", True)}}
+            stats = {"mean": 1.0, "stddev": 0.01, "rounds": 10}
+        else:
+            # a latency: read from pytest-benchmark's own stats
+            extra = {**common, "metric": name}
+            stats = {"mean": value, "stddev": value * 0.02, "rounds": 10}
+        benches.append({"name": f"test_{name}[{model}]", "extra_info": extra, "stats": stats})
+    return {"machine_info": {"node": "n", "cpu": {"brand_raw": "Test CPU"}}, "benchmarks": benches}
+
+
+def write_variant(root: Path, variant: str, doc: dict[str, Any] | None, **files: Any) -> Path:
+    d = root / variant
+    d.mkdir(parents=True, exist_ok=True)
+    if doc is not None:
+        (d / "bench.json").write_text(json.dumps(doc))
+    for name, content in files.items():
+        (d / (name.replace("_", "-") + ".json")).write_text(json.dumps(content))
+    return d
+
+
+def llama_bench_doc(model: str, pp: float, tg: float) -> dict[str, Any]:
+    def rec(n_prompt: int, n_gen: int, ts: float) -> dict[str, Any]:
+        return {
+            "n_prompt": n_prompt,
+            "n_gen": n_gen,
+            "n_threads": 2,
+            "n_batch": 512,
+            "n_ubatch": 512,
+            "avg_ts": ts,
+            "stddev_ts": ts * 0.01,
+            "samples_ts": [ts] * 5,
+            "model_filename": f"/m/{model}.gguf",
+        }
+
+    return {
+        "variant": "cpu",
+        "build_key": "lb-key",
+        "runs": [{"model": model, "results": [rec(512, 0, pp), rec(0, 128, tg)]}],
+    }
+
+
+@pytest.fixture
+def two_sets(tmp_path: Path) -> tuple[Path, Path]:
+    base = tmp_path / "base"
+    cur = tmp_path / "cur"
+    write_variant(
+        base, "cpu", bench_doc("cpu", "tiny", {"pp512": 1000, "tg128": 100, "load_cold": 0.5})
+    )
+    # tg128 10% slower (regression), pp512 1% slower (noise), load 20% slower (regression),
+    write_variant(
+        cur, "cpu", bench_doc("cpu", "tiny", {"pp512": 990, "tg128": 90, "load_cold": 0.6})
+    )
+    return base, cur
+
+
+def test_known_regression_is_flagged_and_noise_is_not(two_sets: tuple[Path, Path]) -> None:
+    base, cur = two_sets
+    regs = report.compare(report.collect(cur), report.collect(base), threshold_pct=5.0)
+    by_metric = {r.metric: r for r in regs}
+    assert by_metric["tg128"].regressed
+    assert by_metric["tg128"].change_pct == pytest.approx(10.0)
+    assert by_metric["load_cold"].regressed  # lower is better: 0.5 s -> 0.6 s is worse
+    assert by_metric["load_cold"].change_pct == pytest.approx(20.0)
+    assert not by_metric["pp512"].regressed
+    assert by_metric["pp512"].change_pct == pytest.approx(1.0)
+
+
+def test_improvement_is_not_a_regression(two_sets: tuple[Path, Path]) -> None:
+    base, cur = two_sets
+    # swap: the current run is the faster one
+    regs = report.compare(report.collect(base), report.collect(cur), threshold_pct=5.0)
+    assert not any(r.regressed for r in regs)
+    assert {r.metric for r in regs} == {"pp512", "tg128", "load_cold"}
+
+
+def test_threshold_is_respected(two_sets: tuple[Path, Path]) -> None:
+    base, cur = two_sets
+    regs = report.compare(report.collect(cur), report.collect(base), threshold_pct=15.0)
+    assert [r.metric for r in regs if r.regressed] == ["load_cold"]
+
+
+def test_cli_compare_exits_nonzero_on_regression(
+    two_sets: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, cur = two_sets
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    out = tmp_path / "out"
+    args = ["report", "--reports", str(cur), "-o", str(out), "--no-charts"]
+    assert cli_main([*args, "--compare", str(base)]) == 1
+    text = (out / "report.md").read_text()
+    assert "**REGRESSION**" in text
+    doc = json.loads((out / "report.json").read_text())
+    flagged = {r["metric"] for r in doc["comparison"]["results"] if r["regressed"]}
+    assert flagged == {"tg128", "load_cold"}
+    # against itself nothing regresses; a previous report.json works as a baseline too
+    assert cli_main([*args, "--compare", str(cur)]) == 0
+    assert cli_main([*args, "--compare", str(out / "report.json")]) == 0
+    assert cli_main([*args, "--compare", str(base), "--threshold", "25"]) == 0
+
+
+def test_markdown_table_ratio_status_and_parity(tmp_path: Path) -> None:
+    root = tmp_path / "reports"
+    passed = {"variant": "cpu", "status": "passed", "message": "pytest benchmarks/ passed"}
+    write_variant(
+        root, "cpu", bench_doc("cpu", "tiny", {"pp512": 1000, "tg128": 100}), status=passed
+    )
+    write_variant(root, "cuda", bench_doc("cuda", "tiny", {"pp512": 4000, "tg128": 250}))
+    # the status.json written by the nox sessions (harness/sessions.py)
+    no_gpu = {"variant": "metal", "status": "built-no-gpu", "message": "no driver"}
+    write_variant(root, "metal", None, status=no_gpu)
+    write_variant(root, "vulkan", None, status={"status": "crashed-native"})
+    (root / "cpu" / "llama-bench.json").write_text(json.dumps(llama_bench_doc("tiny", 1020, 125)))
+    rs = report.collect(root)
+    text = report.render_markdown(rs, machine=report.machine_info())
+    lines = text.splitlines()
+    tiny = lines[lines.index("## tiny") : lines.index("## Parity with llama-bench")]
+    header = next(line for line in tiny if line.startswith("| variant |"))
+    assert header.startswith("| variant | pp512 t/s | llama-bench pp512 t/s | parity pp512 |")
+    cuda_row = next(line for line in tiny if line.startswith("| cuda |"))
+    assert "| 4,000 ±1.0% (×4.00) |" in cuda_row
+    assert "| 250 ±1.0% (×2.50) |" in cuda_row
+    cpu_row = next(line for line in tiny if line.startswith("| cpu |"))
+    assert "| 1,000 ±1.0% |" in cpu_row
+    assert "(×" not in cpu_row  # no ratio of cpu to itself
+    assert any(line.startswith("| cpu | passed | CPU |") for line in lines)
+    # variants that did not run stay visible with their status
+    assert any(line.startswith("| metal | built-no-gpu: no driver |") for line in lines)
+    assert any(line.startswith("| vulkan | crashed-native |") for line in lines)
+    assert any(line.startswith("| metal (built-no-gpu) |") for line in lines)
+    # parity rows: harness / llama-bench, flagged below the 0.97 goal
+    pp = next(line for line in lines if line.startswith("| cpu | tiny | pp512 |"))
+    assert "1,020" in pp and pp.rstrip().endswith("0.980 |")
+    tg = next(line for line in lines if line.startswith("| cpu | tiny | tg128 |"))
+    assert tg.rstrip().endswith("0.800 ⚠ |")
+    assert any("below the 0.97 goal" in line for line in lines)
+    parity = rs.get("cpu", "tiny", "parity_tg128")
+    assert parity is not None and parity.value == pytest.approx(0.8)
+
+
+def test_client_overhead_is_derived(tmp_path: Path) -> None:
+    root = tmp_path / "reports"
+    write_variant(root, "cpu", bench_doc("cpu", "tiny", {"chat_raw": 0.2, "chat_client": 0.21}))
+    rs = report.collect(root)
+    m = rs.get("cpu", "tiny", "client_overhead")
+    assert m is not None and m.value == pytest.approx(5.0)
+
+
+def test_pngs_json_and_step_summary_written(tmp_path: Path) -> None:
+    root = tmp_path / "reports"
+    write_variant(
+        root, "cpu", bench_doc("cpu", "tiny", {"pp512": 1000, "tg128": 100, "load_cold": 0.5})
+    )
+    write_variant(root, "cuda", bench_doc("cuda", "tiny", {"pp512": 4000, "tg128": 250}))
+    (root / "cpu" / "llama-bench.json").write_text(json.dumps(llama_bench_doc("tiny", 1020, 101)))
+    summary = tmp_path / "summary.md"
+    summary.write_text("previous step\n")
+    out = report.write_report(root, tmp_path / "out", step_summary=summary)
+    names = sorted(p.name for p in out.charts)
+    assert names == ["latency.png", "parity.png", "throughput.png"]
+    for p in out.charts:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        assert p.stat().st_size > 5000
+    assert "![throughput](charts/throughput.png)" in out.text
+    doc = json.loads(out.json.read_text())
+    assert doc["schema"] == report.SCHEMA
+    assert doc["machine"]["cpu"]
+    assert doc["variants"]["cpu"]["provenance"]["models"]["tiny"]["sha256"] == "ab" * 32
+    assert doc["variants"]["cpu"]["provenance"]["build_key"] == "key-cpu"
+    assert doc["comparison"] is None
+    assert summary.read_text().startswith("previous step\n# llama-harness benchmark report")
+    assert not list((tmp_path / "out").glob(".*"))  # no temp files left behind
+
+
+def test_bad_input_names_file_and_field(tmp_path: Path) -> None:
+    root = tmp_path / "reports"
+    d = root / "cpu"
+    d.mkdir(parents=True)
+    (d / "bench.json").write_text("{not json")
+    with pytest.raises(report.ReportError, match=r"cpu/bench\.json: not valid JSON"):
+        report.collect(root)
+    (d / "bench.json").write_text(json.dumps({"benchmarks": [{"extra_info": {}, "stats": {}}]}))
+    with pytest.raises(report.ReportError, match=r"benchmarks\[0\]\.stats\.mean"):
+        report.collect(root)
+    (d / "bench.json").write_text(json.dumps({"results": []}))
+    with pytest.raises(report.ReportError, match="'benchmarks' missing"):
+        report.collect(root)
+    (d / "bench.json").unlink()
+    (d / "status.json").write_text(json.dumps({"state": "x"}))
+    with pytest.raises(report.ReportError, match="field 'status'"):
+        report.collect(root)
+
+
+def test_empty_reports_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    with pytest.raises(report.ReportError, match="nox -s bench-"):
+        report.write_report(tmp_path / "r", tmp_path / "out")
+    assert cli_main(["report", "--reports", str(tmp_path / "missing")]) == 2
+
+
+def test_results_taken_on_a_busy_machine_are_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "reports"
+    doc = bench_doc("cpu", "tiny", {"tg128": 100.0, "pp512": 1000.0})
+    doc["benchmarks"][0]["extra_info"]["loadavg"] = [3.9, 2.0, 1.0]  # 2 threads + other work
+    doc["benchmarks"][1]["extra_info"]["loadavg"] = [2.2, 2.0, 1.0]  # just the benchmark
+    write_variant(root, "cpu", doc)
+    notes = report.collect(root).notes
+    assert [n for n in notes if "load average" in n] == [
+        "cpu/tiny tg128: the 1-min load average was 3.9 with 2 benchmark threads: other work "
+        "shared the cores, expect a wider spread; rerun on an idle machine"
+    ]
+
+
+def test_change_within_the_noise_is_not_a_regression(tmp_path: Path) -> None:
+    base, cur = tmp_path / "base", tmp_path / "cur"
+    noisy_base = bench_doc("cpu", "tiny", {"tg128": 100.0})
+    noisy_cur = bench_doc("cpu", "tiny", {"tg128": 90.0})
+    for doc in (noisy_base, noisy_cur):  # 10 % slower, but each run spreads by ±8
+        doc["benchmarks"][0]["extra_info"]["metrics"]["tg128"]["stddev"] = 8.0
+    write_variant(base, "cpu", noisy_base)
+    write_variant(cur, "cpu", noisy_cur)
+    (r,) = report.compare(report.collect(cur), report.collect(base), threshold_pct=5.0)
+    assert r.change_pct == pytest.approx(10.0)
+    assert r.sigmas == pytest.approx(10.0 / (2**0.5 * 8.0))
+    assert not r.regressed
+    (r,) = report.compare(report.collect(cur), report.collect(base), min_sigmas=0.0)
+    assert r.regressed
