@@ -1,0 +1,70 @@
+"""``llama-harness container``: check the engine, build a variant's image, run a session in it.
+
+llama-harness container check [--gpu]       engine reachable? NVIDIA runtime registered?
+llama-harness container build cpu           build (or reuse) the image, print its tag
+llama-harness container run cpu test-cpu -- -k chat
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from harness import container
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "container",
+        help="container mode: check the Docker engine, build a variant's image, run a session",
+        description=(
+            "Images come from docker/Dockerfile.<backend> (classic builder, no BuildKit needed); "
+            "DOCKER_HOST is honoured. `nox -s test-<variant> -- --container` does build+run."
+        ),
+    )
+    sub = parser.add_subparsers(dest="container_command", metavar="{check,build,run}")
+    check = sub.add_parser("check", help="is an engine reachable (and can it pass a GPU)?")
+    check.add_argument("--gpu", action="store_true", help="also require the NVIDIA runtime")
+    check.set_defaults(func=_check)
+    build = sub.add_parser("build", help="build or reuse a variant's image; prints the tag")
+    build.add_argument("variant")
+    build.add_argument("--wheel", help="put this built wheel into the image (no compile)")
+    build.set_defaults(func=_build)
+    run = sub.add_parser("run", help="run a Nox session of a variant inside its image")
+    run.add_argument("variant")
+    run.add_argument("session", help="e.g. test-cpu, bench-cuda")
+    run.add_argument("args", nargs="*", help="after --: arguments for the session")
+    run.set_defaults(func=_run)
+    parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        client = container.connect()
+    except container.ContainerError as exc:
+        print(f"engine: {exc}")
+        return 1
+    version = client.version()
+    print(f"engine: Docker {version.get('Version')} (API {version.get('ApiVersion')}) answers")
+    nvidia = container.has_nvidia_runtime(client)
+    print("nvidia runtime: " + ("registered" if nvidia else "not registered"))
+    if args.gpu and not nvidia:
+        print(container.FIX_NVIDIA)
+        return 1
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    try:
+        wheel = container.split_posargs(["--wheel", args.wheel] if args.wheel else []).wheel
+        plan = container.plan_image(args.variant)
+        tag = container.ensure_image(container.connect(), plan, wheel=wheel)
+    except container.ContainerError as exc:
+        print(f"container build: {exc}")
+        return 1
+    print(tag)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return container.run_session_in_container(args.variant, args.session, list(args.args))
