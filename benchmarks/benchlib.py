@@ -21,8 +21,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,25 +70,11 @@ def peak_bandwidth_gbps(gpu_name: str | None) -> float | None:
 
 
 def nvidia_smi() -> dict[str, str] | None:
-    """Name, driver and memory of the first GPU, or None."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        proc = subprocess.run(
-            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    line = proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout else ""
-    parts = [p.strip() for p in line.split(",")]
-    if len(parts) < 3:
-        return None
-    return {"name": parts[0], "driver": parts[1], "memory": parts[2]}
+    """Name, driver and memory of the first GPU, or None (the report's own query)."""
+    from harness.report import gpu_info
+
+    gpus = gpu_info()
+    return gpus[0] if gpus else None
 
 
 def build_key() -> tuple[str | None, dict[str, Any] | None]:
