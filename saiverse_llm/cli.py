@@ -25,7 +25,7 @@ from rich.text import Text
 from saiverse_llm import __version__
 from saiverse_llm.config import ConfigError, ModelConfig
 from saiverse_llm.gguf_file import GGUFError, read_gguf
-from saiverse_llm.model_commands import register_chat, register_check
+from saiverse_llm.model_commands import add_config_dir_argument, register_chat, register_check
 from saiverse_llm.registry import (
     ModelNotFoundError,
     RegistryEntry,
@@ -113,15 +113,7 @@ def register_list(sub: Subparsers) -> None:
         ),
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--dir",
-        dest="dirs",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="also read configs from DIR (highest priority; may be repeated)",
-    )
+    add_config_dir_argument(parser)
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 if any config is invalid"
     )

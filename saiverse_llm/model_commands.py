@@ -35,8 +35,8 @@ DEFAULT_CHECK_PROMPT = "Hello! Please introduce yourself in one sentence."
 RUN_ERRORS = (ModelLoadError, FallbackError, GenerationError, ToolCallError, MessageError)
 
 
-def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="config key, or a path to a .gguf file")
+def add_config_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dir DIR`` (repeatable): extra config directories, highest priority."""
     parser.add_argument(
         "--dir",
         dest="dirs",
@@ -46,6 +46,11 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="also read configs from DIR (highest priority; may be repeated)",
     )
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="config key, or a path to a .gguf file")
+    add_config_dir_argument(parser)
     parser.add_argument(
         "--n-gpu-layers",
         type=int,
