@@ -610,6 +610,11 @@ def run_probe(model: str, kwargs: Mapping[str, Any], tokens: int = 16) -> dict[s
     result["log"] = [ln for ln in log if _INIT_LOG_RE.search(ln) or "offload" in ln][-40:]
     prompt = llm.tokenize(b"The quick brown fox")
     with capture_fd2():
+        # Warm up first: the first decode on a GPU pays for cuBLAS handles and kernel
+        # loading, which would otherwise make the GPU look slower than the CPU.
+        for i, _tok in enumerate(llm.generate(prompt, top_k=1, temp=0.0)):
+            if i >= 1:
+                break
         start = time.perf_counter()
         count = 0
         for _tok in llm.generate(prompt, top_k=1, temp=0.0):
