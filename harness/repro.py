@@ -316,7 +316,8 @@ def _cuda_site_args() -> list[str]:
         from harness import toolchain
 
         extra, _notes = toolchain.cuda_cmake_args(["-DCMAKE_CUDA_ARCHITECTURES=90"], "90")
-    except Exception:
+    except Exception as exc:  # say why; the configure step then shows what is missing
+        print(f"repro: no cuBLAS location for CUDA configure steps: {exc}", file=sys.stderr)
         extra = []
     if not _has_gpu():
         extra += ["-DCMAKE_CUDA_ARCHITECTURES=90", "-DGGML_CUDA_NO_VMM=ON"]

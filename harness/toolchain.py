@@ -263,19 +263,26 @@ def fetch_cublas(major: int, minor: int) -> Cublas:
                 "fix: install cuBLAS with the toolkit (apt-get install libcublas-dev-"
                 f"{major}-{minor}) or make PyPI reachable so the harness can fetch {package}"
             )
-        wheel = wheels[0]
-        version = wheel.name.split("-")[1]
+        return unpack_cublas_wheel(wheels[0], dest_root, major)
+
+
+def unpack_cublas_wheel(wheel: Path, dest_root: Path, major: int) -> Cublas:
+    """Unpack an ``nvidia-cublas`` wheel into ``dest_root/<package>-<version>`` (temp folder,
+    then rename) with the unversioned ``libcublas.so``/``libcublasLt.so`` links CMake needs."""
+    package, version = wheel.name.split("-")[:2]
+    with tempfile.TemporaryDirectory(dir=dest_root, prefix=".unpack-") as tmp:
         unpack = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(unpack)
-        found = _wheel_cublas_dir(unpack, major)
-        if found is None:
+        for lib in (unpack / "nvidia" / f"cu{major}" / "lib", unpack / "nvidia" / "cublas" / "lib"):
+            if lib.is_dir():
+                _link_unversioned(lib)
+        if _wheel_cublas_dir(unpack, major) is None:
             raise ToolchainError(
                 f"{wheel.name} has no nvidia/cu{major}/lib/libcublas.so*; fix: set "
                 "CUDA_HOME to a toolkit with cuBLAS"
             )
-        _link_unversioned(found.lib)
-        final = dest_root / f"{package}-{version}"
+        final = dest_root / f"{package.replace('_', '-')}-{version}"
         if final.exists():
             shutil.rmtree(final)
         os.replace(unpack, final)
