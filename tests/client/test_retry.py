@@ -1,7 +1,7 @@
 """Transient errors are retried; a retried stream never repeats text already yielded.
 
 The failure is injected with the client's ``chunk_hook`` (called with each chunk llama.cpp
-streams), not by mocking llama_cpp: everything else is the real generation path."""
+streams); llama_cpp itself is the real build and everything else is the real generation path."""
 
 from __future__ import annotations
 
