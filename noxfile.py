@@ -60,8 +60,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["tests"])
 def tests(session: nox.Session) -> None:
-    """Unit and harness tests that need no llama-cpp-python build."""
+    """Unit and harness tests. They need no llama-cpp-python build; when the cpu wheel is
+    already in the wheel cache (run `test-cpu` first, as CI does) it is installed too, so the
+    doctor, verify and exercise tests run against a real build instead of skipping."""
     session.install("-e", ".[test]")
+    cpu_wheel = sessions.cached_wheel("cpu")
+    if cpu_wheel is not None:
+        session.install(str(cpu_wheel))
     session.run("pytest", "tests/unit", "tests/harness", *session.posargs)
 
 

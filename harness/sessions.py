@@ -209,6 +209,16 @@ def obtain_wheel(
     return built.wheel, built.key
 
 
+def cached_wheel(variant: str) -> Path | None:
+    """The newest already-built wheel of ``variant`` (sha256 re-checked), or None: no build."""
+    from harness.bundle import BundleError, find_variant_wheel
+
+    try:
+        return find_variant_wheel(variant)
+    except BundleError:
+        return None
+
+
 def session_python(session: NoxSession) -> str:
     exe = "python.exe" if sys.platform == "win32" else "python"
     return str(Path(session.bin) / exe)
