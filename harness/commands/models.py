@@ -175,17 +175,17 @@ def run_synth(args: argparse.Namespace) -> int:
     from harness.synth import SynthError, resolve_spec, synthesize
 
     err = Console(stderr=True, highlight=False)
+    shape = {
+        "n_embd": args.n_embd,
+        "n_layer": args.n_layer,
+        "n_ff": args.n_ff,
+        "n_head": args.n_head,
+        "n_head_kv": args.n_head_kv,
+        "n_ctx": args.n_ctx,
+        "dtype": args.dtype,
+    }
     try:
-        resolve_spec(
-            args.preset,
-            n_embd=args.n_embd,
-            n_layer=args.n_layer,
-            n_ff=args.n_ff,
-            n_head=args.n_head,
-            n_head_kv=args.n_head_kv,
-            n_ctx=args.n_ctx,
-            dtype=args.dtype,
-        )
+        resolve_spec(args.preset, **shape)  # bad options fail before any progress bar
         with progress_bars(not args.quiet) as bars:
             task = bars.add_task(f"synth {args.output.name}", total=None) if bars else None
 
@@ -197,14 +197,8 @@ def run_synth(args: argparse.Namespace) -> int:
                 args.output,
                 preset=args.preset,
                 seed=args.seed,
-                n_embd=args.n_embd,
-                n_layer=args.n_layer,
-                n_ff=args.n_ff,
-                n_head=args.n_head,
-                n_head_kv=args.n_head_kv,
-                n_ctx=args.n_ctx,
-                dtype=args.dtype,
                 progress=report,
+                **shape,
             )
     except SynthError as exc:
         err.print(f"[red]error:[/] {exc}")
