@@ -189,11 +189,11 @@ def open_llama(path: Path, *, n_ctx: int, s: BenchSettings, n_gpu_layers: int, *
     """A ``Llama`` with the benchmark settings. llama.cpp's load log is captured through the
     client's process-wide log hook (one llama.cpp log callback per process) and parsed with
     the client's parser: layers really offloaded, weight buffer per device."""
-    from saiverse_llm.client import _llama_cpp, _native_log, parse_load_log
+    from saiverse_llm.native import llama_cpp_module, native_log, parse_load_log
 
-    llama_cpp = _llama_cpp()  # installs the log hook once
+    llama_cpp = llama_cpp_module()  # installs the log hook once
     t0 = time.perf_counter()
-    with _native_log.capture() as lines:
+    with native_log.capture() as lines:
         llm = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=n_ctx,

@@ -20,50 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from saiverse_llm.messages import Message
+from saiverse_llm.request import Reply, Request
 from saiverse_llm.tools import ToolCall
-
-if TYPE_CHECKING:
-    from saiverse_llm.client import LlamaCppClient
 
 logger = logging.getLogger("saiverse_llm.fallback")
 
 DEFAULT_GEMINI_MODEL = "gemini-2.0-flash"
-
-
-@dataclass
-class Request:
-    """One normalised generation request (what every backend gets)."""
-
-    messages: list[Message]
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    response_schema: dict[str, Any] | None = None
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_tokens: int = 2048
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    grammar: Any = None  # a llama_cpp.LlamaGrammar; local models only
-    extra: dict[str, Any] = field(default_factory=dict)  # other llama.cpp sampling kwargs
-
-
-@dataclass
-class Reply:
-    """A finished answer: content text (tool-call blocks removed), calls, token counts."""
-
-    text: str
-    answered_by: str
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    raw: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    attempts: int = 1
-    finish_reason: str | None = None
 
 
 class FallbackUnavailable(RuntimeError):
@@ -297,33 +263,54 @@ class GeminiFallback:
 # --- another local model ------------------------------------------------------------
 
 
-class LocalModelFallback:
-    """Another model config (``fallback_model`` key) served by its own local client."""
+class LocalGenerator(Protocol):
+    """What a local fallback model must offer: the local generation of a client, without
+    its own fallback (:class:`~saiverse_llm.client.LlamaCppClient` satisfies it)."""
 
-    def __init__(self, key: str, *, dirs: Sequence[Path] | None = None) -> None:
+    def run_local(self, request: Request) -> Reply: ...
+
+    def stream_local(self, request: Request) -> Iterator[str | Reply]:
+        """Text chunks, then one final :class:`Reply`."""
+        ...
+
+
+#: Makes the generator for a config key (``fallback_model``) in the given config dirs. The
+#: client passes its own factory, so this module never imports the client.
+LocalFactory = Callable[[str, Sequence[Path] | None], LocalGenerator]
+
+
+class LocalModelFallback:
+    """Another model config (``fallback_model`` key) served by its own local generator,
+    made on first use by ``factory(key, dirs)``."""
+
+    def __init__(
+        self, key: str, *, factory: LocalFactory, dirs: Sequence[Path] | None = None
+    ) -> None:
         self.name = key
         self.dirs = list(dirs) if dirs is not None else None
-        self._client_obj: LlamaCppClient | None = None
+        self._factory = factory
+        self._generator: LocalGenerator | None = None
 
-    def _client(self) -> LlamaCppClient:
-        if self._client_obj is None:
-            from saiverse_llm.client import get_llm_client
-            from saiverse_llm.registry import get_config
-
-            config = get_config(self.name, self.dirs)
-            # The fallback itself never falls back: no chains, no loops.
-            self._client_obj = get_llm_client(config, fallback_on_error=False)
-        return self._client_obj
+    def _local(self) -> LocalGenerator:
+        if self._generator is None:
+            self._generator = self._factory(self.name, self.dirs)
+        return self._generator
 
     def generate(self, request: Request) -> Reply:
-        return self._client().run_local(request)
+        return self._local().run_local(request)
 
     def stream(self, request: Request) -> Iterator[str | Reply]:
-        return self._client().stream_local(request)
+        return self._local().stream_local(request)
 
 
-def make_fallback(fallback_model: str | None, *, dirs: Sequence[Path] | None = None) -> Fallback:
-    """The fallback a config asks for: a local model key, or Gemini 2.0 Flash when None."""
+def make_fallback(
+    fallback_model: str | None,
+    *,
+    local_factory: LocalFactory,
+    dirs: Sequence[Path] | None = None,
+) -> Fallback:
+    """The fallback a config asks for: a local model key (served by ``local_factory``), or
+    Gemini 2.0 Flash when None or a ``gemini-*`` name."""
     if fallback_model is None or fallback_model.startswith("gemini"):
         return GeminiFallback(fallback_model or DEFAULT_GEMINI_MODEL)
-    return LocalModelFallback(fallback_model, dirs=dirs)
+    return LocalModelFallback(fallback_model, factory=local_factory, dirs=dirs)

@@ -87,7 +87,7 @@ def test_two_clients_share_one_model(
     b = make_client(tiny, pool=fresh_pool)
     assert a.llama is b.llama
     assert len(fresh_pool) == 1
-    assert fresh_pool.attempts(a._key()) == 1
+    assert fresh_pool.attempts(a.load_spec().key()) == 1
     c = make_client(tiny, pool=fresh_pool, context_length=256)  # another key
     assert c.llama is not a.llama
     assert len(fresh_pool) == 2
@@ -109,14 +109,14 @@ def test_failed_load_is_remembered_no_reload_storm(
     assert "unknown model architecture" in str(one.value)
     assert two.value.remembered
     assert str(one.value) in str(two.value)
-    assert fresh_pool.attempts(first._key()) == 1  # Llama() was called once
+    assert fresh_pool.attempts(first.load_spec().key()) == 1  # Llama() was called once
     # The file changes (same size, new mtime): one new attempt.
     st = bad.stat()
     os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     with pytest.raises(ModelLoadError) as three:
         second.generate(messages, max_tokens=4)
     assert not three.value.remembered
-    assert fresh_pool.attempts(second._key()) == 1
+    assert fresh_pool.attempts(second.load_spec().key()) == 1
 
 
 def test_failed_load_error_is_the_same_for_every_client(

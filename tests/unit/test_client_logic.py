@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from saiverse_llm.client import (
+from saiverse_llm.errors import (
     ContextOverflowError,
     RetryDivergedError,
     TransientError,
-    _unseen,
     is_transient,
-    parse_load_log,
 )
+from saiverse_llm.generation import unseen
+from saiverse_llm.native import parse_load_log
 from saiverse_llm.pool import ModelLoadError
 from saiverse_llm.tools import ToolCallError
 
@@ -39,12 +39,12 @@ def test_retry_policy(exc: BaseException, expected: bool) -> None:
 
 
 def test_unseen_skips_what_was_sent_and_refuses_divergence() -> None:
-    assert _unseen("alp", "alpha") == ""
-    assert _unseen("alpha be", "alpha") == " be"
+    assert unseen("alp", "alpha") == ""
+    assert unseen("alpha be", "alpha") == " be"
     with pytest.raises(RetryDivergedError):
-        _unseen("alto", "alpha")
+        unseen("alto", "alpha")
     with pytest.raises(RetryDivergedError):
-        _unseen("beta gamma", "alpha")
+        unseen("beta gamma", "alpha")
 
 
 CUDA_LOG = """\

@@ -1,0 +1,72 @@
+"""The client's own errors, and which errors one retry may fix (:func:`is_transient`).
+
+Errors of the other jobs live beside their code: :class:`~saiverse_llm.pool.ModelLoadError`
+(loading), :class:`~saiverse_llm.tools.ToolCallError` (tool calls),
+:class:`~saiverse_llm.fallback.FallbackError` (fallback),
+:class:`~saiverse_llm.messages.MessageError` (input messages).
+"""
+
+from __future__ import annotations
+
+import re
+
+from saiverse_llm.fallback import FallbackError
+from saiverse_llm.messages import MessageError
+from saiverse_llm.pool import ModelLoadError
+from saiverse_llm.tools import ToolCallError
+
+
+class GenerationError(RuntimeError):
+    """A generation failed in a way a retry would not fix."""
+
+
+class ContextOverflowError(GenerationError):
+    """The prompt does not fit into n_ctx."""
+
+
+class TemplateError(GenerationError):
+    """The chat template rejected the messages."""
+
+
+class RetryDivergedError(GenerationError):
+    """A retried stream produced different text than was already yielded."""
+
+
+class TransientError(RuntimeError):
+    """Raise (e.g. from a hook) to mark an error as worth one retry."""
+
+
+_DECODE_RC = re.compile(r"llama_decode returned (-?\d+)")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether one retry may help.
+
+    Not transient: load failures, our own generation errors (context overflow, template,
+    tool-call JSON, diverged retry), ValueError/TypeError (bad input), MemoryError, and
+    ``llama_decode`` return codes 1 (no KV slot: the cache is full) and -1 (invalid batch).
+    Transient: :class:`TransientError`, ``llama_decode`` returning 2 (aborted) or < -1
+    (compute failure), and any other plain ``RuntimeError`` raised during decoding."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(
+        exc,
+        (
+            GenerationError,
+            ModelLoadError,
+            ToolCallError,
+            FallbackError,
+            MessageError,
+            ValueError,
+            TypeError,
+            MemoryError,
+        ),
+    ):
+        return False
+    if isinstance(exc, RuntimeError):
+        match = _DECODE_RC.search(str(exc))
+        if match:
+            code = int(match.group(1))
+            return code == 2 or code < -1
+        return True
+    return False

@@ -1,0 +1,260 @@
+"""Loading a model: the GGUF check, n_ctx, the ``Llama`` itself, its load report.
+
+:class:`LoadSpec` holds everything that decides what llama.cpp loads (its :meth:`~LoadSpec.key`
+is the pool key); :meth:`LoadSpec.load` checks the file with the pure-Python GGUF reader,
+picks n_ctx (the config's ``context_length``, else the GGUF's trained context capped at
+``context_cap``), loads the ``Llama`` with llama.cpp's log captured and returns a
+:class:`LoadedModel` whose ``report`` says where the model runs. The process-wide pool
+(:mod:`saiverse_llm.pool`) calls it at most once per key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saiverse_llm.native import llama_cpp_module, native_log, parse_load_log
+from saiverse_llm.pool import ModelKey, ModelLoadError
+from saiverse_llm.templates import ChatTemplate, resolve_template
+
+logger = logging.getLogger("saiverse_llm")
+
+#: n_ctx used when a config has no ``context_length``: the GGUF's trained context, capped
+#: here (a 128k-context model would otherwise reserve gigabytes of KV cache). Override per
+#: client (``context_cap=``) or process-wide with ``$SAIVERSE_LLM_CONTEXT_CAP``.
+DEFAULT_CONTEXT_CAP = 8192
+
+
+@dataclass
+class GGUFSummary:
+    context_length: int | None
+    architecture: str | None
+    block_count: int | None
+
+
+_gguf_cache: dict[tuple[str, int, int], GGUFSummary] = {}
+_gguf_cache_lock = threading.Lock()
+
+
+def check_gguf(path: Path) -> GGUFSummary:
+    """Validate the file with the pure-Python GGUF reader before llama.cpp sees it."""
+    from saiverse_llm.gguf_file import GGUFError, read_gguf
+
+    st = path.stat()
+    cache_key = (str(path), st.st_mtime_ns, st.st_size)
+    with _gguf_cache_lock:
+        cached = _gguf_cache.get(cache_key)
+    if cached is not None:
+        return cached
+    try:
+        info = read_gguf(path)
+    except GGUFError as exc:
+        raise ModelLoadError(f"{path} is not a usable GGUF file: {exc}", path=str(path)) from exc
+    summary = GGUFSummary(info.context_length, info.architecture, info.block_count)
+    with _gguf_cache_lock:
+        _gguf_cache[cache_key] = summary
+    return summary
+
+
+@dataclass
+class LoadedModel:
+    """One ``Llama`` in the pool, with the lock that serialises every call on it."""
+
+    llm: Any
+    key: ModelKey
+    report: dict[str, Any]
+    template: ChatTemplate
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    closed: bool = False
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.llm.close()
+
+
+def usable_n_ctx(llm: Any) -> int:
+    """Tokens a prompt plus reply may use. llama.cpp may round n_ctx up (to 256), but
+    llama-cpp-python sizes its token buffer by the requested n_ctx: the smaller one counts."""
+    actual = int(llm.n_ctx())
+    requested = int(getattr(llm.context_params, "n_ctx", 0) or actual)
+    return min(actual, requested)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to load and how: the resolved file, n_ctx inputs, offload, threads, template.
+
+    ``path_raw`` is the config's unexpanded ``model_path`` (for error messages);
+    ``path_error`` is the reason the path could not be expanded, if any; ``test_model``
+    names the ``llama-harness models fetch`` target in the "file not found" fix."""
+
+    model_name: str
+    path: Path
+    path_raw: str
+    context_length: int | None
+    context_cap: int
+    n_gpu_layers: int
+    n_threads: int | None
+    chat_format: str | None
+    llama_kwargs: dict[str, Any] = field(default_factory=dict)
+    config_source: Path | None = None
+    test_model: str | None = None
+    path_error: str | None = None
+
+    def key(self) -> ModelKey:
+        """The pool key: everything that changes what llama.cpp loads."""
+        return ModelKey.for_file(
+            self.path,
+            n_ctx=self.context_length or 0,
+            n_gpu_layers=self.n_gpu_layers,
+            n_threads=self.n_threads,
+            chat_format=self.chat_format,
+            extra={"context_cap": self.context_cap, **self.llama_kwargs},
+        )
+
+    def _expansion_note(self) -> str:
+        if self.path_raw == str(self.path):
+            return ""
+        return f" (model_path {self.path_raw!r} expanded to {self.path})"
+
+    def _missing_error(self) -> ModelLoadError:
+        where = f" in {self.config_source}" if self.config_source else ""
+        if self.test_model:
+            fix = f"run `llama-harness models fetch {self.test_model}`"
+        else:
+            fix = (
+                f"download the GGUF file to {self.path}, or fix model_path{where} "
+                "(~ and $VARS are expanded; ${VAR:-default} works)"
+            )
+        return ModelLoadError(
+            f"model file not found: {self.path}{self._expansion_note()}. Fix: {fix}",
+            path=str(self.path),
+        )
+
+    def _resolve_n_ctx(self, summary: GGUFSummary) -> int:
+        trained = summary.context_length
+        if self.context_length is not None:
+            if trained and self.context_length > trained:
+                logger.warning(
+                    "%s: context_length %d exceeds the model's trained context %d",
+                    self.model_name,
+                    self.context_length,
+                    trained,
+                )
+            return self.context_length
+        n_ctx = min(trained, self.context_cap) if trained else self.context_cap
+        logger.info(
+            "%s: context_length not set; using n_ctx=%d (GGUF trained context %s, cap %d; set "
+            "context_length in the config to choose)",
+            self.model_name,
+            n_ctx,
+            trained,
+            self.context_cap,
+        )
+        return n_ctx
+
+    def load(self) -> LoadedModel:
+        """Load the model (no pool: :meth:`ModelPool.get` calls this once per key)."""
+        key = self.key()
+        path = self.path
+        if self.path_error is not None:
+            raise ModelLoadError(self.path_error, path=self.path_raw)
+        if not path.exists():
+            raise self._missing_error()
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model_path is not a file: {path}{self._expansion_note()}. Fix: point "
+                "model_path at the .gguf file itself",
+                path=str(path),
+            )
+        summary = check_gguf(path)
+        n_ctx = self._resolve_n_ctx(summary)
+        llama_cpp = llama_cpp_module()
+        logger.info(
+            "loading %s: path=%s n_ctx=%d n_gpu_layers=%d n_threads=%s chat_format=%s",
+            self.model_name,
+            path,
+            n_ctx,
+            self.n_gpu_layers,
+            self.n_threads,
+            self.chat_format,
+        )
+        kwargs: dict[str, Any] = {
+            "model_path": str(path),
+            "n_ctx": n_ctx,
+            "n_gpu_layers": self.n_gpu_layers,
+            "verbose": False,
+            **self.llama_kwargs,
+        }
+        if self.n_threads is not None:
+            kwargs["n_threads"] = self.n_threads
+            kwargs.setdefault("n_threads_batch", self.n_threads)
+        started = time.perf_counter()
+        with native_log.capture() as lines:
+            try:
+                llm = llama_cpp.Llama(**kwargs)
+            except Exception as exc:
+                said = [ln.strip() for ln in lines if "error" in ln.lower() or "fail" in ln.lower()]
+                detail = f"; llama.cpp said: {' | '.join(said[-3:])}" if said else ""
+                raise ModelLoadError(
+                    f"llama.cpp could not load {path}{self._expansion_note()}: {exc}{detail}. "
+                    "Fix: check that the file is a complete GGUF for an architecture this "
+                    "llama-cpp-python build supports (see saiverse_log.txt)",
+                    path=str(path),
+                ) from exc
+        elapsed = time.perf_counter() - started
+        report = parse_load_log(lines)
+        if not report["n_layers_total"] and summary.block_count:
+            report["n_layers_total"] = summary.block_count + 1
+        report.update(
+            {
+                "model": self.model_name,
+                "model_path": str(path),
+                "n_ctx": usable_n_ctx(llm),
+                "n_ctx_train": summary.context_length,
+                "n_gpu_layers_requested": self.n_gpu_layers,
+                "n_threads": llm.n_threads if hasattr(llm, "n_threads") else self.n_threads,
+                "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
+                "system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace"),
+                "llama_cpp_version": getattr(llama_cpp, "__version__", "?"),
+                "load_seconds": round(elapsed, 3),
+            }
+        )
+        try:
+            template = resolve_template(llm, self.chat_format, summary.architecture)
+        except Exception:
+            llm.close()
+            raise
+        report["chat_template"] = template.name
+        if self.n_gpu_layers != 0 and report["n_layers_offloaded"] == 0:
+            why = (
+                "this llama_cpp build has no GPU offload (llama_supports_gpu_offload() is "
+                "False: a CPU-only build, or no usable GPU/driver). Fix: install a GPU build "
+                '(CMAKE_ARGS="-DGGML_CUDA=on"), see `llama-harness doctor`'
+                if not report["gpu_offload_supported"]
+                else "no GPU device was used"
+            )
+            logger.warning(
+                "%s: n_gpu_layers=%d requested but 0/%d layers were offloaded: %s",
+                self.model_name,
+                self.n_gpu_layers,
+                report["n_layers_total"],
+                why,
+            )
+        logger.info(
+            "loaded %s in %.2fs: backend=%s, %d/%d layers offloaded, n_ctx=%d, template=%s",
+            self.model_name,
+            elapsed,
+            report["backend"],
+            report["n_layers_offloaded"],
+            report["n_layers_total"],
+            report["n_ctx"],
+            template.name,
+        )
+        return LoadedModel(llm=llm, key=key, report=report, template=template)

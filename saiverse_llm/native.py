@@ -1,0 +1,159 @@
+"""The native side: importing ``llama_cpp``, llama.cpp's own log, and what a load log says.
+
+llama.cpp's log is captured process-wide (one callback per process) and routed to the
+``saiverse_llm.llama_cpp`` logger; :meth:`NativeLog.capture` also collects the lines one
+thread produces (a load), which :func:`parse_load_log` turns into layers per device.
+Importing this module does not import ``llama_cpp``; :func:`llama_cpp_module` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from saiverse_llm.pool import ModelLoadError
+
+native_logger = logging.getLogger("saiverse_llm.llama_cpp")
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continue previous line).
+_NATIVE_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING}
+
+
+class NativeLog:
+    """Process-wide llama.cpp log callback -> ``logging``, plus per-thread capture."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._callback: Any = None
+        self._lock = threading.Lock()
+
+    def install(self, llama_cpp: Any) -> None:
+        """(Re)install the callback: called before every load, so code that replaced it
+        (llama_cpp's own ``_logger`` does at import) cannot hide the load log from us."""
+        with self._lock:
+            if self._callback is None:
+
+                @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+                def callback(level: int, text: bytes | None, user_data: Any) -> None:
+                    with contextlib.suppress(Exception):  # never raise into C
+                        self._on_log(int(level), (text or b"").decode("utf-8", "replace"))
+
+                self._callback = callback
+            llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: str) -> None:
+        local = self._local
+        if level == 5:
+            level = getattr(local, "level", 2)
+        local.level = level
+        buf = getattr(local, "buf", "") + text
+        while "\n" in buf:
+            line, buf = buf.split("\n", 1)
+            capture: list[str] | None = getattr(local, "capture", None)
+            if capture is not None:
+                capture.append(line)
+            native_logger.log(_NATIVE_LEVELS.get(level, logging.ERROR), "%s", line)
+        local.buf = buf
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        previous = getattr(self._local, "capture", None)
+        lines: list[str] = []
+        self._local.capture = lines
+        try:
+            yield lines
+        finally:
+            self._local.capture = previous
+
+
+native_log = NativeLog()
+
+
+def missing_llama_cpp_fix() -> str:
+    """What to run when ``llama_cpp`` cannot be imported by this interpreter."""
+    return (
+        "install a verified build into this Python: `llama-harness install cpu --python "
+        f"{sys.executable}` (or another variant: `llama-harness variants` lists them)"
+    )
+
+
+def llama_cpp_module() -> Any:
+    """``import llama_cpp``, with the log callback installed; a missing build is a
+    :class:`ModelLoadError` that says which command installs one."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"llama-cpp-python is not installed in {sys.executable} ({exc}). "
+            f"Fix: {missing_llama_cpp_fix()}"
+        ) from exc
+    native_log.install(llama_cpp)
+    return llama_cpp
+
+
+_LAYER_RE = re.compile(r"layer\s+(\d+) assigned to device ([^,\s]+)")
+_OFFLOADED_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_DEVICE_RE = re.compile(r"using device (\S+) \((.*?)\)")
+_BUFFER_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+
+
+def _backend_of(device: str) -> str:
+    name = device.upper()
+    for prefix, backend in (
+        ("CUDA", "CUDA"),
+        ("MTL", "METAL"),
+        ("METAL", "METAL"),
+        ("VULKAN", "VULKAN"),
+        ("ROCM", "HIP"),
+        ("HIP", "HIP"),
+        ("SYCL", "SYCL"),
+        ("BLAS", "BLAS"),
+    ):
+        if name.startswith(prefix):
+            return backend
+    return "CPU" if name.startswith("CPU") else name.rstrip("0123456789")
+
+
+def parse_load_log(lines: Sequence[str]) -> dict[str, Any]:
+    """Layers per device, offload count, devices and weight buffers from llama.cpp's load log.
+
+    ``load_tensors: layer N assigned to device X`` (one line per layer incl. the output
+    layer) is authoritative; ``offloaded N/M layers to GPU`` is used when those are absent."""
+    layers: dict[int, str] = {}
+    devices: list[dict[str, str]] = []
+    buffers: dict[str, float] = {}
+    offloaded_line: tuple[int, int] | None = None
+    for line in lines:
+        if m := _LAYER_RE.search(line):
+            layers[int(m.group(1))] = m.group(2)
+        elif m := _OFFLOADED_RE.search(line):
+            offloaded_line = (int(m.group(1)), int(m.group(2)))
+        elif m := _DEVICE_RE.search(line):
+            devices.append({"name": m.group(1), "description": m.group(2)})
+        elif m := _BUFFER_RE.search(line):
+            buffers[m.group(1)] = buffers.get(m.group(1), 0.0) + float(m.group(2))
+    if layers:
+        total = len(layers)
+        gpu_devices = [d for d in layers.values() if _backend_of(d) != "CPU"]
+        offloaded = len(gpu_devices)
+        backend = _backend_of(gpu_devices[0]) if gpu_devices else "CPU"
+    elif offloaded_line is not None:
+        offloaded = offloaded_line[0] if devices else 0
+        total = offloaded_line[1]
+        backend = _backend_of(devices[0]["name"]) if devices and offloaded else "CPU"
+    else:
+        offloaded, total, backend = 0, 0, "CPU"
+    return {
+        "n_layers_offloaded": offloaded,
+        "n_layers_total": total,
+        "backend": backend,
+        "devices": devices or [{"name": "CPU", "description": "host CPU"}],
+        "layer_devices": [layers[i] for i in sorted(layers)],
+        "buffers_mib": buffers,
+    }
