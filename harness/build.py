@@ -14,6 +14,7 @@ at ``logs/<variant>-<key[:12]>.log``; on failure its path and last lines are sho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,7 +426,55 @@ def run_pip_wheel(
             f"{[w.name for w in wheels]}; see {plan.log_path}",
             log=plan.log_path,
         )
+    _mark_tree(plan)
     return wheels[0]
+
+
+TREE_MARKER = "llama-harness-tree.json"  # harness.native_tools builds tools in this tree
+
+
+def _mark_tree(plan: BuildPlan) -> None:
+    """Record which key built ``plan.build_dir`` (the tools are only built in a tree of the
+    same key)."""
+    if plan.build_dir.is_dir():
+        record = {"key": plan.key, "variant": plan.variant.name, "source": str(plan.source)}
+        marker = plan.build_dir / TREE_MARKER
+        tmp = marker.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.replace(tmp, marker)
+
+
+@contextlib.contextmanager
+def build_lock(variant: str, *, say: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold ``build/<variant>.lock`` while the variant's build tree is written (a wheel build
+    wipes it; the native tools are compiled in it). Waits for another process's build."""
+    from filelock import FileLock, Timeout
+
+    path = paths.build_dir(variant).with_name(f"{variant}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        (say or (lambda m: print(m, file=sys.stderr)))(
+            f"{variant}: waiting for another build of this variant to finish (lock {path})"
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def compile_wheel(plan: BuildPlan, out_dir: Path, *, label: str | None = None) -> Path:
+    """:func:`run_pip_wheel` with progress: a bar in a terminal, else a line at least every
+    30 s ("build cpu: compile 57/193 (30%), 1m30s elapsed")."""
+    from saiverse_llm.progress import StepProgress
+
+    with StepProgress(label or f"build {plan.variant.name}") as bar:
+        bar.set_phase("configure")
+        return run_pip_wheel(plan, out_dir, lambda phase, done, total: bar.update(
+            done, total or None, phase=phase))  # fmt: skip
 
 
 def check_wheel_libraries(variant: Variant, wheel: Path, log: Path | None = None) -> list[str]:
@@ -488,9 +537,12 @@ def build_wheel(
             )
         tell(f"{variant.name}: {found.reason}; building (log: {plan.log_path})")
     before = toolchain.ccache_counters()
-    with tempfile.TemporaryDirectory(prefix=f"llama-harness-{variant.name}-") as tmp:
+    with (
+        build_lock(variant.name, say=tell),
+        tempfile.TemporaryDirectory(prefix=f"llama-harness-{variant.name}-") as tmp,
+    ):
         if on_progress is None and progress:
-            wheel = _run_with_rich(plan, Path(tmp))
+            wheel = compile_wheel(plan, Path(tmp))
         else:
             wheel = run_pip_wheel(plan, Path(tmp), on_progress)
         libs = check_wheel_libraries(variant, wheel, plan.log_path)
@@ -524,31 +576,6 @@ def build_wheel(
         log=plan.log_path,
         record=entry.record,
     )
-
-
-def _run_with_rich(plan: BuildPlan, out_dir: Path) -> Path:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task(f"build {plan.variant.name}: configure", total=None)
-
-        def update(phase: str, done: int, total: int) -> None:
-            if phase == "compile":
-                bar.update(
-                    task, description=f"build {plan.variant.name}: compile", completed=done,
-                    total=total,
-                )  # fmt: skip
-
-        return run_pip_wheel(plan, out_dir, update)
 
 
 def import_wheel(

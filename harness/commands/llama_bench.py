@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "llama-bench",
         help="build (cached) and run llama.cpp's llama-bench for parity with the benchmarks",
         description=(
-            "Build llama-bench from vendor/llama.cpp of the pinned llama-cpp-python sdist with "
-            "the variant's CMAKE_ARGS (cached under <cache>/llama-bench/<key>/, ccache in a "
-            "stable build folder), run it on the test models with the benchmarks' settings "
+            "Build llama-bench in the variant's wheel build tree (the same objects and flags as "
+            "the wheel; cached beside the wheel in <cache>/wheels/<key>/tools/, see "
+            "`llama-harness tools`), run it on the test models with the benchmarks' settings "
             "(-fa 0 -b 512 -ub 512 -p 512 -n 128 -t N) and write "
             "<reports>/<variant>/llama-bench.json for `llama-harness report`."
         ),
@@ -36,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--build-only", action="store_true", help="build (or find) it, do not run")
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
-    p.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs")
     p.add_argument(
         "-o",
         "--output",
@@ -61,7 +60,6 @@ def _gpu_layers(variant: str, given: int | None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness import llama_bench
 
@@ -72,23 +70,8 @@ def run(args: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, n_threads=args.threads)
         if args.reps is not None:
             settings = dataclasses.replace(settings, reps=args.reps)
-        with Progress(
-            TextColumn("[bold]llama-bench[/bold] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            task = progress.add_task(f"build ({args.variant})", total=None)
-
-            def report(done: int, total: int, what: str) -> None:
-                progress.update(task, completed=done, total=total, description=what)
-
-            b = llama_bench.build(
-                args.variant, force=args.force, jobs=args.jobs, report=report, say=console.print
-            )
-        console.print(f"llama-bench: {b.binary} (key {b.key})")
+        b = llama_bench.build(args.variant, force=args.force, say=console.print)
+        console.print(f"llama-bench: {b.path(llama_bench.TOOL)} (wheel key {b.key[:12]})")
         if args.build_only:
             return 0
         from harness.test_models import ensure_model

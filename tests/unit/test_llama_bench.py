@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
 from harness import llama_bench
-from harness.llama_bench import BenchSettings, BuildPlan, LlamaBenchError
+from harness.llama_bench import BenchSettings, LlamaBenchError
+from harness.native_tools import NativeTools
 
 
 def test_settings_defaults_match_llama_cpp_python() -> None:
@@ -32,32 +32,11 @@ def test_settings_from_env_and_errors() -> None:
         BenchSettings.from_env({"LLAMA_HARNESS_BENCH_REPS": "0"})
 
 
-def _fake_build(root: Path, key: str, content: bytes = b"\x7fELF fake") -> Path:
-    d = root / "llama-bench" / key
-    (d / "bin").mkdir(parents=True)
-    (d / "lib").mkdir()
-    binary = d / "bin" / "llama-bench"
-    binary.write_bytes(content)
-    info = {"key": key, "binary_sha256": hashlib.sha256(content).hexdigest()}
-    (d / "build.json").write_text(json.dumps(info))
-    return binary
-
-
-def test_cached_build_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLAMA_HARNESS_CACHE", str(tmp_path))
-    assert llama_bench.cached("cpu-0123") is None
-    binary = _fake_build(tmp_path, "cpu-0123")
-    found = llama_bench.cached("cpu-0123")
-    assert found is not None and found.binary == binary
-    binary.write_bytes(b"tampered")  # a changed binary is not trusted
-    assert llama_bench.cached("cpu-0123") is None
-
-
 def test_command_spells_out_llama_cpp_python_defaults(tmp_path: Path) -> None:
-    binary = _fake_build(tmp_path, "cpu-1")
-    b = llama_bench.LlamaBenchBuild("cpu-1", binary.parent.parent, binary, binary.parent, {})
+    b = NativeTools("cpu", "k" * 64, tmp_path, {"tools": {"llama-bench": {"sha256": "x"}}})
     s = BenchSettings(n_threads=2, reps=7)
     cmd = llama_bench.command(b, Path("/m/x.gguf"), s, n_gpu_layers=-1)
+    assert cmd[0] == str(tmp_path / "bin" / "llama-bench")
     pairs = dict(zip(cmd[1::2], cmd[2::2], strict=True))
     assert pairs == {
         "-m": "/m/x.gguf",
@@ -71,37 +50,6 @@ def test_command_spells_out_llama_cpp_python_defaults(tmp_path: Path) -> None:
         "-r": "7",
         "-o": "json",
     }
-
-
-def _plan(**changes: object) -> BuildPlan:
-    base: dict[str, object] = {
-        "variant": "cpu",
-        "version": "0.3.36",
-        "source": Path("/src/vendor/llama.cpp"),
-        "cmake_args": ("-DGGML_NATIVE=OFF",),
-        "env": {},
-        "notes": (),
-        "cuda": False,
-        "wheel_key": "a" * 64,
-    }
-    base.update(changes)
-    return BuildPlan(**base)  # type: ignore[arg-type]
-
-
-def test_key_follows_the_wheel_key() -> None:
-    k1 = llama_bench.build_key(_plan())
-    assert k1.startswith("cpu-") and k1 == llama_bench.build_key(_plan())
-    assert llama_bench.build_key(_plan(wheel_key="b" * 64)) != k1
-
-
-def test_cmake_args_variant_flags_and_tools_win(tmp_path: Path) -> None:
-    args = llama_bench.full_cmake_args(
-        _plan(cmake_args=("-DGGML_CUDA=on",), cuda=True), ccache="cc"
-    )
-    assert args.index("-DBUILD_SHARED_LIBS=ON") < args.index("-DGGML_CUDA=on")
-    assert args[-5:] == list(llama_bench.TOOL_CMAKE_ARGS)
-    assert "-DCMAKE_CUDA_COMPILER_LAUNCHER=cc" in args
-    assert not any("LAUNCHER" in a for a in llama_bench.full_cmake_args(_plan(), ccache=None))
 
 
 def test_results_written_atomically(tmp_path: Path) -> None:
