@@ -466,7 +466,9 @@ def build_lock(variant: str, *, say: Callable[[str], None] | None = None) -> Ite
         lock.release()
 
 
-def compile_wheel(plan: BuildPlan, out_dir: Path, *, label: str | None = None) -> Path:
+def compile_wheel(
+    plan: BuildPlan, out_dir: Path, *, label: str | None = None, command: list[str] | None = None
+) -> Path:
     """:func:`run_pip_wheel` with progress: a bar in a terminal, else a line at least every
     30 s ("build cpu: compile 57/193 (30%), 1m30s elapsed")."""
     from saiverse_llm.progress import StepProgress
@@ -474,7 +476,7 @@ def compile_wheel(plan: BuildPlan, out_dir: Path, *, label: str | None = None) -
     with StepProgress(label or f"build {plan.variant.name}") as bar:
         bar.set_phase("configure")
         return run_pip_wheel(plan, out_dir, lambda phase, done, total: bar.update(
-            done, total or None, phase=phase))  # fmt: skip
+            done, total or None, phase=phase), command=command)  # fmt: skip
 
 
 def check_wheel_libraries(variant: Variant, wheel: Path, log: Path | None = None) -> list[str]:

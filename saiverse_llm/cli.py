@@ -34,6 +34,7 @@ from saiverse_llm.registry import (
     project_models_dir,
     user_models_dir,
 )
+from saiverse_llm.tables import print_table
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +205,8 @@ def _list_json(
 
 
 def _console() -> Console:
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Piped output: do not squeeze long paths into 80 columns.
-        console = Console(width=200)
-    return console
+    # Piped output: lines are never wrapped at 80 columns (the table: saiverse_llm.tables)
+    return Console(soft_wrap=True)
 
 
 def _print_table(
@@ -257,7 +255,7 @@ def _print_table(
             _gpu_layers(cfg.n_gpu_layers),
             origin,
         )
-    console.print(table)
+    print_table(table)
     valid = sum(1 for e in entries.values() if e.valid)
     present = sum(1 for e in entries.values() if e.config and e.config.model_path.is_file())
     invalid = len(entries) - valid

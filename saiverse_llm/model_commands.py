@@ -22,6 +22,7 @@ from saiverse_llm.client import GenerationError, LlamaCppClient, get_llm_client
 from saiverse_llm.fallback import FallbackError
 from saiverse_llm.messages import MessageError
 from saiverse_llm.pool import ModelLoadError
+from saiverse_llm.tables import print_table
 from saiverse_llm.tools import ToolCallError
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     ]
     for name, value in rows:
         table.add_row(name, value)
-    Console().print(table)
+    print_table(table)
     return 0
 
 

@@ -68,8 +68,9 @@ def _runs_on(value: object) -> str:
 
 
 def print_table(matrix: CIMatrix) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from saiverse_llm.tables import print_table
 
     table = Table(title="CI matrix (from the variant registry)")
     for column in ("job", "variant", "backend", "runs-on", "container", "packages"):
@@ -81,7 +82,4 @@ def print_table(matrix: CIMatrix) -> None:
             table.add_row(
                 job, name, e.backend, _runs_on(e.runs_on), container or "-", e.packages or "-"
             )
-    console = Console()
-    if not console.is_terminal:  # CI logs: do not wrap the table at 80 columns
-        console = Console(width=160)
-    console.print(table)
+    print_table(table)

@@ -97,10 +97,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from harness.test_models import ManifestError, load_manifest, verified_local
+    from saiverse_llm.tables import print_table
 
-    console = Console(highlight=False)
     try:
         models = load_manifest(args.manifest)
     except ManifestError as exc:
@@ -118,9 +119,9 @@ def run_list(args: argparse.Namespace) -> int:
             model.license,
             model.chat_format or "(embedded template)",
             "\n".join(model.source_labels()),
-            str(local) if local else "[yellow]not fetched[/]",
+            str(local) if local else Text("not fetched", style="yellow"),
         )
-    console.print(table)
+    print_table(table)
     return 0
 
 

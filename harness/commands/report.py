@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from harness import paths
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markdown import Markdown
 
     from harness.report import ReportError, write_report
+    from saiverse_llm.tables import is_terminal
 
     console = Console(stderr=True)
     reports: Path = args.reports or paths.reports_dir()
@@ -93,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     except ReportError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    Console().print(Markdown(result.text))
+    if is_terminal(sys.stdout):
+        Console().print(Markdown(result.text))
+    else:  # CI logs, files: the Markdown itself, full width (rich would cut it to 80 columns)
+        sys.stdout.write(result.text + "\n")
     console.print(f"wrote {result.markdown}, {result.json}")
     for c in result.charts:
         console.print(f"chart {c}")

@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"files": [str(f) for f in reg.files], "sdist": vars(reg.sdist),
                           "variants": rows}, indent=2))  # fmt: skip
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from saiverse_llm.tables import print_table
 
     table = Table(title=f"llama-cpp-python {reg.sdist.version} build variants")
     for col in ("variant", "backend", "CMAKE_ARGS", "builds here", "runs here"):
@@ -57,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
             f"no: {runtime[0].what} ({runtime[0].detail})" if runtime else "no")  # fmt: skip
         table.add_row(row["name"], row["backend"] + (" (GPU)" if row["gpu"] else ""),
                       " ".join(row["cmake_args"]), builds, runs)  # fmt: skip
-    Console().print(table)
+    print_table(table)
     print("files: " + ", ".join(str(f) for f in reg.files))
     return 0

@@ -363,3 +363,25 @@ def test_failed_configure_shows_the_backend_evidence(tmp_path: Path) -> None:
     with pytest.raises(build.ConfigureEvidenceError, match="configure failed") as info:
         build.run_pip_wheel(plan, tmp_path / "out", command=cmd)
     assert "Could NOT find BLAS" in str(info.value)
+
+
+def test_a_redirected_build_prints_progress_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal the wheel build prints "build cpu: compile N/M (P%), T elapsed" lines
+    (the old rich bar printed nothing to a log for the whole compile)."""
+    monkeypatch.delenv("LLAMA_HARNESS_PROGRESS", raising=False)
+    monkeypatch.setenv("LLAMA_HARNESS_PROGRESS_INTERVAL", "0")
+    plan = _plan(tmp_path, "cpu")
+    steps = "".join(f"  [{i}/3] ccache g++ -c f{i}.cpp\n" for i in range(1, 4))
+    out = tmp_path / "out"
+    out.mkdir()
+    then = (f"import os; os.makedirs({str(plan.build_dir)!r})\n"
+            f"open({str(out / WHEEL_NAME)!r}, 'w').close()")  # fmt: skip
+    build.compile_wheel(plan, out, command=_script(tmp_path, CPU_CONFIGURE + steps, then))
+    err = capsys.readouterr().err
+    assert "build cpu: configure" in err
+    assert "build cpu: compile 3/3 (100%)" in err and "done in" in err
+    # the tree remembers the key that built it (harness.native_tools builds tools only there)
+    marker = json.loads((plan.build_dir / build.TREE_MARKER).read_text())
+    assert marker["key"] == plan.key

@@ -171,7 +171,8 @@ def test_null_context_is_read_from_the_gguf(env: Path, capsys: pytest.CaptureFix
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
+    # not a terminal: a full-width pipe table (saiverse_llm.tables), no path cut at 80 columns
+    lines = {line.split("|")[1].strip(): line for line in out.splitlines() if line.count("|") > 2}
     assert "1536 (GGUF)" in lines["from-gguf"]
     assert "bad GGUF" in lines["garbage"]
     assert "from GGUF" in lines["absent"]
@@ -193,7 +194,8 @@ def test_table_output(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     put(env / "ud" / "models", "broken-model", context_length=0)
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
+    # not a terminal: a full-width pipe table (saiverse_llm.tables), no path cut at 80 columns
+    lines = {line.split("|")[1].strip(): line for line in out.splitlines() if line.count("|") > 2}
     gemma = lines["gemma-3-270m"]
     assert "Gemma 3 270M Q4_K_M (embedded default, llama.cpp)" in gemma
     assert str(gguf) in gemma
