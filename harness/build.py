@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from harness import paths, toolchain, wheel_cache
 from harness.variants import Registry, SdistPin, Variant, load_registry, platform_tag
+from saiverse_llm.atomic import atomic_write_json, publish
 
 #: What the CMake configure output must say for each backend (llama.cpp's own messages).
 BACKEND_EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -128,7 +131,7 @@ def resolve_sdist(pin: SdistPin) -> Path:
                     f"(pip download --no-deps --no-binary :all: llama-cpp-python=={pin.version})"
                 )
             _check_sha(got, pin)
-            os.replace(got, target)
+            publish(got, target)
     _check_sha(target, pin)
     return target
 
@@ -152,18 +155,25 @@ def unpack_sdist(sdist: Path, pin: SdistPin) -> Path:
     name = pin.filename.removesuffix(".tar.gz")
     dest = paths.src_dir() / name
     marker = paths.src_dir() / f"{name}.unpacked.json"
-    if dest.is_dir() and marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("sha256") == pin.sha256:
-                return dest
-        except (OSError, ValueError):
-            pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent builds (other variants) unpack once, one after the other.
+    with FileLock(dest.parent / f".{name}.lock", is_singleton=True):
+        if dest.is_dir() and marker.is_file():
+            try:
+                if json.loads(marker.read_text()).get("sha256") == pin.sha256:
+                    return dest
+            except (OSError, ValueError):
+                pass
+        _unpack(sdist, dest, name)
+        _write_marker(marker, pin)
+    return dest
+
+
+def _unpack(sdist: Path, dest: Path, name: str) -> None:
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         if dest.is_dir() and _matches(dest, members, name):
-            _write_marker(marker, pin)
-            return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
+            return
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
         try:
             tar.extractall(tmp, filter="data")
@@ -171,8 +181,6 @@ def unpack_sdist(sdist: Path, pin: SdistPin) -> Path:
             os.replace(tmp / name, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    _write_marker(marker, pin)
-    return dest
 
 
 def _matches(dest: Path, members: list[tarfile.TarInfo], name: str) -> bool:
@@ -190,9 +198,7 @@ def _matches(dest: Path, members: list[tarfile.TarInfo], name: str) -> bool:
 
 
 def _write_marker(marker: Path, pin: SdistPin) -> None:
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sha256": pin.sha256, "version": pin.version}) + "\n")
-    os.replace(tmp, marker)
+    atomic_write_json(marker, {"sha256": pin.sha256, "version": pin.version}, indent=None)
 
 
 # --------------------------------------------------------------------------- plan
@@ -438,10 +444,7 @@ def _mark_tree(plan: BuildPlan) -> None:
     same key)."""
     if plan.build_dir.is_dir():
         record = {"key": plan.key, "variant": plan.variant.name, "source": str(plan.source)}
-        marker = plan.build_dir / TREE_MARKER
-        tmp = marker.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        os.replace(tmp, marker)
+        atomic_write_json(plan.build_dir / TREE_MARKER, record, indent=None)
 
 
 @contextlib.contextmanager
@@ -521,23 +524,37 @@ def build_wheel(
     plan = prepare(variant, registry)
     for note in plan.notes:
         tell(f"{variant.name}: {note}")
-    if not force:
-        found = wheel_cache.lookup(plan.inputs)
-        if found.hit is not None:
-            check_wheel_libraries(variant, found.hit.wheel)  # same flags, other backend?
-            tell(f"{variant.name}: {found.reason}: {found.hit.wheel}")
-            return BuiltWheel(
-                variant=variant.name,
-                key=plan.key,
-                wheel=found.hit.wheel,
-                cached=True,
-                seconds=time.monotonic() - start,
-                log=Path(found.hit.record["build_log"])
-                if found.hit.record.get("build_log")
-                else None,
-                record=found.hit.record,
-            )
-        tell(f"{variant.name}: {found.reason}; building (log: {plan.log_path})")
+    # One build per key at a time, across processes: a second `build` of the same key waits
+    # here and then takes the first one's wheel from the cache.
+    with wheel_cache.holding(plan.key, say=tell):
+        if not force:
+            found = wheel_cache.lookup(plan.inputs)
+            if found.hit is not None:
+                check_wheel_libraries(variant, found.hit.wheel)  # same flags, other backend?
+                tell(f"{variant.name}: {found.reason}: {found.hit.wheel}")
+                return BuiltWheel(
+                    variant=variant.name,
+                    key=plan.key,
+                    wheel=found.hit.wheel,
+                    cached=True,
+                    seconds=time.monotonic() - start,
+                    log=Path(found.hit.record["build_log"])
+                    if found.hit.record.get("build_log")
+                    else None,
+                    record=found.hit.record,
+                )
+            tell(f"{variant.name}: {found.reason}; building (log: {plan.log_path})")
+        return _build_and_store(plan, variant, start, progress, on_progress, tell)
+
+
+def _build_and_store(
+    plan: BuildPlan,
+    variant: Variant,
+    start: float,
+    progress: bool,
+    on_progress: ProgressFn | None,
+    tell: Callable[[str], None],
+) -> BuiltWheel:
     before = toolchain.ccache_counters()
     with (
         build_lock(variant.name, say=tell),

@@ -41,12 +41,13 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import paths
+from saiverse_llm.atomic import atomic_output, atomic_write_json, atomic_write_text
 
 BUNDLE_FORMAT = 1
 MANIFEST = "MANIFEST.json"
@@ -86,21 +87,6 @@ def _record_hash(data: bytes) -> str:
 
 def human_size(n: int) -> str:
     return f"{n / MiB:.1f} MiB"
-
-
-@contextlib.contextmanager
-def atomic_output(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; rename it into place only when the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- wheel slimming
@@ -440,11 +426,11 @@ def build_bundle(spec: BundleSpec, *, step: Step = _no_step) -> BundleReport:
             "models": models,
             "files": files,
         }
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        (stage / SUMS).write_text(
-            "".join(f"{meta['sha256']}  {name}\n" for name, meta in files.items())
+        atomic_write_json(stage / MANIFEST, manifest, indent=1, sort_keys=True, ensure_ascii=True)
+        atomic_write_text(
+            stage / SUMS, "".join(f"{meta['sha256']}  {name}\n" for name, meta in files.items())
         )
-        (stage / "README.txt").write_text(readme_text(manifest))
+        atomic_write_text(stage / "README.txt", readme_text(manifest))
         step(f"writing {spec.output}")
         with atomic_output(spec.output) as tmp:
             with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
@@ -459,8 +445,8 @@ def build_bundle(spec: BundleSpec, *, step: Step = _no_step) -> BundleReport:
                     "a few MB), --slim-only, or keep slimming on"
                 )
         digest = sha256_of(spec.output)
-        spec.output.with_name(spec.output.name + ".sha256").write_text(
-            f"{digest}  {spec.output.name}\n"
+        atomic_write_text(
+            spec.output.with_name(spec.output.name + ".sha256"), f"{digest}  {spec.output.name}\n"
         )
         return BundleReport(spec.output, size, digest, files, llama.name, slim)
 
@@ -651,7 +637,7 @@ def _see_host_packages(venv: Path) -> None:
 
     host = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if Path(p).is_dir()]
     for purelib in venv.glob("lib/python*/site-packages"):
-        (purelib / "_llama_bundle_host.pth").write_text("".join(f"{p}\n" for p in host))
+        atomic_write_text(purelib / "_llama_bundle_host.pth", "".join(f"{p}\n" for p in host))
 
 
 def install(root: Path, manifest: Mapping[str, Any], venv: Path, env: Mapping[str, str],
@@ -674,7 +660,7 @@ def install(root: Path, manifest: Mapping[str, Any], venv: Path, env: Mapping[st
         _see_host_packages(venv)
     llama = root / manifest["llama_wheel"]
     constraints = venv / "llama-constraint.txt"
-    constraints.write_text(f"llama-cpp-python @ {llama.resolve().as_uri()}\n")
+    atomic_write_text(constraints, f"llama-cpp-python @ {llama.resolve().as_uri()}\n")
     pip = [*jail, *pip_cmd, "install", "--no-index", "--find-links", str(root / "wheels")]
     pip += ["--constraint", str(constraints)]
     if slim_only:

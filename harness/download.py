@@ -1,9 +1,10 @@
 """Careful file I/O and Hub downloads.
 
-Every file the harness produces or fetches goes through the same steps: write to a temporary
-name beside the target, check its sha256, then rename it into place (``os.replace`` is atomic
-on one file system). A crash or an interrupted download therefore never leaves a partial or
-unverified file under a name a later run would use.
+Every file the harness produces or fetches goes through the same steps
+(:mod:`saiverse_llm.atomic`): write to a temporary name beside the target, check its sha256,
+then rename it into place (``os.replace`` is atomic on one file system). A crash or an
+interrupted download therefore never leaves a partial or unverified file under a name a later
+run would use.
 
 Hub downloads go through :func:`huggingface_hub.hf_hub_download` (its cache, ``HF_HOME``,
 ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``). The environment is read at call
@@ -17,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+from saiverse_llm.atomic import publish, temp_path_beside
 
 _CHUNK = 4 * 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
@@ -59,35 +61,6 @@ def sha256_file(
             if progress is not None:
                 progress(len(block))
     return digest.hexdigest()
-
-
-def temp_path_beside(target: Path) -> Path:
-    """A new empty temporary file in ``target``'s folder (same file system, so the final
-    rename is atomic). Its name starts with a dot and ends in ``.part``: never a model name."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp: Path, target: Path) -> None:
-    """fsync ``tmp``, give it normal file permissions, and atomically rename it to ``target``."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, target)
-    with contextlib.suppress(OSError):  # directory fsync is best effort (not on every FS)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def quarantine(path: Path) -> Path:

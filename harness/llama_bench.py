@@ -26,6 +26,7 @@ from typing import Any
 
 from harness import native_tools, paths
 from harness.native_tools import NativeTools
+from saiverse_llm.atomic import atomic_write_json
 
 TOOL = "llama-bench"
 ENV_THREADS = "LLAMA_HARNESS_N_THREADS"
@@ -213,16 +214,7 @@ def run_models(
 
 def write_results(doc: Mapping[str, Any], path: Path) -> Path:
     """Write ``doc`` atomically (temp file beside it, then rename)."""
-    from harness.download import publish, temp_path_beside
-
-    tmp = temp_path_beside(path)
-    try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, doc, ensure_ascii=True)
 
 
 def results_path(variant: str) -> Path:

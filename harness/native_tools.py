@@ -51,6 +51,7 @@ from typing import Any
 from harness import build, paths, toolchain, wheel_cache
 from harness.build import BuildPlan
 from harness.variants import Variant, get_variant
+from saiverse_llm.atomic import atomic_write_json
 from saiverse_llm.progress import StepProgress, elapsed_text
 
 SCHEMA = 1
@@ -258,7 +259,7 @@ def _publish(
         info = {"schema": SCHEMA, "key": plan.key, "variant": plan.variant.name,
                 "sdist_version": plan.version, "cmake_args": list(plan.cmake_args),
                 "tools": tools, "libs": libs, **record}  # fmt: skip
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(tmp / INFO_FILE, info, ensure_ascii=True)
         _check_loadable(tmp, list(tools))
         old = None
         if final.exists():

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saiverse_llm.atomic import atomic_output, atomic_write_json, atomic_write_text
+
 SCHEMA = "llama-harness-report/1"
 BASELINE_VARIANT = "cpu"
 PARITY_GOAL = 0.97
@@ -1043,29 +1045,9 @@ def render_charts(rs: ResultSet, out_dir: Path) -> list[Path]:
 
 
 def _save_fig(fig: Any, path: Path) -> None:
-    """PNG to a temp file beside ``path``, fsync, normal permissions, atomic rename."""
-    from harness.download import publish, temp_path_beside
-
-    tmp = temp_path_beside(path)
-    try:
+    """PNG through :func:`saiverse_llm.atomic.atomic_output` (never a partial chart)."""
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, then rename it into place."""
-    from harness.download import publish, temp_path_beside
-
-    tmp = temp_path_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def to_json(
@@ -1163,7 +1145,7 @@ def write_report(
         baseline=str(baseline) if baseline else None,
         charts=chart_paths,
     )
-    atomic_write_text(json_path, json.dumps(doc, indent=2, default=str) + "\n")
+    atomic_write_json(json_path, doc, default=str, ensure_ascii=True)
     if step_summary is not None:
         with step_summary.open("a", encoding="utf-8") as f:
             f.write(text + "\n")

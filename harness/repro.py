@@ -37,6 +37,7 @@ import yaml
 
 from harness import doctor, paths
 from harness.redact import redact_text
+from saiverse_llm.atomic import atomic_copy, atomic_write_text
 
 REPRO_DIR = paths.PROJECT_ROOT / "repro"
 REQUIREMENTS = ("gpu", "no-gpu", "cpu-wheel", "cuda-wheel", "cmake", "nvcc")
@@ -287,7 +288,7 @@ def ensure_wheelhouse(say: Say | None = None) -> Path:
                 f"`pip download {' '.join(WHEELHOUSE_PACKAGES)}` failed:\n{tail}\nfix: make "
                 "PyPI (or a local index in pip's config) reachable once"
             )
-        (Path(tmp) / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_text(Path(tmp) / ".complete", time.strftime("%Y-%m-%dT%H:%M:%S"))
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -357,7 +358,7 @@ def make_env(case: Case, root: Path, say: Say | None = None) -> ReplayEnv:
         import site
 
         parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
-        (Path(site_dir) / "_replay_parent_site.pth").write_text("\n".join(parents) + "\n")
+        atomic_write_text(Path(site_dir) / "_replay_parent_site.pth", "\n".join(parents) + "\n")
     env = {
         "PATH": f"{python.parent}{os.pathsep}{case.env.get('PATH', os.environ.get('PATH', ''))}",
         "HOME": str(root / "home"),
@@ -421,8 +422,7 @@ def plant_cached_wheel(renv: ReplayEnv, wheel: Path, sdist: Path) -> Path:
         raise ReplayError(f"could not compute pip's wheel-cache folder: {proc.stderr[-400:]}")
     folder = Path(proc.stdout.strip())
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(wheel, folder / wheel.name)
-    return folder / wheel.name
+    return atomic_copy(wheel, folder / wheel.name)
 
 
 @dataclass

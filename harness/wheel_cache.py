@@ -11,6 +11,7 @@ is never served: that is exactly the "pip reused a cached CPU wheel" bug.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,13 +21,16 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from harness import paths
+from saiverse_llm.atomic import atomic_copy, atomic_write_json
 
 SCHEMA = 1
 _TRUE = {"on", "true", "yes", "y"}
@@ -222,6 +226,57 @@ def describe_difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) ->
     return text if len(text) < 400 else text[:400] + "..."
 
 
+def key_lock(key: str, root: Path | None = None) -> FileLock:
+    """The inter-process lock of one cache key: ``<wheels>/.locks/<key>.lock`` (``filelock``).
+
+    Re-entrant within a process (one lock object per path), exclusive between processes: a
+    second ``llama-harness build`` / ``nox -s build-<variant>`` of the same key waits for the
+    first and then finds its wheel.
+    """
+    folder = (root or paths.wheels_dir()) / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(folder / f"{key}.lock", is_singleton=True)
+
+
+@contextlib.contextmanager
+def holding(
+    key: str, root: Path | None = None, *, say: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold :func:`key_lock` for the block; ``say`` is told when another process holds it."""
+    lock = key_lock(key, root)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if say is not None:
+            say(
+                f"another process is building or storing key {key[:12]}; waiting for it "
+                f"(lock {lock.lock_file}), then its wheel is reused"
+            )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _identical_entry(folder: Path, key: str, wheel_name: str, digest: str) -> CachedWheel | None:
+    """The entry in ``folder`` when it already holds this very wheel (same key and sha256)."""
+    try:
+        record = json.loads((folder / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    if record.get("key") != key or record.get("wheel") != wheel_name:
+        return None
+    if record.get("wheel_sha256") != digest:
+        return None
+    stored = folder / wheel_name
+    if not stored.is_file() or sha256_file(stored) != digest:
+        return None
+    return CachedWheel(key=key, wheel=stored, record=record)
+
+
 def store(
     wheel: Path,
     inputs: Mapping[str, Any],
@@ -231,41 +286,54 @@ def store(
     extra: Mapping[str, Any] | None = None,
     root: Path | None = None,
 ) -> CachedWheel:
-    """Copy ``wheel`` into the cache under the key of ``inputs`` (temp folder, checksum,
-    atomic rename); an existing entry for the key is replaced."""
+    """Copy ``wheel`` into the cache under the key of ``inputs``.
+
+    Under the key's lock (:func:`key_lock`): an entry that already holds this very wheel (same
+    key, same sha256) is returned as it is; otherwise the wheel and its ``build.json`` are
+    written to a temporary folder (:mod:`saiverse_llm.atomic`, checksummed) which is then
+    renamed into place, replacing an older entry of the key. Concurrent stores of one key
+    from several processes therefore all succeed, one after the other.
+    """
     key = compute_key(inputs)
     base = root or paths.wheels_dir()
     base.mkdir(parents=True, exist_ok=True)
     final = entry_dir(key, root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=base))
-    try:
-        target = tmp / wheel.name
-        shutil.copyfile(wheel, target)
-        digest = sha256_file(target)
-        record: dict[str, Any] = {
-            "schema": SCHEMA,
-            "key": key,
-            "variant": variant,
-            "wheel": wheel.name,
-            "wheel_sha256": digest,
-            "size": target.stat().st_size,
-            "cmake_args": list(cmake_args),
-            "inputs": json.loads(json.dumps(dict(inputs))),
-            "stored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **dict(extra or {}),
-        }
-        meta = tmp / "build.json"
-        meta.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        old = None
-        if final.exists():
-            old = base / f".old-{key[:12]}-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    digest = sha256_file(wheel)
+    with holding(key, root):
+        same = _identical_entry(final, key, wheel.name, digest)
+        if same is not None:
+            return same
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=base))
+        try:
+            target = atomic_copy(wheel, tmp / wheel.name)
+            if sha256_file(target) != digest:
+                raise CacheError(
+                    f"{wheel}: changed while it was copied into the cache; fix: run the build again"
+                )
+            record: dict[str, Any] = {
+                "schema": SCHEMA,
+                "key": key,
+                "variant": variant,
+                "wheel": wheel.name,
+                "wheel_sha256": digest,
+                "size": target.stat().st_size,
+                "cmake_args": list(cmake_args),
+                "inputs": json.loads(json.dumps(dict(inputs))),
+                "stored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **dict(extra or {}),
+            }
+            atomic_write_json(tmp / "build.json", record, sort_keys=True, ensure_ascii=True)
+            old = None
+            if final.exists():
+                old = base / f".old-{key[:12]}-{os.getpid()}"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return CachedWheel(key=key, wheel=final / wheel.name, record=record)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from harness.build import BuildError, build_wheel, import_wheel
 from harness.variants import VariantError, get_variant
+from saiverse_llm.atomic import atomic_copy
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         args.wheel_out.mkdir(parents=True, exist_ok=True)
         meta = wheel.parent / "build.json"
         if meta.is_file():  # keeps key and inputs with the wheel (`--import` reads it)
-            shutil.copy2(meta, args.wheel_out / "build.json")
-        wheel = Path(shutil.copy2(wheel, args.wheel_out / wheel.name))
+            atomic_copy(meta, args.wheel_out / "build.json")
+        wheel = atomic_copy(wheel, args.wheel_out / wheel.name)
     if args.json:
         print(json.dumps({"wheel": str(wheel), "key": key, "cached": cached}))
     else:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from rich.console import Console
 
 from harness import paths
 from harness.doctor import DoctorOptions, render_json, render_markdown, render_text, run_doctor
+from saiverse_llm.atomic import atomic_write_text
 
 
 def variant_python(variant: str) -> Path:
@@ -26,18 +25,6 @@ def variant_python(variant: str) -> Path:
         f"{root}: no environment for variant {variant!r}; fix: run `nox -s test-{variant}` "
         "first (it builds/installs that variant), or pass --python PATH"
     )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -90,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(report))
     if args.markdown:
-        write_atomic(args.markdown, render_markdown(report))
+        atomic_write_text(args.markdown, render_markdown(report))
         err.print(f"report written to {args.markdown}")
     errors = [m for m in report.matches if m.cause.severity == "error"]
     return 1 if errors else 0

@@ -196,7 +196,8 @@ def test_store_replaces_an_entry_atomically(tmp_path: Path) -> None:
     wheel_cache.store(first, inputs, variant="cpu", cmake_args=[], root=root)
     entry = wheel_cache.store(second, inputs, variant="cpu", cmake_args=[], root=root)
     assert wheel_cache.sha256_file(entry.wheel) == wheel_cache.sha256_file(second)
-    assert [p.name for p in root.iterdir()] == [entry.key]  # no temp or old folders left
+    # no temp or old folders left (.locks holds the per-key lock files)
+    assert sorted(p.name for p in root.iterdir()) == [".locks", entry.key]
 
 
 # --------------------------------------------------------------------------- configure evidence
