@@ -77,6 +77,17 @@ def nvidia_smi() -> dict[str, str] | None:
     return gpus[0] if gpus else None
 
 
+def vulkan_device(descriptions: list[str]) -> dict[str, str] | None:
+    """The first Vulkan device ggml registered (its description), marked ``software: yes``
+    for llvmpipe and other CPU implementations of Vulkan; None without one."""
+    from harness.vulkan_devices import is_software_name
+
+    if not descriptions:
+        return None
+    name = descriptions[0]
+    return {"name": name, "driver": "Vulkan", "software": "yes" if is_software_name(name) else "no"}
+
+
 def build_key() -> tuple[str | None, dict[str, Any] | None]:
     """(build key, build.json) from $LLAMA_HARNESS_BUILD_KEY and $LLAMA_HARNESS_BUILD_JSON or
     the build.json beside $LLAMA_HARNESS_WHEEL (the wheel cache keeps them together)."""

@@ -26,6 +26,7 @@ from benchlib import (
     model_names,
     nvidia_smi,
     synth_gpu_model,
+    vulkan_device,
     weight_bytes_per_token,
 )
 
@@ -114,7 +115,8 @@ def bench_env() -> BenchEnv:
         compiled_backends=sorted(info.compiled_backends),
         gpu_offload=bool(info.gpu_offload),
         devices=[f"{d.name} ({d.type})" for d in info.devices],
-        gpu=nvidia_smi(),
+        gpu=nvidia_smi()
+        or vulkan_device([d.description for d in info.devices if d.backend == "VULKAN"]),
     )
 
 

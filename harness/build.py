@@ -241,6 +241,11 @@ def plan_build(variant: Variant, registry: Registry, source: Path, sdist_sha256:
             raise BuildError(f"cannot build {variant.name}: {exc}") from exc
         args += extra
         notes += cuda_notes
+    identities = toolchain.compiler_identities(cuda=variant.toolchain == "cuda")
+    if variant.toolchain == "vulkan":
+        extra, vk_notes, identities["vulkan_headers"] = _vulkan_toolchain(variant, args, registry)
+        args += extra
+        notes += vk_notes
     bools = wheel_cache.boolean_options(source)
     defines = wheel_cache.normalise_cmake_args(args, bool_names=bools)["defines"]
     env = {**wheel_cache.relevant_env(toolchain.BUILD_ENV_VARS), **variant.env}
@@ -248,7 +253,7 @@ def plan_build(variant: Variant, registry: Registry, source: Path, sdist_sha256:
         sdist_sha256=sdist_sha256,
         version=registry.sdist.version,
         cmake_args=args,
-        toolchain=toolchain.compiler_identities(cuda=variant.toolchain == "cuda"),
+        toolchain=identities,
         platform_tag=platform_tag(),
         env=env,
         host_cpu=host_cpu_id() if is_native(defines) and variant.backend != "METAL" else None,
@@ -268,6 +273,26 @@ def plan_build(variant: Variant, registry: Registry, source: Path, sdist_sha256:
         build_dir=paths.build_dir(variant.name),
         log_path=paths.logs_dir() / f"{variant.name}-{key[:12]}.log",
     )
+
+
+def _vulkan_toolchain(
+    variant: Variant, args: list[str], registry: Registry
+) -> tuple[list[str], list[str], str]:
+    """``toolchain: vulkan``: headers at least the variant's ``vulkan_headers`` check."""
+    from harness import vulkan_headers
+
+    wanted = [r.value[0] for r in variant.build_requires if r.kind == "vulkan_headers"]
+    if not wanted:
+        raise BuildError(
+            f"{variant.source}: variant {variant.name!r} has toolchain: vulkan but no "
+            "`vulkan_headers: MAJOR.MINOR.PATCH` check in build_requires. Fix: add "
+            '`- vulkan_headers: "1.3.272"` (what the pinned llama.cpp needs)'
+        )
+    minimum = max(vulkan_headers.parse_version(w) for w in wanted)
+    try:
+        return vulkan_headers.vulkan_cmake_args(args, minimum, registry.sdist.version)
+    except vulkan_headers.VulkanHeadersError as exc:
+        raise BuildError(f"cannot build {variant.name}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- evidence

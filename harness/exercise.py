@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,17 +164,19 @@ def exercise(
     timeout: float = 300.0,
     tail: int = 20,
     snippet: str = SNIPPET,
+    env: Mapping[str, str] | None = None,
 ) -> ExerciseResult:
     """Load ``model`` and decode ``n_tokens`` tokens with ``python``'s llama_cpp, in a child.
 
     ``snippet`` is the child's program (argv: model, n_gpu_layers, n_tokens); it reports
-    progress as ``LLAMA_HARNESS_EXERCISE {json}`` lines on stdout.
+    progress as ``LLAMA_HARNESS_EXERCISE {json}`` lines on stdout. ``env`` is added to this
+    process's environment for the child (e.g. ``GGML_VK_VISIBLE_DEVICES``).
     """
     cmd = [python, "-X", "faulthandler", "-c", snippet, str(model), str(n_gpu_layers),
            str(n_tokens)]  # fmt: skip
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                              errors="replace")  # fmt: skip
+                              errors="replace", env={**os.environ, **(env or {})})  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
         return ExerciseResult(

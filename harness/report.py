@@ -43,6 +43,7 @@ PARITY_GOAL = 0.97
 BENCH_FILE = "bench.json"
 LLAMA_BENCH_FILE = "llama-bench.json"
 STATUS_FILE = "status.json"
+AGREE_GLOB = "agree-*.json"  # harness.agree.write_result
 #: status.json values meaning "ran fine"; anything else is shown next to the variant's rows
 OK_STATUSES = frozenset({"ok", "passed", "built"})
 
@@ -187,6 +188,7 @@ class ResultSet:
     measurements: list[Measurement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     baseline: str = BASELINE_VARIANT  # the variant ratios are taken against
+    agreements: list[dict[str, Any]] = field(default_factory=list)  # agree-*.json contents
 
     def get(self, variant: str, model: str, metric: str) -> Measurement | None:
         for m in self.measurements:
@@ -459,6 +461,7 @@ def _merge(into: ResultSet, other: ResultSet) -> None:
         mine.files.extend(info.files)
     into.measurements.extend(other.measurements)
     into.notes.extend(other.notes)
+    into.agreements.extend(other.agreements)
 
 
 def load_variant_dir(directory: Path) -> ResultSet:
@@ -489,6 +492,15 @@ def load_variant_dir(directory: Path) -> ResultSet:
     if lb_path.is_file():
         _merge(rs, parse_llama_bench_json(_read_json(lb_path), path=lb_path, variant=name))
         info.files.append(str(lb_path))
+    for agree_path in sorted(directory.glob(AGREE_GLOB)):
+        data = _read_json(agree_path)
+        if not isinstance(data, dict) or not isinstance(data.get("figures"), dict):
+            raise ReportError(
+                f"{agree_path}: field 'figures' missing; fix: rerun `llama-harness agree` "
+                "or delete the file"
+            )
+        rs.agreements.append(data)
+        info.files.append(str(agree_path))
     if not info.files:
         info.status = "no-results"
         info.detail = f"no {BENCH_FILE} or {STATUS_FILE} in {directory}"
@@ -847,6 +859,8 @@ def render_markdown(
         status = info.status + (f": {detail}" if shown else "")
         gpu = p.get("gpu")
         gpu_text = gpu.get("name", "") if isinstance(gpu, dict) else (str(gpu) if gpu else "-")
+        if software_device(info):
+            gpu_text = f"{gpu_text}: software Vulkan device on the CPU, not a GPU"
         lines.append(
             f"| {name} | {_md(status)} | {p.get('backend', '-')} | "
             f"{p.get('offloaded_layers', '-')} | {p.get('llama_cpp_version', '-')} | "
@@ -871,6 +885,8 @@ def render_markdown(
                 cells.append(format_cell(m, base) if m else "—")
             ok = info.status in OK_STATUSES
             label = var if ok else f"{var} ({info.status})"
+            if software_device(info):
+                label += " (software device)"
             if all(c == "—" for c in cells) and ok:
                 continue
             lines.append(f"| {_md(label)} | " + " | ".join(cells) + " |")
@@ -895,6 +911,8 @@ def render_markdown(
                 f"{m.value:.3f}{flag} |"
             )
         lines.append("")
+    if rs.agreements:
+        lines += render_agreements(rs.agreements)
     if regressions is not None:
         bad = [r for r in regressions if r.regressed]
         lines += [
@@ -926,6 +944,38 @@ def render_markdown(
             lines.append(f"![{c.stem}]({rel.as_posix()})")
         lines.append("")
     return "\n".join(lines)
+
+
+def software_device(info: VariantInfo) -> bool:
+    """The variant's benchmarks ran on a software device (llvmpipe): correct, not a GPU."""
+    gpu = info.provenance.get("gpu")
+    return isinstance(gpu, dict) and str(gpu.get("software", "")).lower() in ("yes", "true")
+
+
+def render_agreements(agreements: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``llama-harness agree`` figures: each build vs the reference build."""
+    lines = [
+        "## Agreement with the reference build (`llama-harness agree`)",
+        "",
+        "Next-token distributions over the same text, as llama.cpp's `llama-perplexity "
+        "--kl-divergence` reports them; limits per quantization type in "
+        "`harness/agree-thresholds.yaml`.",
+        "",
+        "| reference | variant | model | type | positions | mean KLD | 99% KLD | max KLD | "
+        "top-1 | PPL ratio | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in sorted(agreements, key=lambda x: (str(x.get("other")), str(x.get("model")))):
+        f = a["figures"]
+        verdict = "pass" if a.get("ok") else "FAIL: " + "; ".join(a.get("failures") or [])
+        lines.append(
+            f"| {a.get('reference')} | {a.get('other')} | {a.get('model')} | "
+            f"{a.get('quant_type')} | {f.get('positions')} | {f.get('kld_mean', 0):.3g} | "
+            f"{f.get('kld_p99', 0):.3g} | {f.get('kld_max', 0):.3g} | {f.get('top1', 0):.2%} | "
+            f"{f.get('ppl_ratio', 0):.5f} | {_md(verdict)} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _machine_text(machine: Any) -> str:
@@ -1076,6 +1126,7 @@ def to_json(
         },
         "measurements": [m.to_dict() for m in rs.measurements],
         "notes": list(dict.fromkeys(rs.notes)),
+        "agreements": rs.agreements,
         "comparison": None
         if regressions is None
         else {

@@ -289,6 +289,7 @@ def exercise_model() -> Path:
 def client_env(variant: Variant, key: str | None, wheel: Path) -> dict[str, str]:
     gpu = gpu_present(variant)
     env = {
+        **variant.runtime_env(),
         "LLAMA_HARNESS_VARIANT": variant.name,
         "LLAMA_HARNESS_N_GPU_LAYERS": "-1" if variant.gpu else "0",
         "LLAMA_HARNESS_WHEEL": str(wheel),
@@ -297,7 +298,19 @@ def client_env(variant: Variant, key: str | None, wheel: Path) -> dict[str, str]
         env["LLAMA_HARNESS_BUILD_KEY"] = key
     if gpu:
         env["LLAMA_HARNESS_REQUIRE_GPU"] = "1"
+    if software_device(variant) and not os.environ.get("LLAMA_HARNESS_MODELS"):
+        # llvmpipe runs Gemma 3 270M at ~1.5 tok/s: the suite and benchmarks use the tiny model
+        env["LLAMA_HARNESS_MODELS"] = "tiny"
     return env
+
+
+def software_device(variant: Variant) -> bool:
+    """The variant runs on a software Vulkan device here (llvmpipe): correct, not a GPU."""
+    if variant.backend != "VULKAN":
+        return False
+    from harness import vulkan_devices
+
+    return vulkan_devices.software_only()
 
 
 def _container(session: NoxSession, variant: Variant, name: str, opts: SessionOptions) -> None:
@@ -375,7 +388,11 @@ def _prepare_and_check(
     install_wheel(session, wheel)
     python = session_python(session)
     gpu = gpu_present(variant)
-    result, _info = verify_python(variant, python, wheel=wheel, gpu_present=gpu)
+    extra_env = variant.runtime_env()
+    for name, value in extra_env.items():
+        session.log(f"{variant.name}: {name}={value} (the only Vulkan device here is a "
+                    "software one; llama.cpp skips it unless selected)")  # fmt: skip
+    result, _info = verify_python(variant, python, wheel=wheel, gpu_present=gpu, env=extra_env)
     details["verification"] = result.to_dict()
     if not result.ok:
         write_status(variant.name, name, "verify-failed", result.summary(), **details)
@@ -390,7 +407,8 @@ def _prepare_and_check(
         )
         write_status(variant.name, name, "built-no-gpu", msg, **details)
         session.skip(msg)
-    ex = exercise(python, exercise_model(), n_gpu_layers=-1 if variant.gpu else 0)
+    ex = exercise(python, exercise_model(), n_gpu_layers=-1 if variant.gpu else 0,
+                  env=extra_env)  # fmt: skip
     details["exercise"] = ex.to_dict()
     if not ex.ok:
         status = "crashed-native" if ex.status == "crashed" else "failed"
@@ -409,6 +427,47 @@ def run_test_session(session: NoxSession, variant: Variant) -> None:
     ready = _prepare_and_check(session, variant, name, opts)
     env = client_env(variant, ready.key, ready.wheel)
     _run_pytest(session, variant, name, ["tests/client", *opts.rest], env, ready)
+    run_agree(session, variant, name, env, ready)
+
+
+#: The build every other variant's numbers are compared with (``llama-harness agree``).
+AGREE_REFERENCE = "cpu"
+
+
+def agree_models(env: Mapping[str, str]) -> list[str]:
+    """The models ``agree`` runs on in a test session: those of LLAMA_HARNESS_MODELS (the
+    client suite's list, default tiny and Gemma 3 270M) that agree knows."""
+    raw = env.get("LLAMA_HARNESS_MODELS") or os.environ.get("LLAMA_HARNESS_MODELS")
+    names = [m.strip() for m in (raw or "tiny,gemma-3-270m").split(",") if m.strip()]
+    return [m for m in names if m in ("tiny", "gemma-3-270m")]
+
+
+def run_agree(
+    session: NoxSession, variant: Variant, name: str, env: Mapping[str, str], ready: Prepared
+) -> None:
+    """``llama-harness agree cpu <variant>=<this session's python>`` on each model: the
+    session fails with the numbers when the build's distributions are outside the limits
+    of harness/agree-thresholds.yaml. Skipped (and said) without a reference wheel."""
+    if variant.name == AGREE_REFERENCE:
+        session.log(f"agree: {variant.name} is the reference build; nothing to compare")
+        return
+    if cached_wheel(AGREE_REFERENCE) is None:
+        msg = (f"agree: skipped, no {AGREE_REFERENCE} wheel in the harness cache to compare "
+               f"with (run `nox -s build-{AGREE_REFERENCE}` first)")  # fmt: skip
+        session.log(msg)
+        write_status(variant.name, name, "passed", msg, **ready.details)
+        return
+    for model in agree_models(env):
+        cmd = ["python", "-m", "harness.cli", "agree", AGREE_REFERENCE,
+               f"{variant.name}={ready.python}", "--model", model]  # fmt: skip
+        try:
+            session.run(*cmd, env=dict(env))
+        except Exception as exc:  # nox.command.CommandFailed: agree printed the numbers
+            write_status(variant.name, name, "failed",
+                         f"agree {AGREE_REFERENCE} {variant.name} on {model}: outside the "
+                         f"limits or failed ({exc}); see reports/{variant.name}/"
+                         f"agree-{AGREE_REFERENCE}-{model}.json", **ready.details)  # fmt: skip
+            raise
 
 
 def run_bench_session(session: NoxSession, variant: Variant) -> None:
@@ -432,7 +491,12 @@ def run_bench_session(session: NoxSession, variant: Variant) -> None:
                 publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    if os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "1") != "0":
+    wanted = os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "")
+    if software_device(variant) and wanted != "1":
+        # one more ~25-minute compile of ggml-vulkan for parity on a device that is not a GPU
+        session.log(f"{variant.name}: llama-bench parity skipped on a software Vulkan device "
+                    "(set LLAMA_HARNESS_LLAMA_BENCH=1 to build and run it anyway)")  # fmt: skip
+    elif wanted != "0":
         # llama.cpp's own llama-bench, same sdist + CMAKE_ARGS + settings -> parity in the report
         session.run("python", "-m", "harness.cli", "llama-bench", "--variant", variant.name,
                     env=dict(env))  # fmt: skip

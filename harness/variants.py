@@ -26,9 +26,9 @@ import yaml
 
 BUILTIN_FILE = Path(__file__).with_name("variants.yaml")
 BACKENDS = ("CPU", "CUDA", "METAL", "VULKAN", "BLAS")
-TOOLCHAINS = ("cuda",)
+TOOLCHAINS = ("cuda", "vulkan")
 PROBES = ("nvidia-gpu", "apple-gpu", "vulkan-device")
-_CHECK_KINDS = ("command", "file", "pkg_config", "any_of", "probe")
+_CHECK_KINDS = ("command", "file", "pkg_config", "any_of", "probe", "vulkan_headers")
 _VARIANT_FIELDS = {
     "description",
     "cmake_args",
@@ -85,7 +85,8 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Requirement:
-    """One build or runtime check: ``kind`` is command, file, pkg_config, any_of or probe."""
+    """One build or runtime check: ``kind`` is command, file, pkg_config, any_of, probe or
+    vulkan_headers (``value``: the minimum header version, e.g. ``("1.3.272",)``)."""
 
     kind: str
     value: tuple[str, ...] = ()
@@ -100,6 +101,8 @@ class Requirement:
             return " or ".join(o.label() for o in self.options)
         if self.kind == "pkg_config":
             return f"pkg-config {self.value[0]}"
+        if self.kind == "vulkan_headers":
+            return f"Vulkan headers >= {self.value[0]}"
         return f"{self.kind} {' | '.join(self.value)}"
 
     def check(self) -> CheckResult:
@@ -164,9 +167,48 @@ class Variant:
             return problems
         for req in self.build_requires:
             result = req.check()
+            if not result.ok and req.kind == "vulkan_headers":
+                result = self._vulkan_headers_check(req, result)
             if not result.ok:
                 problems.append(result)
         return problems
+
+    def _vulkan_headers_check(self, req: Requirement, failed: CheckResult) -> CheckResult:
+        """Headers given by -DVulkan_INCLUDE_DIR, or (``toolchain: vulkan``) cached or
+        fetchable from Debian, satisfy a ``vulkan_headers`` check the system's headers fail."""
+        from harness import vulkan_headers as vh
+
+        minimum = vh.parse_version(req.value[0])
+        explicit = vh.explicit_include(list(self.cmake_args))
+        if explicit is not None:
+            got = vh.header_version(explicit)
+            ok = got is not None and got >= minimum
+            shown = vh.format_version(got) if got else "no vulkan/vulkan_core.h"
+            return CheckResult(ok=ok, what=failed.what, fix=failed.fix,
+                               detail=f"-DVulkan_INCLUDE_DIR={explicit}: {shown}")  # fmt: skip
+        if self.toolchain != "vulkan":
+            return failed
+        cached = vh.cached_headers(minimum)
+        if cached is not None:
+            return CheckResult(ok=True, what=failed.what, fix=failed.fix,
+                               detail=f"{failed.detail}; using {cached.version_str} "
+                               f"({cached.source}) from the harness cache")  # fmt: skip
+        can, how = vh.can_fetch()
+        if can:
+            return CheckResult(ok=True, what=failed.what, fix=failed.fix,
+                               detail=f"{failed.detail}; the build will {how}")  # fmt: skip
+        return CheckResult(ok=False, what=failed.what, fix=failed.fix,
+                           detail=f"{failed.detail}; cannot fetch newer ones: {how}")  # fmt: skip
+
+    def runtime_env(self) -> dict[str, str]:
+        """What a run of this variant's build needs in its environment: for Vulkan on a
+        machine whose only device is a software one (llvmpipe), GGML_VK_VISIBLE_DEVICES
+        selecting it (llama.cpp skips CPU-type Vulkan devices otherwise)."""
+        if self.backend == "VULKAN":
+            from harness import vulkan_devices
+
+            return vulkan_devices.runtime_env()
+        return {}
 
     def runtime_problems(self) -> list[CheckResult]:
         """Failed runtime checks (empty when this machine can run the variant's build)."""
@@ -277,16 +319,9 @@ def _probe_apple_gpu() -> tuple[bool, str]:
 
 
 def _probe_vulkan_device() -> tuple[bool, str]:
-    if shutil.which("vulkaninfo") is None:
-        return False, "vulkaninfo not found (install vulkan-tools to check for a device)"
-    proc = _quiet(["vulkaninfo", "--summary"], timeout=30)
-    if proc is None or proc.returncode != 0:
-        return False, "vulkaninfo --summary failed"
-    devices = [ln.strip() for ln in proc.stdout.splitlines() if "deviceName" in ln]
-    real = [d for d in devices if "llvmpipe" not in d.lower()]
-    if not real:
-        return False, "no Vulkan GPU (only a software device)" if devices else "no Vulkan device"
-    return True, "; ".join(real)
+    from harness import vulkan_devices
+
+    return vulkan_devices.probe()
 
 
 _PROBE_FUNCS: dict[str, Callable[[], tuple[bool, str]]] = {
@@ -305,7 +340,7 @@ def _run_check(req: Requirement) -> tuple[bool, str]:
         return False, f"{' / '.join(req.value)} not found on PATH"
     if req.kind == "file":
         for pattern in req.value:
-            hits = sorted(glob.glob(os.path.expanduser(pattern)))
+            hits = sorted(glob.glob(os.path.expandvars(os.path.expanduser(pattern))))
             if hits:
                 return True, hits[0]
         return False, f"no file matches {', '.join(req.value)}"
@@ -326,6 +361,14 @@ def _run_check(req: Requirement) -> tuple[bool, str]:
         return False, "; ".join(details)
     if req.kind == "probe":
         return _PROBE_FUNCS[req.value[0]]()
+    if req.kind == "vulkan_headers":
+        from harness import vulkan_headers as vh
+
+        have = vh.system_headers()
+        minimum = vh.parse_version(req.value[0])
+        if have is not None and have.version >= minimum:
+            return True, f"{have.version_str} in {have.include}"
+        return False, vh.too_old_message(have, minimum, "")
     raise AssertionError(f"unknown check kind {req.kind}")
 
 
@@ -371,6 +414,14 @@ def _parse_requirement(raw: object, *, file: Path, variant: str, field_name: str
     values: list[object] = value if isinstance(value, list) else [value]
     if not values or not all(isinstance(v, str) and v for v in values):
         raise err(f"{kind} needs a non-empty string (or list of strings)", value, "quote it")
+    if kind == "vulkan_headers":
+        from harness.vulkan_headers import parse_version
+
+        try:
+            parse_version(str(values[0]))
+        except ValueError:
+            raise err("vulkan_headers needs a version MAJOR.MINOR.PATCH", values[0],
+                      'write e.g. vulkan_headers: "1.3.272"') from None  # fmt: skip
     if kind == "probe" and values[0] not in PROBES:
         raise err(f"unknown probe {values[0]!r}", values[0], f"use one of {', '.join(PROBES)}")
     return Requirement(kind=kind, value=tuple(str(v) for v in values), what=what, fix=fix)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,12 +206,18 @@ def verify_build(
 
 
 def verify_python(
-    variant: Variant, python: str, *, wheel: Path | None = None, gpu_present: bool | None = None
+    variant: Variant,
+    python: str,
+    *,
+    wheel: Path | None = None,
+    gpu_present: bool | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[Verification, BuildInfo | None]:
-    """Collect the build info in ``python`` (a child process) and verify it."""
+    """Collect the build info in ``python`` (a child process, this environment plus ``env``)
+    and verify it."""
     pin = load_registry().sdist.version
     try:
-        info = collect_in_subprocess(python)
+        info = collect_in_subprocess(python, env={**os.environ, **env} if env else None)
     except BuildInfoError as exc:
         result = Verification(variant=variant.name, gpu_present=bool(gpu_present))
         result.problems.append(Problem("import", str(exc), "the build does not load here",
