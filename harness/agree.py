@@ -35,13 +35,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from harness import paths
 from harness.variants import Variant
+from saiverse_llm.atomic import atomic_write_json
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 THRESHOLDS_FILE = Path(__file__).with_name("agree-thresholds.yaml")
 TEXT_FILE = Path(__file__).parent / "data" / "agree-text.txt"
@@ -484,23 +488,24 @@ def write_result(result: Agreement, reports: Path | None = None) -> Path:
     folder = (reports or paths.reports_dir()) / result.other
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"agree-{result.reference}-{result.model}.json"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, result.to_dict())
     return path
 
 
-def table(results: Sequence[Agreement]) -> str:
-    """A plain Markdown table of the figures (readable in a terminal and in a log)."""
-    head = ("reference", "variant", "model", "type", "positions", "mean KLD", "99% KLD",
-            "max KLD", "top-1", "PPL ref", "PPL variant", "PPL ratio", "verdict")  # fmt: skip
-    rows = [head, tuple("---" for _ in head)]
+def table(results: Sequence[Agreement]) -> Table:
+    """The figures as a table (print it with :func:`saiverse_llm.tables.print_table`)."""
+    from rich.table import Table
+
+    out = Table(title="llama-harness agree: next-token distributions vs the reference build")
+    for head in ("reference", "variant", "model", "type", "positions", "mean KLD", "99% KLD",
+                 "max KLD", "top-1", "PPL ref", "PPL variant", "PPL ratio", "verdict"):  # fmt: skip
+        out.add_column(head)
     for r in results:
         f = r.figures
-        rows.append((
+        out.add_row(
             r.reference, r.other, r.model, r.quant_type, str(f.positions),
             f"{f.kld_mean:.3g} ± {f.kld_mean_err:.1g}", f"{f.kld_p99:.3g}", f"{f.kld_max:.3g}",
             f"{f.top1:.2%}", f"{f.ppl_ref:.4g}", f"{f.ppl_other:.4g}", f"{f.ppl_ratio:.5f}",
             "pass" if r.ok else "FAIL",
-        ))  # fmt: skip
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+        )  # fmt: skip
+    return out

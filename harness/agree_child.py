@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     text = Path(args.text).read_text(encoding="utf-8")
     start = time.perf_counter()
     with _capture_fd2() as log:
-        llm = llama_cpp.Llama(
+        llm: Any = llama_cpp.Llama(
             model_path=args.model, n_ctx=args.n_ctx, n_batch=args.n_ctx, n_ubatch=args.n_ctx,
             n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
             n_threads_batch=args.threads, logits_all=True, seed=0, verbose=True,

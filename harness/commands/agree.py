@@ -143,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps([r.to_dict() for r in results], indent=2, default=str))
     else:
-        print(table(results))
+        from saiverse_llm.tables import print_table
+
+        print_table(table(results))
         for r in results:
             print(r.summary())
     if not args.no_write and not args.self_test_noise:
