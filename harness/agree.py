@@ -297,7 +297,7 @@ def variant_venv(variant: str, wheel: Path, *, say: Say | None = None) -> Path:
                 tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-8:])
                 raise AgreeError(f"making the {variant} venv failed at `{' '.join(cmd[:4])} ...`:"
                                  f"\n{tail}")  # fmt: skip
-        (tmp / "llama-harness-venv.json").write_text(json.dumps({"wheel": str(wheel)}) + "\n")
+        atomic_write_json(tmp / "llama-harness-venv.json", {"wheel": str(wheel)})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # venvs are relocatable enough for `bin/python` to work
     finally:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
+from saiverse_llm.atomic import atomic_write_json, atomic_write_text
 
 #: Where newer headers come from when the system's are too old.
 DEBIAN_SUITE = "trixie"
@@ -183,8 +184,9 @@ def fetch_headers(minimum: Version) -> Headers:
     apt_dir = root / f".apt-debian-{DEBIAN_SUITE}"
     for sub in ("lists/partial", "cache/archives/partial"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-    (apt_dir / "sources.list").write_text(
-        f"deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n"
+    atomic_write_text(
+        apt_dir / "sources.list",
+        f"deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n",
     )
     opts = _apt_options(apt_dir)
     _run(["apt-get", *opts, "-qq", "update"])
@@ -217,7 +219,7 @@ def fetch_headers(minimum: Version) -> Headers:
             "source": f"Debian {DEBIAN_SUITE} libvulkan-dev {vk['version']}",
             "packages": packages,
         }
-        (unpack / "toolchain.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_json(unpack / "toolchain.json", meta)
         final = root / f"vulkan-headers-debian-{DEBIAN_SUITE}-{format_version(got)}"
         if final.exists():
             shutil.rmtree(final)
