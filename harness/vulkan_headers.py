@@ -6,7 +6,8 @@ The vendored llama.cpp of llama-cpp-python 0.3.36 uses ``vk::LayerSettingEXT``
 vulkan`` in a variant makes :func:`vulkan_cmake_args`:
 
 * use the system headers (``$VULKAN_SDK/include``, ``/usr/local/include``, ``/usr/include``)
-  when they are at least the variant's ``vulkan_headers`` requirement;
+  when they are at least the variant's ``vulkan_headers`` requirement (unless
+  ``LLAMA_HARNESS_VULKAN_HEADERS=debian``);
 * else download Debian 13 (trixie)'s ``libvulkan-dev`` and ``spirv-headers`` with apt, using
   a private apt configuration under ``toolchains_dir()`` (the system's sources are not
   touched), unpack them with ``dpkg-deb -x`` (headers and CMake files only, nothing is
@@ -39,6 +40,9 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 PACKAGES = ("libvulkan-dev", "spirv-headers")
 HEADER = Path("vulkan") / "vulkan_core.h"
+#: ``debian``: use Debian trixie's headers even when the system's pass the check (the same
+#: headers on every machine, e.g. Ubuntu 24.04's 1.3.275 is new enough but not verified).
+FORCE_ENV = "LLAMA_HARNESS_VULKAN_HEADERS"
 _VERSION_RE = re.compile(
     r"#define\s+VK_HEADER_VERSION_COMPLETE\s+VK_MAKE_API_VERSION\(\s*\d+\s*,\s*(\d+)\s*,\s*(\d+)"
 )
@@ -277,7 +281,8 @@ def resolve(args: list[str], minimum: Version, *, fetch: bool = True) -> Headers
             )
         return Headers(include=explicit, version=version, source=f"-DVulkan_INCLUDE_DIR={explicit}")
     system = system_headers()
-    if system is not None and system.version >= minimum:
+    forced = os.environ.get(FORCE_ENV, "").strip().lower() == "debian"
+    if system is not None and system.version >= minimum and not forced:
         return system
     cached = cached_headers(minimum)
     if cached is not None:

@@ -69,6 +69,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LLAMA_HARNESS_VARIANTS", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv(vulkan_devices.VISIBLE_ENV, raising=False)
+    monkeypatch.delenv(vulkan_headers.FORCE_ENV, raising=False)
     vulkan_devices.list_devices.cache_clear()
 
 
@@ -159,6 +160,16 @@ def test_new_enough_system_headers_need_no_extra_args(
     use_system_headers(monkeypatch, write_header(tmp_path / "usr", 4, 309))
     extra, _notes, ident = vulkan_headers.vulkan_cmake_args([], (1, 3, 272), "0.3.36")
     assert extra == [] and ident.startswith("1.4.309 system")
+
+
+def test_debian_headers_can_be_forced_over_new_enough_system_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_system_headers(monkeypatch, write_header(tmp_path / "usr", 3, 275))
+    fake_fetched(tmp_path / "cache")
+    monkeypatch.setenv("LLAMA_HARNESS_VULKAN_HEADERS", "debian")
+    extra, _notes, ident = vulkan_headers.vulkan_cmake_args([], (1, 3, 272), "0.3.36")
+    assert ident.startswith("1.4.309 Debian trixie") and extra[0].startswith("-DVulkan_INCLUDE")
 
 
 def test_no_way_to_newer_headers_is_one_error_with_the_fix(
