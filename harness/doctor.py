@@ -65,6 +65,7 @@ ENV_FACTS = (
     "CUDACXX",
     "CUDA_HOME",
     "CUDA_PATH",
+    "GGML_VK_VISIBLE_DEVICES",
     "CUDAToolkit_ROOT",
     "CUDA_VISIBLE_DEVICES",
     "NVIDIA_VISIBLE_DEVICES",
@@ -527,6 +528,22 @@ def env_facts(env: Mapping[str, str]) -> Facts:
     return {f"env.{name}": env.get(name) for name in ENV_FACTS}
 
 
+def vulkan_facts(info: BuildInfo | None) -> Facts:
+    """The machine's Vulkan devices (vulkaninfo), for a build with the Vulkan backend:
+    ``vulkan.devices``, ``vulkan.software_only`` (only llvmpipe & co.: correct, not a GPU)."""
+    if info is None or "VULKAN" not in info.compiled_backends:
+        return {}
+    from harness import vulkan_devices
+
+    devices, why = vulkan_devices.list_devices()
+    return {
+        "vulkan.devices": [d.describe() for d in devices],
+        "vulkan.list_error": why or None,
+        "vulkan.software_only": vulkan_devices.software_only(),
+        "vulkan.software_devices": [d.name for d in devices if d.software],
+    }
+
+
 def _unloaded(lib: str, registries: set[str]) -> bool:
     """A backend library in the package whose backend never registered (GGML_BACKEND_DL)."""
     backend = buildinfo.backend_of_lib(lib)
@@ -834,6 +851,13 @@ def verdict(facts: Mapping[str, Any]) -> str:
         )
     kind = "/".join(gpu_backends)
     devices = facts.get("build.gpu_devices") or []
+    software = facts.get("vulkan.software_devices") or []
+    if software and facts.get("vulkan.software_only") and not devices:
+        return (
+            f"{kind} build; the only Vulkan device here is {software[0]}, a software Vulkan "
+            "device (Mesa, runs on the CPU): correct, but not a GPU. llama.cpp skips it "
+            "unless GGML_VK_VISIBLE_DEVICES=0 selects it"
+        )
     if not facts.get("build.gpu_offload") or not devices:
         why = []
         if kind == "CUDA" or "CUDA" in gpu_backends:
@@ -852,6 +876,8 @@ def verdict(facts: Mapping[str, Any]) -> str:
         )
     offloaded, total = facts.get("probe.offloaded"), facts.get("probe.total")
     name = devices[0]
+    if any(str(name).startswith(s) or s in str(name) for s in software):
+        name = f"{name} (a software Vulkan device on the CPU: correct, but not a GPU)"
     if facts.get("probe.ran") and facts.get("probe.error"):
         return f"{kind} build with {name}, but the offload probe failed: {facts['probe.error']}"
     if facts.get("probe.ran") and total:
@@ -891,6 +917,7 @@ def collect_facts(
         facts["build.error"] = str(exc)
     facts["python.executable"] = options.python
     facts.update(build_facts(info, crash, host))
+    facts.update(vulkan_facts(info))
     if host.get("os.system") == "Darwin":
         facts["python.translated"] = bool(
             host.get("host.arm64_capable") and facts.get("python.machine") == "x86_64"

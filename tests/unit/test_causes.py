@@ -109,6 +109,12 @@ POSITIVE: dict[str, dict[str, Any]] = {
     "backend-dl-not-loaded": {"build.unloaded_backend_libs": ["libggml-cuda.so"]},
     "cpu-instructions-unsupported": {"build.crash": "SIGILL"},
     "amx-native-crash": {"build.cpu_features": ["AVX2", "AMX_INT8"], "build.crash": "SIGSEGV"},
+    # measured here: the vulkan build on a machine whose only Vulkan device is Mesa llvmpipe
+    "vulkan-software-device-only": {
+        "build.gpu_backends": ["VULKAN"],
+        "vulkan.software_only": True,
+        "vulkan.software_devices": ["llvmpipe (LLVM 15.0.6, 256 bits)"],
+    },
 }
 
 

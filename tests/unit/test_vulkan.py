@@ -273,3 +273,24 @@ def test_the_test_session_keeps_gemma_off_llvmpipe(monkeypatch: pytest.MonkeyPat
     fake_vulkaninfo(monkeypatch, GPU_AND_LLVMPIPE)
     env = sessions.client_env(get_variant("vulkan"), "k", Path("w.whl"))
     assert "GGML_VK_VISIBLE_DEVICES" not in env and "LLAMA_HARNESS_MODELS" not in env
+
+
+def test_doctor_names_llvmpipe_a_software_device_not_a_gpu() -> None:
+    from harness import doctor
+
+    facts: dict[str, object] = {
+        "llama.installed": True,
+        "build.gpu_backends": ["VULKAN"],
+        "build.gpu_offload": True,
+        "build.gpu_devices": [],
+        "vulkan.software_only": True,
+        "vulkan.software_devices": ["llvmpipe (LLVM 15.0.6, 256 bits)"],
+    }
+    text = doctor.verdict(facts)
+    assert "llvmpipe (LLVM 15.0.6, 256 bits), a software Vulkan device" in text
+    assert "not a GPU" in text and "GGML_VK_VISIBLE_DEVICES=0" in text
+    facts.update({"build.gpu_devices": ["llvmpipe (LLVM 15.0.6, 256 bits)"], "probe.ran": True,
+                  "probe.offloaded": 3, "probe.total": 3})  # fmt: skip
+    text = doctor.verdict(facts)
+    assert text.startswith("VULKAN build, all 3/3 layers offloaded to llvmpipe")
+    assert "software Vulkan device on the CPU: correct, but not a GPU" in text
