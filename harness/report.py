@@ -1012,8 +1012,47 @@ def _model_settings(rs: ResultSet, model: str) -> str:
     return ("Settings: " + ", ".join(parts)) if parts else ""
 
 
+#: Chart geometry: at most this many panels side by side; inches per panel (at 110 dpi a
+#: two-panel row is ~950 px wide, the width a README shows without scaling).
+CHART_COLUMNS = 2
+PANEL_SIZE = (4.3, 3.3)
+#: A panel whose largest bar is this many times its smallest uses a log axis (else tiny bars
+#: vanish next to big ones: tiny model 14 ms vs Gemma 497 ms).
+LOG_SPAN = 20.0
+
+
+def time_unit(seconds: Sequence[float]) -> tuple[str, float]:
+    """(unit, factor) that suits the largest of ``seconds``: s, ms or µs."""
+    top = max((abs(x) for x in seconds), default=0.0)
+    if top >= 1.0:
+        return "s", 1.0
+    if top >= 1e-3:
+        return "ms", 1e3
+    return "µs", 1e6
+
+
+def error_bars(
+    values: Sequence[float], stddevs: Sequence[float], *, log: bool
+) -> list[list[float]]:
+    """Asymmetric error bars that never cross zero (nor the bottom of a log axis)."""
+    floor = 0.9 if log else 1.0
+    lower = [min(e, v * floor) if v > 0 else 0.0 for v, e in zip(values, stddevs, strict=True)]
+    return [lower, list(stddevs)]
+
+
+def _short(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2g}" if value < 1 else f"{value:.2f}"
+
+
 def render_charts(rs: ResultSet, out_dir: Path) -> list[Path]:
-    """Grouped bar charts (one PNG per throughput/latency family) plus parity."""
+    """Grouped bar charts, one PNG per family (throughput, latency, parity): one panel per
+    metric, at most two panels a row; each panel has its own scale and unit (ms/µs for
+    latencies), a log axis when bars differ by more than LOG_SPAN x, the value on each bar, and
+    error bars (stddev) clipped at zero."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1032,10 +1071,16 @@ def render_charts(rs: ResultSet, out_dir: Path) -> list[Path]:
         present = [m for m in metrics if any(x.metric == m for x in rs.measurements)]
         if not present:
             return
+        ncols = min(CHART_COLUMNS, len(present))
+        nrows = math.ceil(len(present) / ncols)
         fig, axes = plt.subplots(
-            1, len(present), figsize=(max(5.0, 4.6 * len(present)), 4.4), squeeze=False
+            nrows,
+            ncols,
+            figsize=(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows + 0.6),
+            squeeze=False,
         )
-        for ax, metric in zip(axes[0], present, strict=True):
+        legend: dict[str, Any] = {}
+        for ax, metric in zip(axes.flat, present, strict=False):
             series: list[tuple[str, str, bool]] = []  # (label, metric, hatched)
             for v in variants:
                 if any(rs.get(v, mo, metric) for mo in models):
@@ -1043,8 +1088,18 @@ def render_charts(rs: ResultSet, out_dir: Path) -> list[Path]:
                 lb = f"lb_{metric}"
                 if any(rs.get(v, mo, lb) for mo in models):
                     series.append((f"{v} llama-bench", lb, True))
+            found = [
+                m
+                for label, met, _h in series
+                for mo in models
+                if (m := rs.get(label.split(" ")[0], mo, met)) is not None
+            ]
+            unit, factor = ylabel, 1.0
+            if metric_spec(metric).unit == "s":
+                unit, factor = time_unit([m.value for m in found])
+            positive = [m.value * factor for m in found if m.value > 0]
+            log = ref is None and bool(positive) and max(positive) / min(positive) > LOG_SPAN
             width = 0.8 / max(1, len(series))
-            values: list[float] = []
             for k, (label, met, hatched) in enumerate(series):
                 var = label.split(" ")[0]
                 xs, ys, es = [], [], []
@@ -1053,30 +1108,46 @@ def render_charts(rs: ResultSet, out_dir: Path) -> list[Path]:
                     if m is None:
                         continue
                     xs.append(i + (k - (len(series) - 1) / 2) * width)
-                    ys.append(m.value)
-                    es.append(m.stddev)
-                values += [y for y in ys if y > 0]
-                ax.bar(
+                    ys.append(m.value * factor)
+                    es.append(m.stddev * factor)
+                container = ax.bar(
                     xs,
                     ys,
                     width=width,
-                    yerr=es,
+                    yerr=error_bars(ys, es, log=log),
                     capsize=3,
                     label=label,
                     hatch="//" if hatched else None,
                     alpha=0.6 if hatched else 1.0,
                 )
+                labels = (
+                    [_fmt_value(y / factor, "s") for y in ys]
+                    if metric_spec(metric).unit == "s"
+                    else [_short(y) for y in ys]
+                )
+                ax.bar_label(container, labels=labels, fontsize=7, padding=2)
+                legend.setdefault(label, container)
             if ref is not None:
                 ax.axhline(ref, color="black", linewidth=0.8, linestyle="--")
             ax.set_xticks(range(len(models)))
-            ax.set_xticklabels(models, rotation=15)
-            ax.set_title(_header(metric))
-            ax.set_ylabel(ylabel)
-            if ref is None and values and max(values) / min(values) > 50:
+            ax.set_xticklabels(models)
+            ax.set_title(_header(metric), fontsize=10)
+            ax.set_ylabel(unit + (" (log)" if log else ""))
+            if log:
                 ax.set_yscale("log")
-            ax.legend(fontsize=8)
-        fig.suptitle(title)
-        fig.tight_layout()
+            ax.margins(y=0.15)
+        for ax in list(axes.flat)[len(present) :]:
+            ax.axis("off")
+        fig.suptitle(title, fontsize=11)
+        fig.legend(
+            list(legend.values()),
+            list(legend),
+            loc="lower center",
+            ncol=min(4, len(legend)),
+            fontsize=8,
+            frameon=False,
+        )
+        fig.tight_layout(rect=(0, 0.6 / (PANEL_SIZE[1] * nrows + 0.6), 1, 1))
         path = out_dir / f"{name}.png"
         _save_fig(fig, path)
         plt.close(fig)
@@ -1088,7 +1159,7 @@ def render_charts(rs: ResultSet, out_dir: Path) -> list[Path]:
     lat = [
         m for m in all_metrics if m in ("load_cold", "load_warm", "ttft", "chat_raw", "chat_client")
     ]
-    bars("latency", "Latency (seconds, lower is better)", "s", lat)
+    bars("latency", "Latency (lower is better; each panel its own unit)", "s", lat)
     par = [m for m in all_metrics if m.startswith("parity_")]
     bars("parity", f"harness / llama-bench (goal ≥ {PARITY_GOAL})", "ratio", par, ref=PARITY_GOAL)
     return written

@@ -268,3 +268,32 @@ def test_change_within_the_noise_is_not_a_regression(tmp_path: Path) -> None:
     assert not r.regressed
     (r,) = report.compare(report.collect(cur), report.collect(base), min_sigmas=0.0)
     assert r.regressed
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_latency_chart_fits_a_readme_with_units_per_panel(tmp_path: Path) -> None:
+    """Five latency panels used to sit in one 2530x484 row, in raw seconds (the pool's
+    69 µs as 7e-5), one error bar below zero."""
+    root = tmp_path / "reports"
+    lat = {"load_cold": 0.497, "load_warm": 69e-6, "ttft": 0.157, "chat_raw": 3.19,
+           "chat_client": 3.24}  # fmt: skip
+    write_variant(root, "cpu", bench_doc("cpu", "gemma-3-270m", lat))
+    tiny = {"load_cold": 0.0143, "load_warm": 55e-6, "ttft": 0.0044, "chat_raw": 0.0323,
+            "chat_client": 0.032}  # fmt: skip
+    doc = bench_doc("cpu", "tiny", tiny)
+    doc["benchmarks"][1]["stats"]["stddev"] = 80e-6  # spread larger than the mean
+    write_variant(root, "cpu-b", doc)
+    charts = report.render_charts(report.collect(root), tmp_path / "charts")
+    width, height = _png_size(next(c for c in charts if c.name == "latency.png"))
+    assert width <= 1000 and height <= 1300, (width, height)
+    assert report.time_unit([0.497, 0.0143]) == ("ms", 1e3)
+    assert report.time_unit([69e-6, 55e-6]) == ("µs", 1e6)
+    assert report.time_unit([3.19, 0.032]) == ("s", 1.0)
+    lower, upper = report.error_bars([55.0, 10.0], [80.0, 1.0], log=False)
+    assert lower == [55.0, 1.0] and upper == [80.0, 1.0]  # never below zero
+    lower, _ = report.error_bars([55.0], [80.0], log=True)
+    assert 0 < 55.0 - lower[0]  # stays above the bottom of a log axis
