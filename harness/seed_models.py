@@ -15,10 +15,11 @@ The vocabulary is a placeholder of the right length (llama.cpp reads ``n_vocab``
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ import numpy as np
 from saiverse_llm.quant_types import FTYPE_IDS, TYPE_IDS, TensorShape, tensor_bytes, tensor_types
 
 ALIGNMENT = 32
+#: Bump when the writer changes what it writes for a spec.
+WRITER_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,18 @@ class SeedModel:
 
     @property
     def filename(self) -> str:
-        return f"{self.key}.header-only.gguf"
+        """``<key>.<digest>.header-only.gguf``: the digest changes with the spec or the writer,
+        so a cached file is never stale."""
+        digest = hashlib.sha256(f"{WRITER_VERSION}:{self!r}".encode()).hexdigest()[:10]
+        return f"{self.key}.{digest}.header-only.gguf"
 
 
-_LLAMA3_8B = dict(
+_LLAMA3_8B = SeedModel(
+    key="",
+    label="",
+    seed_size="",
+    seed_vram="",
+    file_type="",
     architecture="llama",
     n_embd=4096,
     n_layer=32,
@@ -72,7 +83,12 @@ _LLAMA3_8B = dict(
     rms_eps=1e-5,
     source="meta-llama/Meta-Llama-3-8B-Instruct config.json",
 )
-_QWEN25_7B = dict(
+_QWEN25_7B = SeedModel(
+    key="",
+    label="",
+    seed_size="",
+    seed_vram="",
+    file_type="",
     architecture="qwen2",
     n_embd=3584,
     n_layer=28,
@@ -87,7 +103,12 @@ _QWEN25_7B = dict(
     qkv_bias=True,
     source="Qwen/Qwen2.5-7B-Instruct config.json",
 )
-_GEMMA2_9B = dict(
+_GEMMA2_9B = SeedModel(
+    key="",
+    label="",
+    seed_size="",
+    seed_vram="",
+    file_type="",
     architecture="gemma2",
     n_embd=3584,
     n_layer=42,
@@ -106,45 +127,45 @@ _GEMMA2_9B = dict(
 
 #: The seed's "推奨モデルと用途" table, in its order.
 SEED_MODELS: tuple[SeedModel, ...] = (
-    SeedModel(
+    replace(
+        _LLAMA3_8B,
         key="llama-3-8b-instruct-q8",
         label="Llama 3 8B Q8",
         seed_size="~8GB",
         seed_vram="8GB VRAM",
         file_type="Q8_0",
-        **_LLAMA3_8B,  # type: ignore[arg-type]
     ),
-    SeedModel(
+    replace(
+        _QWEN25_7B,
         key="qwen2.5-7b-instruct-q8",
         label="Qwen2.5 7B Q8",
         seed_size="~7GB",
         seed_vram="8GB VRAM",
         file_type="Q8_0",
-        **_QWEN25_7B,  # type: ignore[arg-type]
     ),
-    SeedModel(
+    replace(
+        _GEMMA2_9B,
         key="gemma-2-9b-instruct-q8",
         label="Gemma 2 9B Q8",
         seed_size="~9GB",
         seed_vram="10GB VRAM",
         file_type="Q8_0",
-        **_GEMMA2_9B,  # type: ignore[arg-type]
     ),
-    SeedModel(
+    replace(
+        _LLAMA3_8B,
         key="llama-3-8b-instruct-q4",
         label="Llama 3 8B Q4",
         seed_size="~4.5GB",
         seed_vram="不要（CPUでも可）",
         file_type="Q4_K_M",
-        **_LLAMA3_8B,  # type: ignore[arg-type]
     ),
-    SeedModel(
+    replace(
+        _QWEN25_7B,
         key="qwen2.5-7b-instruct-q4",
         label="Qwen2.5 7B Q4",
         seed_size="~4GB",
         seed_vram="不要（CPUでも可）",
         file_type="Q4_K_M",
-        **_QWEN25_7B,  # type: ignore[arg-type]
     ),
 )
 
@@ -233,6 +254,7 @@ def write_header_only(m: SeedModel, path: str | os.PathLike[str]) -> Path:
         w.close()
         data_offset = -(-header_end // ALIGNMENT) * ALIGNMENT
         os.truncate(tmp, data_offset + data_bytes)  # sparse: no weight bytes are written
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -244,7 +266,8 @@ def _metadata(w: object, m: SeedModel) -> None:
     import gguf
 
     assert isinstance(w, gguf.GGUFWriter)
-    w.add_name(f"{m.label} (header only: shapes of {m.source}, no weights)")
+    w.add_name(m.label)
+    w.add_description(f"header and tensor table only (no weights): shapes of {m.source}")
     w.add_file_type(FTYPE_IDS[m.file_type])
     w.add_quantization_version(2)
     w.add_context_length(m.n_ctx_train)

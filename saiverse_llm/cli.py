@@ -22,16 +22,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from saiverse_llm import __version__
+from saiverse_llm import __version__, fit
 from saiverse_llm.config import ConfigError, ModelConfig
+from saiverse_llm.fit_command import register_fit
 from saiverse_llm.gguf_file import GGUFError, read_gguf
 from saiverse_llm.model_commands import add_config_dir_argument, register_chat, register_check
 from saiverse_llm.registry import (
     ModelNotFoundError,
     RegistryEntry,
-    config_dirs,
     discover,
     project_models_dir,
+    search_dirs,
     user_models_dir,
 )
 from saiverse_llm.tables import print_table
@@ -108,7 +109,9 @@ def register_list(sub: Subparsers) -> None:
         description=(
             "List every model config found in the config directories: key, display name, "
             "provider, resolved GGUF path and whether that file exists, context length and "
-            "GPU layers. Invalid configs are listed with their reason. Directories, lowest "
+            "GPU layers, and the memory a load needs (saiverse-llm fit's estimate: total, and "
+            "the GPU part with the config's n_gpu_layers). Invalid configs are listed with "
+            "their reason. Directories, lowest "
             "priority first: the project's models/, $SAIVERSE_USER_DATA_DIR/models (or "
             "~/.saiverse/user_data/models), $SAIVERSE_MODELS_PATH, then --dir."
         ),
@@ -119,11 +122,6 @@ def register_list(sub: Subparsers) -> None:
         "--strict", action="store_true", help="exit with status 1 if any config is invalid"
     )
     parser.set_defaults(func=cmd_list)
-
-
-def search_dirs(extra: Sequence[Path] = ()) -> list[Path]:
-    """The registry's directories plus ``extra`` (given highest priority first)."""
-    return [*config_dirs(), *reversed([d.expanduser() for d in extra])]
 
 
 def dangling_fallbacks(entries: dict[str, RegistryEntry]) -> dict[str, str]:
@@ -183,6 +181,9 @@ def _entry_json(entry: RegistryEntry, note: str | None) -> dict[str, Any]:
         item["note"] = note
         if entry.config.context_length is None and item["model_exists"]:
             item["gguf_context_length"], item["gguf_error"] = gguf_context(entry.config)
+        item["fit"], item["fit_error"] = (
+            config_footprint(entry.config) if item["model_exists"] else (None, None)
+        )
     elif entry.error is not None:
         err = entry.error
         item["error"] = {
@@ -221,6 +222,7 @@ def _print_table(
     table.add_column("file", justify="center")
     table.add_column("context", justify="right")
     table.add_column("GPU layers", justify="right")
+    table.add_column("memory (fit)", justify="right")
     table.add_column("from")
     for key, entry in entries.items():
         origin = _origin(entry.path)
@@ -238,6 +240,7 @@ def _print_table(
                 Text("-", style="red"),
                 "-",
                 "-",
+                "-",
                 origin,
             )
             continue
@@ -253,6 +256,7 @@ def _print_table(
             Text("✓", style="green") if exists else Text("✗", style="red"),
             _context_cell(cfg, exists),
             _gpu_layers(cfg.n_gpu_layers),
+            _memory_cell(cfg, exists),
             origin,
         )
     print_table(table)
@@ -292,6 +296,24 @@ def _context_cell(cfg: ModelConfig, exists: bool) -> Text:
     return Text(f"{n_ctx} (GGUF)" if n_ctx else "? (GGUF)")
 
 
+def config_footprint(cfg: ModelConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """``saiverse-llm fit``'s memory figures for the config as written, or the problem."""
+    try:
+        return fit.footprint(cfg), None
+    except (GGUFError, fit.FitError) as exc:
+        log.info("%s: no memory estimate: %s", cfg.source or cfg.key, exc)
+        return None, str(exc)
+
+
+def _memory_cell(cfg: ModelConfig, exists: bool) -> Text:
+    if not exists:
+        return Text("-")
+    fp, _problem = config_footprint(cfg)  # the problem is logged
+    if fp is None:
+        return Text("?", style="yellow")
+    return Text(fit.footprint_text(fp))
+
+
 def _gpu_layers(n: int) -> str:
     if n == -1:
         return "all (-1)"
@@ -304,7 +326,12 @@ def _gpu_layers(n: int) -> str:
 # Entry point
 
 #: Sub-command registrars, in ``--help`` order. Add ``register_<name>`` functions here.
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [register_list, register_check, register_chat]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
+    register_list,
+    register_check,
+    register_chat,
+    register_fit,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

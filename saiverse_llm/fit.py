@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from saiverse_llm.config import ModelConfig
 from saiverse_llm.gguf_file import GGUFArray, GGUFInfo, MetadataValue, read_gguf
 from saiverse_llm.quant_types import (
     FTYPE_NAMES,
@@ -407,8 +408,10 @@ class Estimate:
 
     @property
     def weights_bytes(self) -> int:
-        return self.input_bytes + self.output_layer_bytes + sum(
-            layer.weights_bytes for layer in self.layers
+        return (
+            self.input_bytes
+            + self.output_layer_bytes
+            + sum(layer.weights_bytes for layer in self.layers)
         )
 
     @property
@@ -687,9 +690,11 @@ class Plan:
             )
             return f"{head}: nothing fits in {where} ({budget}){tail}."
         nothing = "nothing fits; " if self.n_gpu_layers == 0 and self.device == "GPU" else ""
-        return f"{head}: does not fit in {where} ({budget}). {nothing}Use " + "; or ".join(
-            options
-        ) + "."
+        return (
+            f"{head}: does not fit in {where} ({budget}). {nothing}Use "
+            + "; or ".join(options)
+            + "."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         e = self.estimate
@@ -722,7 +727,12 @@ class Plan:
 
 
 def gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
+    """A byte count for people: ``9.03 GiB``, ``514.5 MiB``, ``12 KiB``."""
+    if n >= GIB:
+        return f"{n / GIB:.2f} GiB"
+    if n >= MIB:
+        return f"{n / MIB:.1f} MiB"
+    return f"{n / 1024:.0f} KiB"
 
 
 def _needed(e: Estimate, device: str, n_gpu_layers: int = -1) -> int:
@@ -805,6 +815,130 @@ def _largest_context(
         else:
             hi = mid - 1
     return lo * CTX_PAD
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a load asks for: the file's shape, the context settings and the offload."""
+
+    shape: ModelShape
+    settings: LoadSettings
+    n_gpu_layers: int
+
+
+def request_for(
+    model: ModelConfig | str | os.PathLike[str],
+    *,
+    n_ctx: int | None = None,
+    n_gpu_layers: int | None = None,
+    llama_kwargs: dict[str, Any] | None = None,
+    context_cap: int | None = None,
+) -> Request:
+    """The :class:`Request` of a model config (or a GGUF path) as the client would load it:
+    ``n_ctx`` defaults to the config's ``context_length``, else the GGUF's trained context
+    capped at ``context_cap`` (the client's ``DEFAULT_CONTEXT_CAP``); ``n_gpu_layers`` to the
+    config's (-1 for a path). Raises ``GGUFError``/:class:`FitError` for an unusable file."""
+    from saiverse_llm.loading import DEFAULT_CONTEXT_CAP
+
+    if isinstance(model, ModelConfig):
+        path: Path = model.model_path
+        config_ctx = model.context_length
+        config_ngl = model.n_gpu_layers
+    else:
+        path, config_ctx, config_ngl = Path(model).expanduser(), None, -1
+    shape = read_shape(path)
+    cap = context_cap or DEFAULT_CONTEXT_CAP
+    ctx = n_ctx or config_ctx or (min(shape.n_ctx_train, cap) if shape.n_ctx_train else cap)
+    settings = LoadSettings.from_llama_kwargs(ctx, dict(llama_kwargs or {}))
+    return Request(shape, settings, config_ngl if n_gpu_layers is None else n_gpu_layers)
+
+
+def footprint(model: ModelConfig | str | os.PathLike[str]) -> dict[str, Any]:
+    """The memory of a config (or a GGUF path) as the client loads it, for ``list`` and
+    ``check``: ``context_length``, ``n_gpu_layers``, ``weights_bytes``, ``kv_cache_bytes``,
+    ``compute_bytes``, ``device_bytes`` (on the GPU with the config's n_gpu_layers),
+    ``host_bytes`` and ``total_bytes`` (their sum). Raises ``GGUFError``/:class:`FitError`."""
+    req = request_for(model)
+    e = estimate(req.shape, req.settings)
+    split = e.split(req.n_gpu_layers)
+    return {
+        "context_length": req.settings.n_ctx,
+        "n_gpu_layers": req.n_gpu_layers,
+        "weights_bytes": e.weights_bytes,
+        "kv_cache_bytes": e.kv_cache_bytes,
+        "compute_bytes": e.compute_bytes,
+        "device_bytes": split.device_bytes,
+        "host_bytes": split.host_bytes,
+        "total_bytes": split.device_bytes + split.host_bytes,
+    }
+
+
+def footprint_text(fp: dict[str, Any]) -> str:
+    """``"9.49 GiB (GPU 8.99 GiB)"``: the total, and the GPU part when layers are offloaded."""
+    text = gib(fp["total_bytes"])
+    if fp["device_bytes"]:
+        text += f" (GPU {gib(fp['device_bytes'])})"
+    return text
+
+
+def advice(
+    model: ModelConfig | str | os.PathLike[str],
+    *,
+    n_ctx: int | None = None,
+    n_gpu_layers: int | None = None,
+    llama_kwargs: dict[str, Any] | None = None,
+    memory_bytes: int | None = None,
+    device: str = "GPU",
+) -> str:
+    """What a load of ``model`` needs and what to change so that it fits, in one paragraph
+    (for "out of memory" errors). With ``memory_bytes`` (free VRAM, or free RAM with
+    ``device="RAM"``) it is :meth:`Plan.advice`; without, the needs and what the seed's
+    three remedies (context_length, n_gpu_layers, quantization) would save. Never raises:
+    a file that cannot be read gives a sentence saying so."""
+    try:
+        req = request_for(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, llama_kwargs=llama_kwargs)
+    except (ValueError, OSError) as exc:  # GGUFError and FitError are ValueErrors
+        return f"no memory estimate ({exc})"
+    if memory_bytes is not None:
+        return plan(
+            req.shape,
+            req.settings,
+            memory_bytes,
+            device=device,
+            n_gpu_layers=req.n_gpu_layers,
+        ).advice()
+    e = estimate(req.shape, req.settings)
+    n_ctx_now = req.settings.n_ctx
+    parts = [
+        f"{e.shape.name} ({e.shape.file_type}) at context_length {n_ctx_now} needs about "
+        f"{gib(e.total_bytes)} (weights {gib(e.weights_bytes)}, KV cache "
+        f"{gib(e.kv_cache_bytes)}, compute {gib(e.compute_bytes)})"
+    ]
+    remedies: list[str] = []
+    smaller_ctx = max(MIN_CONTEXT, _pad(n_ctx_now // 2, CTX_PAD))
+    if smaller_ctx < n_ctx_now:
+        e2 = estimate(req.shape, replace(req.settings, n_ctx=smaller_ctx))
+        remedies.append(f"context_length={smaller_ctx} needs {gib(e2.total_bytes)}")
+    if e.layers:
+        per_layer = max(layer.weights_bytes + layer.kv_cache_bytes for layer in e.layers)
+        remedies.append(
+            f"each of the {e.n_layer} layers kept off the GPU (lower n_gpu_layers) moves "
+            f"{gib(per_layer)} to system memory"
+        )
+    for file_type in SUGGESTED:
+        smaller = estimate(req.shape.with_quantization(file_type), req.settings)
+        if smaller.weights_bytes < e.weights_bytes * 0.9:
+            remedies.append(
+                f"{file_type} weights {gib(smaller.weights_bytes)} "
+                f"(total {gib(smaller.total_bytes)})"
+            )
+            break
+    if remedies:
+        parts.append("; ".join(remedies))
+    return ". ".join(parts) + " (saiverse-llm fit MODEL --vram SIZE plans it)."
 
 
 # --------------------------------------------------------------------------- sizes

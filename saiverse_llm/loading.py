@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saiverse_llm.native import llama_cpp_module, native_log, parse_load_log
+from saiverse_llm.native import llama_cpp_module, native_log, parse_load_log, parse_memory_log
 from saiverse_llm.pool import ModelKey, ModelLoadError
 from saiverse_llm.templates import ChatTemplate, resolve_template
 
@@ -210,6 +210,7 @@ class LoadSpec:
                 ) from exc
         elapsed = time.perf_counter() - started
         report = parse_load_log(lines)
+        report["memory_mib"] = parse_memory_log(lines)
         if not report["n_layers_total"] and summary.block_count:
             report["n_layers_total"] = summary.block_count + 1
         report.update(

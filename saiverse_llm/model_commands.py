@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from saiverse_llm import fit
 from saiverse_llm.client import GenerationError, LlamaCppClient, get_llm_client
 from saiverse_llm.fallback import FallbackError
 from saiverse_llm.messages import MessageError
 from saiverse_llm.pool import ModelLoadError
+from saiverse_llm.registry import search_dirs
 from saiverse_llm.tables import print_table
 from saiverse_llm.tools import ToolCallError
 
@@ -105,8 +107,6 @@ def register_chat(sub: Subparsers) -> None:
 
 def client_for(model: str, dirs: Sequence[Path] = (), **overrides: Any) -> LlamaCppClient:
     """A client for a config key or a ``.gguf`` path, with ``overrides`` applied."""
-    from saiverse_llm.cli import search_dirs
-
     overrides = {k: v for k, v in overrides.items() if v is not None}
     path = Path(model).expanduser()
     if model.endswith(".gguf") or path.is_file():
@@ -142,8 +142,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     usage = client.consume_usage()
     tokens = usage.completion_tokens if usage else 0
+    memory = _memory(client, report)
     result = {
         **report,
+        "fit": memory,
         "generation": {
             "prompt_tokens": usage.prompt_tokens if usage else 0,
             "completion_tokens": tokens,
@@ -187,6 +189,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{gen['completion_tokens']} tokens in {gen['seconds']:.2f} s = "
             f"{gen['tokens_per_second']} tok/s (prompt {gen['prompt_tokens']} tokens)",
         ),
+        ("memory", _memory_text(memory)),
         ("reply", repr(reply[:200])),
         ("llama_cpp", f"{report['llama_cpp_version']}: {report['system_info'].strip()}"),
     ]
@@ -194,6 +197,55 @@ def cmd_check(args: argparse.Namespace) -> int:
         table.add_row(name, value)
     print_table(table)
     return 0
+
+
+def _memory(client: LlamaCppClient, report: dict[str, Any]) -> dict[str, Any]:
+    """saiverse-llm fit's estimate for this load (same n_ctx, layers where llama.cpp put
+    them) next to what llama.cpp's load log says it allocated."""
+    measured = report.get("memory_mib", {})
+    out: dict[str, Any] = {
+        "measured_mib": {kind: round(sum(v.values()), 2) for kind, v in measured.items()},
+    }
+    try:
+        req = fit.request_for(
+            client.model_path,
+            n_ctx=report["n_ctx"],
+            n_gpu_layers=report["n_layers_offloaded"],
+            llama_kwargs=getattr(client, "_llama_kwargs", None),
+        )
+    except (ValueError, OSError) as exc:
+        out["error"] = str(exc)
+        return out
+    e = fit.estimate(req.shape, req.settings)
+    split = e.split(req.n_gpu_layers)
+    out.update(
+        {
+            "weights_bytes": e.weights_bytes,
+            "kv_cache_bytes": e.kv_cache_bytes,
+            "compute_bytes": e.compute_bytes,
+            "device_bytes": split.device_bytes,
+            "host_bytes": split.host_bytes,
+            "total_bytes": split.device_bytes + split.host_bytes,
+        }
+    )
+    return out
+
+
+def _memory_text(memory: dict[str, Any]) -> str:
+    m = memory.get("measured_mib", {})
+    measured = (
+        f"llama.cpp allocated {m.get('model', 0) + m.get('kv', 0) + m.get('compute', 0):.1f} "
+        f"MiB (model {m.get('model', 0):.1f}, KV {m.get('kv', 0):.1f}, compute "
+        f"{m.get('compute', 0):.1f})"
+    )
+    if "total_bytes" not in memory:
+        return f"{measured}; no fit estimate ({memory.get('error')})"
+    estimate = (
+        f"saiverse-llm fit estimated {fit.gib(memory['total_bytes'])} (weights "
+        f"{fit.gib(memory['weights_bytes'])}, KV {fit.gib(memory['kv_cache_bytes'])}, compute "
+        f"{fit.gib(memory['compute_bytes'])})"
+    )
+    return f"{estimate}; {measured}"
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

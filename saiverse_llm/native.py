@@ -157,3 +157,19 @@ def parse_load_log(lines: Sequence[str]) -> dict[str, Any]:
         "layer_devices": [layers[i] for i in sorted(layers)],
         "buffers_mib": buffers,
     }
+
+
+_MEMORY_RE = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
+
+
+def parse_memory_log(lines: Sequence[str]) -> dict[str, dict[str, float]]:
+    """llama.cpp's buffer lines of a load log, MiB per kind and buffer:
+    ``{"model": {"CPU_Mapped": 235.16, "CPU_REPACK": 12.66}, "kv": {"CPU": 576.0},
+    "compute": {"CPU": 514.5}, "output": {"CPU": 1.0}}`` (a sliding-window model logs two
+    KV buffers per device; they are added)."""
+    out: dict[str, dict[str, float]] = {"model": {}, "kv": {}, "compute": {}, "output": {}}
+    for line in lines:
+        for m in _MEMORY_RE.finditer(line):
+            kind = m.group(2).lower()
+            out[kind][m.group(1)] = out[kind].get(m.group(1), 0.0) + float(m.group(3))
+    return out

@@ -100,6 +100,12 @@ def config_dirs(env: Mapping[str, str] | None = None) -> list[Path]:
     return unique
 
 
+def search_dirs(extra: Sequence[Path] = ()) -> list[Path]:
+    """:func:`config_dirs` plus ``extra`` (``--dir`` arguments, the first given has the
+    highest priority)."""
+    return [*config_dirs(), *reversed([d.expanduser() for d in extra])]
+
+
 def _same_dir(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
