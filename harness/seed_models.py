@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from saiverse_llm.atomic import atomic_output
 from saiverse_llm.quant_types import FTYPE_IDS, TYPE_IDS, TensorShape, tensor_bytes, tensor_types
 
 ALIGNMENT = 32
@@ -226,13 +226,9 @@ def write_header_only(m: SeedModel, path: str | os.PathLike[str]) -> Path:
     import gguf
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tensors = tensor_table(m)
     types = tensor_types(tensors, m.file_type, n_head=m.n_head, n_head_kv=m.n_head_kv)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(target) as tmp:
         w = gguf.GGUFWriter(tmp, m.architecture)
         _metadata(w, m)
         data_bytes = 0
@@ -254,11 +250,6 @@ def write_header_only(m: SeedModel, path: str | os.PathLike[str]) -> Path:
         w.close()
         data_offset = -(-header_end // ALIGNMENT) * ALIGNMENT
         os.truncate(tmp, data_offset + data_bytes)  # sparse: no weight bytes are written
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -42,9 +41,9 @@ SYNTH = {
 
 def run(args: argparse.Namespace) -> int:
     from harness import fit_compare, fit_table, native_tools, paths, seed_models
-    from harness.report import atomic_write_text
     from harness.synth import synthesize
     from harness.test_models import ensure_model
+    from saiverse_llm.atomic import atomic_write_json, atomic_write_text
 
     # llama.cpp's load warnings (full-size SWA cache, ...) belong in a log, not in the table
     logging.getLogger("saiverse_llm.llama_cpp").setLevel(logging.ERROR)
@@ -86,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     out = paths.reports_dir() / "fit"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "fit-compare.md", table)
-    atomic_write_text(
-        out / "fit-compare.json", json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
-    )
+    atomic_write_json(out / "fit-compare.json", [r.to_dict() for r in rows])
     worst = max((abs(r.percent) for r in rows), default=0.0)
     print(f"\nworst total difference: {worst:.2f}% ({len(rows)} rows); written to {out}")
     return 1 if worst >= 5 else 0

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from harness import fit_table
-    from harness.download import publish
+    from saiverse_llm.atomic import atomic_write_text
 
     table = fit_table.generate()
     if not (args.write or args.check):
@@ -53,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.readme}: fit table up to date")
         return 0
     if updated != readme:
-        tmp = args.readme.with_name(f".{args.readme.name}.fit-table.tmp")
-        tmp.write_text(updated, encoding="utf-8")
-        publish(tmp, args.readme)
+        atomic_write_text(args.readme, updated)
     print(f"{args.readme}: fit table written")
     return 0
