@@ -673,8 +673,8 @@ class Plan:
                 "the rest on the CPU"
             )
         if self.context_length is not None:
-            what = "all layers on the GPU" if self.device == "GPU" else "in RAM"
-            options.append(f"context_length={self.context_length} with {what}")
+            what = " with all layers on the GPU" if self.device == "GPU" else ""
+            options.append(f"context_length={self.context_length}{what}")
         if self.quantization is not None:
             q = self.quantization
             options.append(
@@ -805,7 +805,10 @@ def _largest_context(
     def ok(n_ctx: int) -> bool:
         return _needed(estimate(shape, replace(settings, n_ctx=n_ctx)), device, ngl) <= budget
 
-    lo, hi = math.ceil(minimum / CTX_PAD), settings.kv_size // CTX_PAD - 1
+    top = settings.kv_size - CTX_PAD  # below the requested context ...
+    if shape.n_ctx_train:  # ... and not beyond what the model was trained for
+        top = min(top, shape.n_ctx_train // CTX_PAD * CTX_PAD)
+    lo, hi = math.ceil(minimum / CTX_PAD), top // CTX_PAD
     if hi < lo or not ok(lo * CTX_PAD):
         return None
     while lo < hi:  # largest k in [lo, hi] with ok(k * 256)
@@ -891,23 +894,29 @@ def advice(
     n_gpu_layers: int | None = None,
     llama_kwargs: dict[str, Any] | None = None,
     memory_bytes: int | None = None,
-    device: str = "GPU",
+    device: str | None = None,
 ) -> str:
     """What a load of ``model`` needs and what to change so that it fits, in one paragraph
-    (for "out of memory" errors). With ``memory_bytes`` (free VRAM, or free RAM with
-    ``device="RAM"``) it is :meth:`Plan.advice`; without, the needs and what the seed's
-    three remedies (context_length, n_gpu_layers, quantization) would save. Never raises:
-    a file that cannot be read gives a sentence saying so."""
+    (for "out of memory" errors).
+
+    ``device`` is "GPU" or "RAM" (default: "RAM" when ``n_gpu_layers`` is 0, else "GPU").
+    With ``memory_bytes`` (free VRAM, or free RAM) it is :meth:`Plan.advice`; for "RAM" the
+    free system memory is read when not given. Without a memory size: the needs and what the
+    seed's three remedies (context_length, n_gpu_layers, quantization) would change. Never
+    raises: a file that cannot be read gives a sentence saying so."""
     try:
         req = request_for(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, llama_kwargs=llama_kwargs)
     except (ValueError, OSError) as exc:  # GGUFError and FitError are ValueErrors
         return f"no memory estimate ({exc})"
+    where = device or ("RAM" if req.n_gpu_layers == 0 else "GPU")
+    if memory_bytes is None and where == "RAM":
+        memory_bytes = host_available_bytes()
     if memory_bytes is not None:
         return plan(
             req.shape,
             req.settings,
             memory_bytes,
-            device=device,
+            device=where,
             n_gpu_layers=req.n_gpu_layers,
         ).advice()
     e = estimate(req.shape, req.settings)
@@ -918,7 +927,7 @@ def advice(
         f"{gib(e.kv_cache_bytes)}, compute {gib(e.compute_bytes)})"
     ]
     remedies: list[str] = []
-    smaller_ctx = max(MIN_CONTEXT, _pad(n_ctx_now // 2, CTX_PAD))
+    smaller_ctx = 4096 if n_ctx_now > 4096 else max(MIN_CONTEXT, _pad(n_ctx_now // 2, CTX_PAD))
     if smaller_ctx < n_ctx_now:
         e2 = estimate(req.shape, replace(req.settings, n_ctx=smaller_ctx))
         remedies.append(f"context_length={smaller_ctx} needs {gib(e2.total_bytes)}")
@@ -928,7 +937,7 @@ def advice(
             f"each of the {e.n_layer} layers kept off the GPU (lower n_gpu_layers) moves "
             f"{gib(per_layer)} to system memory"
         )
-    for file_type in SUGGESTED:
+    for file_type in SUGGESTED if e.weights_bytes * 2 >= e.total_bytes else ():
         smaller = estimate(req.shape.with_quantization(file_type), req.settings)
         if smaller.weights_bytes < e.weights_bytes * 0.9:
             remedies.append(

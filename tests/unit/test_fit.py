@@ -282,9 +282,17 @@ def test_ram_plan_for_a_cpu_only_load(gemma_gguf: Path) -> None:
 
 def test_advice_without_a_memory_size(seed_files: dict[str, Path]) -> None:
     text = fit.advice(seed_files["qwen2.5-7b-instruct-q8"], n_ctx=32768)
-    assert "context_length=16384 needs" in text
+    assert "context_length=4096 needs" in text
     assert "n_gpu_layers" in text and "Q6_K weights" in text
     assert fit.advice("/nonexistent/model.gguf").startswith("no memory estimate (")
+
+
+def test_advice_for_a_cpu_load_that_ran_out_of_memory(tiny_gguf: Path) -> None:
+    # shared/cases/08-kv-alloc-failure: context_length 400,000,000 on the CPU
+    text = fit.advice(tiny_gguf, n_ctx=400_000_000, n_gpu_layers=0, memory_bytes=4 * GIB)
+    assert "KV cache 190.73 GiB" in text and "free RAM" in text
+    # the largest context that fits, but never beyond the trained 2048
+    assert text.endswith("Use context_length=2048.")
 
 
 def test_quantization_types_follow_llama_quantize(seed_files: dict[str, Path]) -> None:
@@ -387,3 +395,20 @@ def test_list_shows_the_footprint(
     assert main(["list", "--log-file", str(tmp_path / "log.txt")]) == 0
     out = capsys.readouterr().out
     assert "memory (fit)" in out and fit.footprint_text(gemma["fit"]) in out
+
+
+def test_cli_without_vram_plans_for_this_machine(
+    gemma_gguf: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = str(tmp_path / "log.txt")
+    assert main(["fit", str(gemma_gguf), "--cpu", "--json", "--log-file", log]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["device"] == "RAM" and data["n_gpu_layers"] == 0
+    assert data["memory_source"] == "free system memory (MemAvailable)"
+    assert data["host_bytes"] == data["total_bytes"]
+    # without --vram: the GPU the installed build sees, else free RAM
+    main(["fit", str(gemma_gguf), "--json", "--log-file", log])
+    data = json.loads(capsys.readouterr().out)
+    assert data["device"] in ("GPU", "RAM")
+    if data["device"] == "GPU":  # pragma: no cover - machines with a GPU
+        assert "free memory" in data["memory_source"]
