@@ -61,8 +61,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["tests"])
 def tests(session: nox.Session) -> None:
     """Unit and harness tests. They need no llama-cpp-python build; when the cpu wheel is
-    already in the wheel cache (run `test-cpu` first, as CI does) it is installed too, so the
-    doctor, verify and exercise tests run against a real build instead of skipping."""
+    already in the wheel cache (run `build-cpu` or `test-cpu` first: CI's `tests` job runs
+    `nox -s build-cpu` before it, README's test command `test-cpu`) it is installed too, so
+    the doctor, verify and exercise tests run against a real build instead of skipping."""
     session.install("-e", ".[test]")
     cpu_wheel = sessions.cached_wheel("cpu")
     if cpu_wheel is not None:

@@ -31,6 +31,7 @@ from benchlib import (
 )
 
 from harness.llama_bench import BenchSettings
+from harness.report import runner_info
 
 # --- reuse the shared model fixtures of tests/conftest.py (tiny_gguf, gemma_gguf) -----------
 _spec = importlib.util.spec_from_file_location(
@@ -184,6 +185,8 @@ def extra(
             "usable_cores": len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")
             else None,
+            # the CI runner (GitHub-hosted VMs are shared and noisy: the report marks them)
+            "runner": runner_info(),
             **model.extra(),
         }
         info.update(more)

@@ -5,16 +5,24 @@ in its first job and feeds the result to ``strategy.matrix`` with ``fromJSON``, 
 variant to ``harness/variants.yaml`` (or a user variants file) adds it to CI with no edit to
 the workflow. This module is pure: variants in, matrix out.
 
-Every variant lands in exactly one of two places:
+Every variant lands in one of two places (or both, see Vulkan below):
 
-* ``test``: built, tested (``nox -s test-<v>``) and benchmarked (``nox -s bench-<v>``) on a
-  GitHub-hosted runner. CPU variants go to ``ubuntu-latest``; Metal to ``macos-14`` (Apple
-  Silicon; should its VM expose no Metal device, the verified build's "built-no-gpu" status is
-  accepted there with a warning, never on the GPU runner).
-* ``build`` + ``gpu``: variants whose GPU no hosted runner has (CUDA, Vulkan, ...). ``build``
-  compiles the wheel on a hosted runner (CUDA inside an ``nvidia/cuda:<ver>-devel`` container)
+* ``test``: built once, then tested (``nox -s test-<v>``) and benchmarked (``nox -s
+  bench-<v>``) in ONE job on a GitHub-hosted runner, so test and bench use the same wheel on
+  the same VM. CPU variants go to ``ubuntu-latest``; Metal to ``macos-15`` (Apple Silicon).
+  GitHub's macOS VMs expose only the "Apple Paravirtual device" (no simdgroup/MPS support):
+  the ``apple-gpu`` probe says so, the session stops after verifying the build with
+  "built-no-gpu" and the reason, and that status is accepted there with a warning, never on
+  the GPU runner.
+* ``build`` + ``gpu``: variants whose GPU no hosted runner has (CUDA, ...). ``build``
+  compiles the wheel on a hosted runner (CUDA inside the pinned ``nvidia/cuda`` devel image)
   and uploads it as an artifact; ``gpu`` downloads it on a self-hosted runner labelled ``gpu``
-  and runs ``nox -s test-<v> -- --wheel <path>`` there.
+  and runs ``nox -s test-<v> -- --wheel <path>`` there (push, schedule and manual runs only,
+  never pull requests: docs/CI.md).
+* both, when a plain hosted runner has the backend's device in software: Vulkan runs on
+  Mesa's llvmpipe (a Vulkan device on the CPU) in a hosted variant job, which proves that the
+  build compiles, offloads every layer to a Vulkan device and answers correctly (not GPU
+  speed); the GPU runner tests it on a real GPU (``BackendProfile.software_device``).
 
 The runner comes from the variant's ``platforms`` (the first hosted-runner platform its globs
 match, Linux first); the containers and packages from its ``backend``. A variant may override
@@ -33,15 +41,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from harness import images
+
 #: The Python the hosted jobs install (the noxfile's session Python).
 HOSTED_PYTHON = "3.11"
 
-#: CUDA toolkit of the build container and of the GPU runner's runtime container. The
-#: runtime image carries the CUDA runtime and cuBLAS the wheel links to; the host needs only
-#: a driver new enough for it (CUDA 12.x: R525 or later) and the NVIDIA Container Toolkit.
-CUDA_VERSION = "12.8.1"
-CUDA_BUILD_IMAGE = f"nvidia/cuda:{CUDA_VERSION}-devel-ubuntu24.04"
-CUDA_RUNTIME_IMAGE = f"nvidia/cuda:{CUDA_VERSION}-runtime-ubuntu24.04"
+#: The CUDA images of the build job and of the GPU runner's job, pinned by digest
+#: (harness/images.py is their one home). The runtime image carries the CUDA runtime and
+#: cuBLAS the wheel links to; the host needs only the NVIDIA Container Toolkit and a driver
+#: new enough for CUDA_VERSION (images.driver_requirement()).
+CUDA_VERSION = images.CUDA_VERSION
+CUDA_BUILD_IMAGE = images.PINS["cuda-devel"].ref
+CUDA_RUNTIME_IMAGE = images.PINS["cuda-runtime"].ref
 #: The Python of those Ubuntu 24.04 images (apt's python3), which runs nox there.
 CONTAINER_PYTHON = "3.12"
 
@@ -49,15 +60,74 @@ CONTAINER_PYTHON = "3.12"
 GPU_RUNS_ON: tuple[str, ...] = ("self-hosted", "gpu")
 
 #: Hosted runners by platform, in order of preference when a variant matches several.
+#: Versioned labels (not -latest) so a runner-image switch is a visible change here; the
+#: retired ones are refused below (RETIRED_RUNNER_LABELS).
 HOSTED_RUNNERS: tuple[tuple[str, str], ...] = (
     ("linux-x86_64", "ubuntu-latest"),
-    ("darwin-arm64", "macos-14"),
+    ("darwin-arm64", "macos-15"),
     ("linux-aarch64", "ubuntu-24.04-arm"),
-    ("darwin-x86_64", "macos-13"),
+    ("darwin-x86_64", "macos-15-intel"),
     ("windows-x86_64", "windows-latest"),
 )
 
-#: Backends whose device hosted runners have: the CPU itself, and Metal on macos-14 (arm64).
+
+@dataclass(frozen=True)
+class RetiredLabel:
+    """A GitHub-hosted runner label that no longer gets a runner."""
+
+    retired: str  # date the image was removed (jobs then wait and fail)
+    use: str  # the label to move to
+    source: str  # the actions/runner-images announcement
+
+
+#: THE list of retired runner labels: the matrix refuses them (a registry `ci:` override too),
+#: and tests/harness/test_ci_model.py checks every label of the workflows and docs against it.
+RETIRED_RUNNER_LABELS: Mapping[str, RetiredLabel] = {
+    "macos-14": RetiredLabel(
+        "2026-11-02", "macos-15", "https://github.com/actions/runner-images/issues/13518"
+    ),
+    "macos-14-large": RetiredLabel(
+        "2026-11-02", "macos-15-large", "https://github.com/actions/runner-images/issues/13518"
+    ),
+    "macos-14-xlarge": RetiredLabel(
+        "2026-11-02", "macos-15-xlarge", "https://github.com/actions/runner-images/issues/13518"
+    ),
+    "macos-13": RetiredLabel(
+        "2025-12-04", "macos-15-intel", "https://github.com/actions/runner-images/issues/13046"
+    ),
+    "macos-13-large": RetiredLabel(
+        "2025-12-04", "macos-15-large", "https://github.com/actions/runner-images/issues/13046"
+    ),
+    "macos-13-xlarge": RetiredLabel(
+        "2025-12-04", "macos-15-xlarge", "https://github.com/actions/runner-images/issues/13046"
+    ),
+    "macos-12": RetiredLabel(
+        "2024-12-03", "macos-15", "https://github.com/actions/runner-images/issues/10721"
+    ),
+    "macos-11": RetiredLabel(
+        "2024-06-28",
+        "macos-15",
+        "https://github.blog/changelog/2024-05-20-actions-upcoming-changes-to-github-hosted-macos-runners/",
+    ),
+    "ubuntu-20.04": RetiredLabel(
+        "2025-04-15", "ubuntu-24.04", "https://github.com/actions/runner-images/issues/11101"
+    ),
+    "ubuntu-18.04": RetiredLabel(
+        "2023-04-01", "ubuntu-24.04", "https://github.com/actions/runner-images/issues/6002"
+    ),
+    "windows-2019": RetiredLabel(
+        "2025-06-30", "windows-2025", "https://github.com/actions/runner-images/issues/12045"
+    ),
+}
+
+
+def retired(label: str) -> RetiredLabel | None:
+    """The retirement notice of a runner label, or None while it gets runners."""
+    return RETIRED_RUNNER_LABELS.get(label.strip().lower())
+
+
+#: Backends whose device hosted runners have: the CPU itself, and Metal on macos-15 (arm64;
+#: on GitHub's VMs only the paravirtual GPU, see the module docstring).
 HOSTED_BACKENDS = frozenset({"CPU", "BLAS", "METAL"})
 
 
@@ -72,6 +142,10 @@ class BackendProfile:
     gpu_container_options: str = ""
     #: Packages the build needs, by runner OS (``Linux`` -> apt, ``macOS`` -> brew).
     packages: Mapping[str, str] = field(default_factory=dict)
+    #: A device of this backend that a plain hosted runner has in software, by runner OS
+    #: (Vulkan: Mesa's llvmpipe on Linux): then the variant ALSO gets a hosted variant job
+    #: that runs it there, with these packages added (the device's driver and tools).
+    software_device: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 BACKEND_PROFILES: Mapping[str, BackendProfile] = {
@@ -84,7 +158,13 @@ BACKEND_PROFILES: Mapping[str, BackendProfile] = {
         gpu_container_options="--gpus all",
     ),
     # llama.cpp's ggml-vulkan needs the loader headers, glslc and SPIRV-Headers' CMake config.
-    "VULKAN": BackendProfile(packages={"Linux": "libvulkan-dev glslc spirv-headers"}),
+    # Mesa's llvmpipe is a Vulkan device on the CPU: a plain ubuntu runner builds the wheel,
+    # offloads every layer to that device (GGML_VK_VISIBLE_DEVICES selects it, harness/
+    # vulkan_devices.py) and checks the answers; a real GPU is the self-hosted runner's job.
+    "VULKAN": BackendProfile(
+        packages={"Linux": "libvulkan-dev glslc spirv-headers"},
+        software_device={"Linux": ("Mesa llvmpipe", "mesa-vulkan-drivers vulkan-tools")},
+    ),
 }
 
 CI_OVERRIDE_KEYS = frozenset(
@@ -165,6 +245,9 @@ class MatrixEntry:
     allow_status: str = ""
     #: A failure shows but does not fail the run (variants kept out of plain ``nox``).
     experimental: bool = False
+    #: The device the job runs the variant on when it is not the real one, e.g. "Mesa
+    #: llvmpipe" for Vulkan on a hosted runner ('' otherwise); shown in the job name.
+    device: str = ""
 
     def to_json(self) -> dict[str, Any]:
         runs_on: Any = list(self.runs_on) if isinstance(self.runs_on, tuple) else self.runs_on
@@ -179,6 +262,7 @@ class MatrixEntry:
             "packages": self.packages,
             "allow_status": self.allow_status,
             "experimental": self.experimental,
+            "device": self.device,
         }
 
 
@@ -236,16 +320,34 @@ def _runner_os(runner: RunsOn) -> str:
 
 
 def _runs_on(spec: VariantSpec, key: str, value: object) -> RunsOn:
+    labels: RunsOn
     if isinstance(value, str) and value:
-        return value
-    if isinstance(value, Sequence) and value and all(isinstance(v, str) and v for v in value):
-        return tuple(str(v) for v in value)
-    raise MatrixError(
-        spec.name,
-        f"ci.{key}",
-        value,
-        "give a runner label or a list of labels, e.g. [self-hosted, gpu]",
-    )
+        labels = value
+    elif isinstance(value, Sequence) and value and all(isinstance(v, str) and v for v in value):
+        labels = tuple(str(v) for v in value)
+    else:
+        raise MatrixError(
+            spec.name,
+            f"ci.{key}",
+            value,
+            "give a runner label or a list of labels, e.g. [self-hosted, gpu]",
+        )
+    check_labels(spec.name, f"ci.{key}", labels)
+    return labels
+
+
+def check_labels(variant: str, field_name: str, labels: RunsOn) -> None:
+    """MatrixError when a label is retired (RETIRED_RUNNER_LABELS): the job would never run."""
+    for label in (labels,) if isinstance(labels, str) else labels:
+        notice = retired(label)
+        if notice is not None:
+            raise MatrixError(
+                variant,
+                field_name,
+                label,
+                f"GitHub retired the {label!r} runners on {notice.retired} ({notice.source}); "
+                f"jobs on it get no runner: use {notice.use!r}",
+            )
 
 
 def _str(spec: VariantSpec, key: str, default: str) -> str:
@@ -258,7 +360,10 @@ def _str(spec: VariantSpec, key: str, default: str) -> str:
 def entries_for(
     spec: VariantSpec,
 ) -> tuple[MatrixEntry | None, MatrixEntry | None, MatrixEntry | None]:
-    """(test, build, gpu) entries of one variant; exactly test, or build and gpu, are set."""
+    """(test, build, gpu) entries of one variant: test (a hosted job builds, tests and
+    benchmarks it), or build and gpu (compiled on a hosted runner, tested on the GPU runner),
+    or all three when a hosted runner has the backend's device in software (Vulkan on
+    llvmpipe)."""
     unknown = sorted(set(spec.ci) - CI_OVERRIDE_KEYS)
     if unknown:
         raise MatrixError(
@@ -283,6 +388,7 @@ def entries_for(
         platform = placed[0] if placed else "custom"
     elif placed is not None:
         platform, runs_on = placed
+        check_labels(spec.name, "platforms", runs_on)
     else:
         raise MatrixError(
             spec.name,
@@ -324,7 +430,12 @@ def entries_for(
         packages="",
         experimental=experimental,
     )
-    return None, entry, gpu_entry
+    hosted: MatrixEntry | None = None
+    soft = profile.software_device.get(_runner_os(runs_on))
+    if soft is not None:
+        device, extra = soft
+        hosted = replace(entry, packages=" ".join(filter(None, (packages, extra))), device=device)
+    return hosted, entry, gpu_entry
 
 
 def compute_matrix(variants: Iterable[object]) -> CIMatrix:

@@ -48,7 +48,7 @@ NO_CONTAINER = {
     "Apple GPU; run `nox -s test-metal` natively on an Apple Silicon Mac",
     "VULKAN": "there is no Dockerfile for Vulkan yet; run `nox -s test-vulkan` natively",
 }
-CONTEXT_DIRS = ("docker/sdist", "docker/wheels", "docker/ccache", "docker/certs")
+CONTEXT_DIRS = ("docker/sdist", "docker/wheels", "docker/certs")
 CA_DIRS = (Path("/usr/local/share/ca-certificates"),)
 IMAGE_REPO = "llama-harness"
 CONTAINER_WORKDIR = "/workspace"
@@ -174,8 +174,8 @@ def plan_image(variant_name: str, env: Mapping[str, str] | None = None) -> Image
     if variant.backend.upper() == "CUDA":
         archs = env.get("LLAMA_HARNESS_CUDA_ARCHITECTURES") or registry.cuda_default_architectures
         args["CUDA_ARCHITECTURES"] = archs
-        # The devel image has cuBLAS and the driver stub; NO_VMM is for driver-less hosts.
-        cmake = [a for a in cmake if not a.upper().startswith("-DGGML_CUDA_NO_VMM")]
+        # The registry's flags as they are: GGML_CUDA_NO_VMM=ON keeps libcuda (present only
+        # where a driver is) out of the link, as on the host.
     args["CMAKE_ARGS"] = shlex.join(cmake)
     args.update(BACKEND_PACKAGES.get(variant.backend.upper(), {}))
     args.update(_env_build_args(env))
@@ -355,14 +355,17 @@ def _mounts(plan: ImagePlan, env: Mapping[str, str]) -> dict[str, dict[str, str]
 
 
 def container_command(session: str, inner: Sequence[str]) -> list[str]:
-    """Run ``nox -s SESSION`` on the image's wheel, then hand the reports back to the caller."""
-    uid, gid = (os.getuid(), os.getgid()) if hasattr(os, "getuid") else (0, 0)
+    """Run ``nox -s SESSION`` on the image's wheel (the exit status is the session's)."""
     wheel_args = "--wheel /opt/llama/llama_cpp_python-*.whl " if "-" in session else ""
-    script = (
-        f'nox -s "$0" -- {wheel_args}"$@"; rc=$?; '
-        f"chown -R {uid}:{gid} /reports /cache/llama-harness/models 2>/dev/null; exit $rc"
-    )
-    return ["bash", "-c", script, session, *inner]
+    return ["bash", "-c", f'exec nox -s "$0" -- {wheel_args}"$@"', session, *inner]
+
+
+def container_user() -> str | None:
+    """Run as the caller's uid:gid, so the mounted reports and models stay the caller's;
+    None (the image's unprivileged user, uid 10001) when the caller is root."""
+    if not hasattr(os, "getuid") or os.getuid() == 0:
+        return None
+    return f"{os.getuid()}:{os.getgid()}"
 
 
 def run_container(
@@ -393,6 +396,7 @@ def run_container(
             network_mode=network_mode,
             working_dir=CONTAINER_WORKDIR,
             labels={"llama-harness": "session"},
+            user=container_user(),
         )
     except APIError as exc:
         raise _run_failure(client, exc, gpu) from exc
@@ -417,8 +421,31 @@ def run_container(
             container.remove(force=True)
 
 
+_REQUIRE_CUDA = re.compile(r"unsatisfied condition: cuda\s*>=\s*(\d+\.\d+)")
+
+
+def driver_refusal(text: str) -> str | None:
+    """The one-line explanation when the NVIDIA runtime refused a CUDA image for its driver
+    (the image's NVIDIA_REQUIRE_CUDA), or None for any other failure."""
+    from harness import images
+
+    m = _REQUIRE_CUDA.search(text)
+    if m is None:
+        return None
+    need = images.refused_requirement(m.group(1))
+    return (
+        f"the NVIDIA container runtime refused to start the image: this host's driver is too "
+        f"old for CUDA {m.group(1)}; the image needs {need}. Fix: upgrade the host driver "
+        "(check with `nvidia-smi`), or build the image on an older CUDA: --build-arg "
+        "BASE_IMAGE=... RUNTIME_IMAGE=... CUDA_VERSION=... (docker/README.md)"
+    )
+
+
 def _run_failure(client: Any, exc: Exception, gpu: bool) -> ContainerError:
     text = str(exc)
+    refusal = driver_refusal(text)
+    if refusal is not None:
+        return ContainerError(refusal)
     if gpu and ("could not select device driver" in text or "nvidia" in text.lower()):
         runtimes = "no 'nvidia' runtime" if not has_nvidia_runtime(client) else "a runtime"
         return ContainerError(

@@ -730,6 +730,9 @@ def log_facts(text: str | None) -> Facts:
         ]
     error = re.search(r"CMake Error[^\n]*\n(?:\s*\n)?([^\n]+)", text)
     facts["log.cmake_error"] = " ".join(error.group(0).split()) if error else None
+    # nvidia-container-cli refusing an image's NVIDIA_REQUIRE_CUDA ("cuda>=12.8")
+    required = re.search(r"unsatisfied condition: cuda\s*>=\s*(\d+\.\d+)", text)
+    facts["log.required_cuda"] = required.group(1) if required else None
     return facts
 
 
@@ -768,8 +771,17 @@ def probe_facts(runs: Mapping[str, Mapping[str, Any]]) -> Facts:
 
 def hint_facts(facts: Mapping[str, Any]) -> Facts:
     """Values the fix commands are filled with: the GPU flag that fits this machine."""
+    from harness import images
+
     flag = "-DGGML_METAL=on" if facts.get("os.system") == "Darwin" else "-DGGML_CUDA=on"
-    return {"hint.gpu_cmake_flag": flag}
+    required = facts.get("log.required_cuda")
+    return {
+        "hint.gpu_cmake_flag": flag,
+        # what a CUDA image needs: the refused one's (from the log), else this project's
+        "hint.container_driver": images.refused_requirement(str(required))
+        if required
+        else images.driver_requirement(),
+    }
 
 
 # --------------------------------------------------------------------------- the doctor

@@ -269,6 +269,7 @@ _PROVENANCE_KEYS = (
     "offloaded_layers",
     "gpu",
     "cmake_args",
+    "runner",
 )
 
 
@@ -641,6 +642,18 @@ def add_derived(rs: ResultSet) -> None:
     for name, i in sorted(rs.variants.items()):
         if isinstance(i.provenance.get("machine"), dict):
             hosts.setdefault(_machine_text(i.provenance["machine"]), []).append(name)
+    hosted = sorted(
+        name
+        for name, i in rs.variants.items()
+        if isinstance(i.provenance.get("runner"), dict)
+        and i.provenance["runner"].get("environment") == "github-hosted"
+    )
+    if hosted:
+        rs.notes.append(
+            f"{', '.join(hosted)}: measured on GitHub-hosted runners, shared VMs whose speed "
+            "varies from run to run and image to image: compare them within the same runner "
+            "label over time (the nightly history), not with figures from dedicated machines"
+        )
     if len(hosts) > 1:
         rs.notes.append(
             "variants ran on different machines ("
@@ -745,7 +758,42 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "gpus": gpu_info(),
+        "runner": runner_info(),
     }
+
+
+def runner_info(env: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The CI runner that measured, or None outside CI.
+
+    GitHub Actions sets ``RUNNER_ENVIRONMENT`` (``github-hosted`` / ``self-hosted``) and, on
+    hosted images, ``ImageOS`` / ``ImageVersion``; act (local runs) sets ``ACT``. Hosted
+    runners are shared VMs (4 vCPU Linux/Windows, 3 on arm64 macOS for public repositories)
+    whose speed varies run to run, so the report marks their figures.
+    """
+    env = os.environ if env is None else env
+    if env.get("GITHUB_ACTIONS") != "true":
+        return None
+    kind = env.get("RUNNER_ENVIRONMENT") or ("act" if env.get("ACT") else "unknown")
+    image = " ".join(x for x in (env.get("ImageOS"), env.get("ImageVersion")) if x)
+    return {
+        "environment": kind,
+        "name": env.get("RUNNER_NAME", ""),
+        "os": env.get("RUNNER_OS", ""),
+        "arch": env.get("RUNNER_ARCH", ""),
+        "image": image,
+    }
+
+
+def runner_text(runner: Any) -> str:
+    """``GitHub-hosted runner (ubuntu24 20261110.1)``, ``self-hosted runner gpu-1``, or ''."""
+    if not isinstance(runner, dict):
+        return ""
+    kind = str(runner.get("environment") or "unknown")
+    label = {"github-hosted": "GitHub-hosted runner", "self-hosted": "self-hosted runner"}.get(
+        kind, f"{kind} runner"
+    )
+    detail = runner.get("image") or runner.get("name") or ""
+    return f"{label} ({detail})" if detail else label
 
 
 def gpu_info() -> list[dict[str, str]]:
@@ -838,6 +886,7 @@ def render_markdown(
             f"{machine.get('usable_cores')} usable cores, "
             f"{machine.get('memory_gib')} GiB, {machine.get('os')}"
             + (f"; GPU: {gpus}" if gpus else "; no GPU")
+            + (f"; {runner_text(machine.get('runner'))}" if machine.get("runner") else "")
         )
         lines.append("")
     lines += [
@@ -865,7 +914,7 @@ def render_markdown(
             f"| {name} | {_md(status)} | {p.get('backend', '-')} | "
             f"{p.get('offloaded_layers', '-')} | {p.get('llama_cpp_version', '-')} | "
             f"{str(p.get('build_key') or '-')[:16]} | {_md(gpu_text or '-')} | "
-            f"{_md(_machine_text(p.get('machine')))} |"
+            f"{_md(_ran_on(p))} |"
         )
     lines.append("")
     for model in rs.models():
@@ -976,6 +1025,12 @@ def render_agreements(agreements: Sequence[Mapping[str, Any]]) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def _ran_on(provenance: Mapping[str, Any]) -> str:
+    text = _machine_text(provenance.get("machine"))
+    runner = runner_text(provenance.get("runner"))
+    return f"{text}, {runner}" if runner else text
 
 
 def _machine_text(machine: Any) -> str:

@@ -52,6 +52,21 @@ SEVERITY = (
     "passed",
     "built",
 )
+#: The status each kind of session writes when it did its job (build-<v>: "built",
+#: test-<v>/bench-<v>: "passed"). CI's status gate accepts exactly this, plus what a job
+#: allows explicitly (harness/status_gate.py).
+SUCCESS = {"build": "built", "test": "passed", "bench": "passed"}
+
+
+def session_kind(session: str) -> str:
+    """``build`` / ``test`` / ``bench`` of a variant session name such as ``test-cpu``."""
+    kind = session.split("-", 1)[0]
+    if kind not in SUCCESS or "-" not in session:
+        raise ValueError(
+            f"{session!r} is not a variant session; fix: use build-<variant>, test-<variant> "
+            "or bench-<variant>"
+        )
+    return kind
 
 
 # --------------------------------------------------------------------------- registry

@@ -310,12 +310,35 @@ def _probe_nvidia_gpu() -> tuple[bool, str]:
     return True, "; ".join(gpus)
 
 
+#: What macOS virtual machines (GitHub's hosted macOS runners among them) show as their GPU.
+#: llama.cpp there logs "GPU name: Apple Paravirtual device", "simdgroup reduction support =
+#: false" and skips most Metal kernels; runs hang or fail (llama.cpp issues #8617, #6628).
+APPLE_VM_GPU = "Apple Paravirtual device"
+
+
+def apple_gpu_verdict(machine: str, vm: bool, displays: str) -> tuple[bool, str]:
+    """Whether Metal has a real Apple GPU here, from the machine (``platform.machine()``),
+    whether macOS runs in a VM (``sysctl kern.hv_vmm_present``) and the
+    ``system_profiler SPDisplaysDataType`` text."""
+    if machine != "arm64":
+        return False, f"Python runs as {machine} (Rosetta?), Metal needs arm64"
+    if APPLE_VM_GPU.lower() in displays.lower() or vm:
+        return False, (
+            f"macOS runs in a virtual machine whose GPU is the {APPLE_VM_GPU} (no simdgroup "
+            "or MPS support; GitHub's hosted macOS runners are such VMs): llama.cpp's Metal "
+            "kernels do not run there (llama.cpp#8617); use a physical Apple Silicon Mac"
+        )
+    return True, "Apple Silicon"
+
+
 def _probe_apple_gpu() -> tuple[bool, str]:
     if sys.platform != "darwin":
         return False, f"not macOS ({sys.platform})"
-    if platform.machine() != "arm64":
-        return False, f"Python runs as {platform.machine()} (Rosetta?), Metal needs arm64"
-    return True, "Apple Silicon"
+    hv = _quiet(["sysctl", "-n", "kern.hv_vmm_present"])
+    vm = hv is not None and hv.returncode == 0 and hv.stdout.strip() == "1"
+    displays = _quiet(["system_profiler", "SPDisplaysDataType"], timeout=30)
+    text = displays.stdout if displays is not None and displays.returncode == 0 else ""
+    return apple_gpu_verdict(platform.machine(), vm, text)
 
 
 def _probe_vulkan_device() -> tuple[bool, str]:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.build import BuildError, build_wheel, import_wheel
+from harness.build import BuildError, build_wheel, import_wheel, prepare
 from harness.variants import VariantError, get_variant
 from saiverse_llm.atomic import atomic_copy
 
@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "when present; else VARIANT is required and its backend library is checked)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--print-key",
+        action="store_true",
+        help="print the wheel cache key of VARIANT (every build input: sdist, CMake flags, "
+        "compilers, cmake, platform, env) and exit without building; CI keys its wheel cache "
+        "with it",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -49,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
             if variant is None:
                 print("error: give a VARIANT (see `llama-harness variants`)")
                 return 2
+            if args.print_key:
+                print(prepare(variant).key)
+                return 0
             built = build_wheel(variant, force=args.force, progress=not args.no_progress)
             wheel, key, cached = built.wheel, built.key, built.cached
     except (BuildError, VariantError) as exc:

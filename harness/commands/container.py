@@ -3,6 +3,7 @@
 llama-harness container check [--gpu]       engine reachable? NVIDIA runtime registered?
 llama-harness container build cpu           build (or reuse) the image, print its tag
 llama-harness container run cpu test-cpu -- -k chat
+llama-harness container pin [--check]       re-resolve the base images' digests
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness import container
+from harness import container, images
 
 
 def register(subparsers: Any) -> None:
@@ -22,7 +23,7 @@ def register(subparsers: Any) -> None:
             "DOCKER_HOST is honoured. `nox -s test-<variant> -- --container` does build+run."
         ),
     )
-    sub = parser.add_subparsers(dest="container_command", metavar="{check,build,run}")
+    sub = parser.add_subparsers(dest="container_command", metavar="{check,build,run,pin}")
     check = sub.add_parser("check", help="is an engine reachable (and can it pass a GPU)?")
     check.add_argument("--gpu", action="store_true", help="also require the NVIDIA runtime")
     check.set_defaults(func=_check)
@@ -35,6 +36,18 @@ def register(subparsers: Any) -> None:
     run.add_argument("session", help="e.g. test-cpu, bench-cuda")
     run.add_argument("args", nargs="*", help="after --: arguments for the session")
     run.set_defaults(func=_run)
+    pin = sub.add_parser(
+        "pin",
+        help="resolve each base image tag to its current digest and rewrite the pins",
+        description=(
+            "Ask the Docker engine's registry access for the digest of every tag in "
+            "harness/images.py (PINS) and rewrite `<tag>@sha256:<digest>` wherever it appears: "
+            "docker/Dockerfile.*, harness/images.py. Needs an engine that reaches the registry. "
+            "--check only reports (exit 1 when a pin is out of date)."
+        ),
+    )
+    pin.add_argument("--check", action="store_true", help="report only; exit 1 when stale")
+    pin.set_defaults(func=_pin)
     parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
 
 
@@ -68,3 +81,36 @@ def _build(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     return container.run_session_in_container(args.variant, args.session, list(args.args))
+
+
+def _pin(args: argparse.Namespace) -> int:
+    from docker.errors import APIError
+
+    from saiverse_llm.atomic import atomic_write_text
+
+    try:
+        client = container.connect()
+    except container.ContainerError as exc:
+        print(f"error: {exc}")
+        return 1
+    stale = 0
+    for role, pin in images.PINS.items():
+        try:
+            digest = str(client.images.get_registry_data(pin.tag).id)
+        except APIError as exc:
+            print(f"error: {role}: cannot resolve {pin.tag} ({exc}). Fix: run where the engine "
+                  "reaches the registry (docker login for private registries)")  # fmt: skip
+            return 1
+        if digest == pin.digest:
+            print(f"{role}: {pin.tag} is current ({digest[:19]}...)")
+            continue
+        stale += 1
+        print(f"{role}: {pin.tag}: {pin.digest[:19]}... -> {digest[:19]}...")
+        if not args.check:
+            for path in images.PINNED_FILES:
+                text = path.read_text(encoding="utf-8")
+                new = images.repin(text, pin.tag, digest)
+                if new != text:
+                    atomic_write_text(path, new)
+                    print(f"  rewrote {path}")
+    return 1 if args.check and stale else 0

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.ci_matrix import CIMatrix, MatrixError, compute_matrix, format_github_outputs
+from harness.ci_matrix import (
+    CIMatrix,
+    MatrixError,
+    compute_matrix,
+    format_github_outputs,
+    retired,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -30,6 +36,12 @@ def register(subparsers: Any) -> None:
         help="append the job outputs (test, build, gpu, has_*, variants) to FILE "
         '(in a workflow: "$GITHUB_OUTPUT")',
     )
+    parser.add_argument(
+        "--check-label",
+        metavar="LABEL",
+        help="only check a runner label: exit 2 with the retirement notice and the label to "
+        "use when GitHub retired it (repro.yml checks its `runner` input this way)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -41,6 +53,18 @@ def load_matrix() -> CIMatrix:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check_label is not None:
+        notice = retired(args.check_label)
+        if notice is None:
+            print(f"runner label {args.check_label!r}: not retired")
+            return 0
+        print(
+            f"error: runner label {args.check_label!r}: GitHub retired these runners on "
+            f"{notice.retired} ({notice.source}), a job on it never starts. "
+            f"Fix: use {notice.use!r}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         matrix = load_matrix()
     except (MatrixError, ValueError, OSError) as exc:
@@ -75,9 +99,10 @@ def print_table(matrix: CIMatrix) -> None:
     table = Table(title="CI matrix (from the variant registry)")
     for column in ("job", "variant", "backend", "runs-on", "container", "packages"):
         table.add_column(column)
-    for job, entries in (("test+bench", matrix.test), ("build", matrix.build), ("gpu", matrix.gpu)):
+    for job, entries in (("variant", matrix.test), ("build", matrix.build), ("gpu", matrix.gpu)):
         for e in entries:
-            name = e.variant + (" (experimental)" if e.experimental else "")
+            name = e.variant + (f" (on {e.device})" if e.device else "")
+            name += " (experimental)" if e.experimental else ""
             container = e.container + (f" {e.container_options}" if e.container_options else "")
             table.add_row(
                 job, name, e.backend, _runs_on(e.runs_on), container or "-", e.packages or "-"

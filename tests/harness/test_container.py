@@ -47,13 +47,15 @@ def test_plan_cpu_uses_the_registry_flags() -> None:
     assert not plan.gpu
 
 
-def test_plan_cuda_takes_architectures_and_drops_host_only_flags() -> None:
+def test_plan_cuda_takes_architectures_and_keeps_the_registry_flags() -> None:
     plan = container.plan_image("cuda", env={"LLAMA_HARNESS_CUDA_ARCHITECTURES": "90"})
     assert plan.dockerfile.name == "Dockerfile.cuda"
     assert plan.gpu
     assert plan.buildargs["CUDA_ARCHITECTURES"] == "90"
     assert "-DGGML_CUDA=on" in plan.buildargs["CMAKE_ARGS"]
-    assert "NO_VMM" not in plan.buildargs["CMAKE_ARGS"]
+    # GGML_CUDA_NO_VMM=ON as in the registry: ggml-cuda must not link the driver library,
+    # which the image build (no GPU, no driver) does not have.
+    assert "-DGGML_CUDA_NO_VMM=ON" in plan.buildargs["CMAKE_ARGS"]
 
 
 def test_plan_blas_adds_openblas_packages() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,3 +128,165 @@ def test_sdist_pin_matches_the_variant_registry(dockerfile: Path) -> None:
             values[name] = value.strip('"')
     assert values["LLAMA_CPP_PYTHON_VERSION"] == pin["version"]
     assert values["LLAMA_CPP_PYTHON_SHA256"] == pin["sha256"]
+
+
+# --------------------------------------------------------------------------- issue #17
+
+
+def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    return stages(dockerfile)[-1]
+
+
+def arg_defaults(dockerfile: Path) -> dict[str, str]:
+    out = {}
+    for word, rest in instructions(dockerfile):
+        if word == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            out.setdefault(name, value.strip('"'))
+    return out
+
+
+def test_cuda_cmake_args_are_the_registry_flags() -> None:
+    """Without GGML_CUDA_NO_VMM=ON ggml-cuda links libcuda (the devel image's stub), and the
+    image then needs a driver just to import llama_cpp."""
+    from harness.variants import get_variant
+    from harness.wheel_cache import normalise_cmake_args
+
+    registry = list(get_variant("cuda").cmake_args)
+    docker = shlex.split(arg_defaults(ROOT / "docker" / "Dockerfile.cuda")["CMAKE_ARGS"])
+    assert normalise_cmake_args(docker) == normalise_cmake_args(registry)
+    assert normalise_cmake_args(docker)["defines"]["GGML_CUDA_NO_VMM"] == "ON"
+    cpu = shlex.split(arg_defaults(ROOT / "docker" / "Dockerfile.cpu")["CMAKE_ARGS"])
+    assert normalise_cmake_args(cpu) == normalise_cmake_args(list(get_variant("cpu").cmake_args))
+
+
+def test_container_mode_passes_the_registry_flags_unchanged() -> None:
+    from harness import container
+    from harness.variants import get_variant
+
+    plan = container.plan_image("cuda", env={"LLAMA_HARNESS_CUDA_ARCHITECTURES": "90"})
+    assert shlex.split(plan.buildargs["CMAKE_ARGS"]) == [
+        a for a in get_variant("cuda").cmake_args if "CMAKE_CUDA_ARCHITECTURES" not in a
+    ]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_no_build_step_imports_llama_cpp(dockerfile: Path) -> None:
+    """The image build has no GPU and no driver: importing the CUDA build there needs
+    libcuda.so.1. The session inside the container verifies the build instead."""
+    for word, rest in instructions(dockerfile):
+        if word == "RUN":
+            assert not re.search(r"\bimport\s+llama_cpp\b|from\s+llama_cpp\b", rest), rest[:120]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_runtime_image_runs_as_an_unprivileged_user(dockerfile: Path) -> None:
+    users = [rest for word, rest in final_stage(dockerfile) if word == "USER"]
+    assert users, "the runtime stage sets no USER: it runs as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), users
+    assert re.fullmatch(r"\d+", user), "numeric, so it resolves on any host (DL3066)"
+    text = " ".join(rest for word, rest in final_stage(dockerfile) if word == "RUN")
+    assert f"--uid {user}" in text, "the USER's uid is created in the image"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_base_images_are_pinned_by_digest_to_the_one_list(dockerfile: Path) -> None:
+    """A tag can be re-pushed, a digest cannot. harness/images.py holds the pins; the
+    Dockerfiles repeat them as ARG defaults (plain `docker build` needs no harness)."""
+    from harness import images
+
+    args = arg_defaults(dockerfile)
+    resolved = {
+        k: re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), v) for k, v in args.items()
+    }
+    pins = {p.ref for p in images.PINS.values()}
+    for name in ("BASE_IMAGE", "RUNTIME_IMAGE"):
+        ref = resolved[name]
+        assert images.DIGEST_RE.fullmatch(ref), f"{dockerfile.name}: {name}={ref} is not tag@sha256"
+        assert ref in pins, f"{dockerfile.name}: {name}={ref} is not in harness/images.py PINS"
+    for ref in images.pinned_refs(dockerfile.read_text()):
+        assert ref in pins, ref
+
+
+def test_pins_are_digests_and_repin_rewrites_them() -> None:
+    from harness import images
+
+    for role, pin in images.PINS.items():
+        assert images.DIGEST_RE.fullmatch(pin.ref), role
+    old = images.PINS["debian"]
+    new_digest = "sha256:" + "a" * 64
+    text = f"ARG BASE_IMAGE={old.ref}\nFROM other:1@sha256:{'b' * 64}\n"
+    out = images.repin(text, old.tag, new_digest)
+    assert f"{old.tag}@{new_digest}" in out and f"other:1@sha256:{'b' * 64}" in out
+    with pytest.raises(ValueError):
+        images.repin(text, old.tag, "latest")
+
+
+def test_cuda_image_states_the_one_driver_requirement() -> None:
+    """The driver the CUDA image needs comes from harness/images.py (NVIDIA's table for the
+    image's CUDA version); the Dockerfile, docker/README.md and docs/CI.md state that same
+    minimum, and the CI matrix runs the same CUDA images."""
+    from harness import ci_matrix, images
+
+    args = arg_defaults(ROOT / "docker" / "Dockerfile.cuda")
+    assert args["CUDA_VERSION"] == images.CUDA_VERSION
+    assert f"nvidia/cuda:{images.CUDA_VERSION}-" in args["BASE_IMAGE"]
+    assert f"nvidia/cuda:{images.CUDA_VERSION}-" in args["RUNTIME_IMAGE"]
+    assert args["BASE_IMAGE"] == ci_matrix.CUDA_BUILD_IMAGE
+    assert args["RUNTIME_IMAGE"] == ci_matrix.CUDA_RUNTIME_IMAGE
+    driver = images.min_driver(images.CUDA_VERSION)
+    assert driver == "570.124.06"
+    for doc in ("docker/Dockerfile.cuda", "docker/README.md", "docs/CI.md"):
+        text = (ROOT / doc).read_text()
+        assert driver in text, f"{doc} does not state the driver minimum {driver}"
+        assert "R525" not in text and ">= 525" not in text, f"{doc} still promises R525"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
+def test_the_dependency_wheelhouse_comes_before_the_llama_wheel_and_is_pinned(
+    dockerfile: Path,
+) -> None:
+    """The wheelhouse layer must not depend on the llama wheel (or every new wheel downloads
+    everything again), and it installs exact versions (docker/constraints.txt)."""
+    stage = final_stage(dockerfile)
+    wheelhouse = next(i for i, (w, r) in enumerate(stage) if w == "RUN" and "pip wheel" in r)
+    llama = next(i for i, (w, r) in enumerate(stage) if w == "COPY" and "--from=build" in r)
+    assert wheelhouse < llama
+    before = [r for w, r in stage[:wheelhouse] if w in ("COPY", "ADD")]
+    assert all("--from=build" not in r for r in before)
+    assert any("docker/constraints.txt" in r for r in before)
+    assert "-c /opt/deps/constraints.txt" in stage[wheelhouse][1]
+
+
+def test_constraints_pin_every_dependency_exactly() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lines = [
+        ln.strip()
+        for ln in (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    pins = {}
+    for line in lines:
+        req = Requirement(line)
+        specs = list(req.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", line
+        pins[req.name.lower().replace("_", "-")] = specs[0].version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    wanted += ["numpy", "diskcache", "jinja2", "typing-extensions", "nox", "setuptools", "wheel"]
+    for spec in wanted:
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} has no pin: run scripts/lock-docker-deps.sh"
+        assert req.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
+
+
+def test_no_unused_build_inputs() -> None:
+    """docker/ccache was listed as an input but never filled: gone, and nothing refers to it."""
+    assert not (ROOT / "docker" / "ccache").exists()
+    for path in (*DOCKERFILES, ROOT / "docker" / "README.md", ROOT / "harness" / "container.py"):
+        assert "docker/ccache" not in path.read_text(), path

@@ -290,6 +290,8 @@ _ALLOWED = {
     ("harness/native_tools.py", "log_path.open("): "a build log, streamed while cmake runs",
     ("harness/report.py", "step_summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
     ("harness/commands/matrix.py", "github_output.open("): "appends to $GITHUB_OUTPUT (GitHub's)",
+    ("harness/status_gate.py", "summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
+    ("harness/commands/history.py", "open(summary, "): "appends to $GITHUB_STEP_SUMMARY",
     ("harness/test_models.py", "open(tmp, "): "fills the temporary file of atomic_output",
     ("harness/download.py", "open(tmp, "): "fills the temporary file of temp_path_beside",
     ("saiverse_llm/atomic.py", "open(tmp, "): "the helper itself",

@@ -98,6 +98,12 @@ POSITIVE: dict[str, dict[str, Any]] = {
     "driver-older-than-runtime": {"cuda.driver_older_than_runtime": True},
     "no-driver-or-gpu": {"cuda.libcuda_loadable": False},
     "container-without-gpus": {"container.nvidia_devices": False},
+    "container-driver-too-old": {
+        "user.log": "docker: Error response from daemon: failed to create task for container: "
+        "... stderr: Auto-detected mode as 'legacy'\nnvidia-container-cli: requirement error: "
+        "unsatisfied condition: cuda>=12.8, please update your driver to a newer version, or "
+        "use an earlier cuda container: unknown"
+    },
     "cuda-libs-not-found": {
         "llama.import_error": "RuntimeError: Failed to load shared library '/v/llama_cpp/lib/"
         "libllama.so': libcudart.so.12: cannot open shared object file: No such file"

@@ -13,6 +13,8 @@ from harness.ci_matrix import (
     CUDA_RUNTIME_IMAGE,
     GPU_RUNS_ON,
     HOSTED_PYTHON,
+    HOSTED_RUNNERS,
+    RETIRED_RUNNER_LABELS,
     CIMatrix,
     MatrixError,
     VariantSpec,
@@ -55,9 +57,9 @@ def test_cpu_variant_is_built_and_tested_on_ubuntu() -> None:
 def test_metal_runs_on_hosted_apple_silicon() -> None:
     matrix = compute_matrix([spec("metal", "METAL", gpu=True, platforms=("darwin-arm64",))])
     entry = only(matrix, "test")
-    assert entry["runs_on"] == "macos-14"
+    assert entry["runs_on"] == "macos-15"
     assert entry["platform"] == "darwin-arm64"
-    # The macOS VM may not expose a Metal device: a verified build that found no GPU warns.
+    # The macOS VM's GPU is the paravirtual one: a verified build that found no GPU warns.
     assert entry["allow_status"] == "built-no-gpu"
     assert matrix.build == () and matrix.gpu == ()
 
@@ -84,8 +86,14 @@ def test_cuda_compiles_in_a_devel_container_and_tests_on_the_gpu_runner() -> Non
     )
 
 
-def test_vulkan_builds_with_its_packages_and_tests_on_the_gpu_host() -> None:
+def test_vulkan_runs_on_llvmpipe_in_a_hosted_job_and_on_the_gpu_runner() -> None:
+    """Mesa's llvmpipe is a Vulkan device on the CPU: a plain ubuntu runner runs the variant
+    (compile, offload every layer, correct answers); the GPU runner measures a real GPU."""
     matrix = compute_matrix([spec("vulkan", "VULKAN", gpu=True, platforms=("linux-*",))])
+    hosted = only(matrix, "test")
+    assert hosted["runs_on"] == "ubuntu-latest" and hosted["device"] == "Mesa llvmpipe"
+    assert {"mesa-vulkan-drivers", "vulkan-tools", "glslc"} <= set(hosted["packages"].split())
+    assert hosted["allow_status"] == "", "the software device is installed: no GPU is a failure"
     build = only(matrix, "build")
     assert build["container"] == ""
     assert {"glslc", "libvulkan-dev", "spirv-headers"} <= set(build["packages"].split())
@@ -100,16 +108,16 @@ def test_blas_packages_follow_the_runner_os() -> None:
     linux = only(compute_matrix([spec("blas", "BLAS")]), "test")
     mac = only(compute_matrix([spec("blas", "BLAS", platforms=("darwin-arm64",))]), "test")
     assert linux["packages"] == "libopenblas-dev"
-    assert mac["runs_on"] == "macos-14" and mac["packages"] == "openblas"
+    assert mac["runs_on"] == "macos-15" and mac["packages"] == "openblas"
 
 
 @pytest.mark.parametrize(
     ("platforms", "runner", "platform"),
     [
         (("linux-*", "darwin-*", "windows-*"), "ubuntu-latest", "linux-x86_64"),
-        (("darwin-*",), "macos-14", "darwin-arm64"),
+        (("darwin-*",), "macos-15", "darwin-arm64"),
         (("linux-aarch64",), "ubuntu-24.04-arm", "linux-aarch64"),
-        (("darwin-x86_64",), "macos-13", "darwin-x86_64"),
+        (("darwin-x86_64",), "macos-15-intel", "darwin-x86_64"),
         (("windows-*",), "windows-latest", "windows-x86_64"),
         (("*",), "ubuntu-latest", "linux-x86_64"),
     ],
@@ -193,7 +201,8 @@ def test_registry_order_is_kept_and_each_variant_lands_once() -> None:
     ]
     matrix = compute_matrix(specs)
     assert matrix.variants == ("cpu", "cuda", "metal", "vulkan")
-    assert [e.variant for e in matrix.test] == ["cpu", "metal"]
+    # vulkan twice: on llvmpipe in a hosted job, and built for the GPU runner
+    assert [e.variant for e in matrix.test] == ["cpu", "metal", "vulkan"]
     assert [e.variant for e in matrix.build] == ["cuda", "vulkan"]
     assert [e.variant for e in matrix.gpu] == ["cuda", "vulkan"]
 
@@ -235,18 +244,51 @@ def test_reads_registry_variants() -> None:
     variants = variants_mod.load_variants()
     matrix = compute_matrix(variants.values())
     assert list(matrix.variants) == list(variants)
-    placed = [e.variant for e in matrix.test] + [e.variant for e in matrix.build]
-    assert sorted(placed) == sorted(variants)
-    assert {e.variant for e in matrix.gpu} <= {e.variant for e in matrix.build}
+    placed = {e.variant for e in matrix.test} | {e.variant for e in matrix.build}
+    assert placed == set(variants), "every variant gets a CI job"
+    assert {e.variant for e in matrix.gpu} == {e.variant for e in matrix.build}
     by_name = {e.variant: e for e in (*matrix.test, *matrix.build)}
     for name, variant in variants.items():
         assert by_name[name].backend == variant.backend.upper()
-        hosted = not variant.gpu or variant.backend.upper() in {"CPU", "BLAS", "METAL"}
+        hosted = not variant.gpu or variant.backend.upper() in {"CPU", "BLAS", "METAL", "VULKAN"}
         assert (name in {e.variant for e in matrix.test}) == hosted, name
     if "cpu" in variants:
         assert by_name["cpu"].runs_on == "ubuntu-latest"
     if "metal" in variants:
-        assert by_name["metal"].runs_on == "macos-14"
+        assert by_name["metal"].runs_on == "macos-15"
     if "cuda" in variants:
         assert by_name["cuda"].container.startswith("nvidia/cuda:")
         assert "cuda" in {e.variant for e in matrix.gpu}
+
+
+def test_no_hosted_runner_label_is_retired() -> None:
+    """Every label the matrix places variants on still gets runners."""
+    for platform, label in HOSTED_RUNNERS:
+        assert label not in RETIRED_RUNNER_LABELS, (platform, label)
+
+
+@pytest.mark.parametrize(
+    ("ci", "field", "label", "use"),
+    [
+        ({"runs_on": "macos-14"}, "ci.runs_on", "macos-14", "macos-15"),
+        ({"runs_on": ["macos-13"]}, "ci.runs_on", "macos-13", "macos-15-intel"),
+        ({"gpu_runs_on": ["self-hosted", "ubuntu-20.04"]}, "ci.gpu_runs_on", "ubuntu-20.04", ""),
+    ],
+)
+def test_a_retired_runner_label_is_an_error_with_the_replacement(
+    ci: dict[str, Any], field: str, label: str, use: str
+) -> None:
+    backend = "CUDA" if "gpu_runs_on" in ci else "CPU"
+    with pytest.raises(MatrixError) as err:
+        compute_matrix([spec("v", backend, gpu=backend == "CUDA", ci=ci)])
+    assert (err.value.variant, err.value.field, err.value.value) == ("v", field, label)
+    assert "retired" in err.value.fix and RETIRED_RUNNER_LABELS[label].source in err.value.fix
+    assert RETIRED_RUNNER_LABELS[label].use in err.value.fix and use in err.value.fix
+
+
+def test_retired_labels_carry_a_date_a_replacement_and_a_source() -> None:
+    for label, notice in RETIRED_RUNNER_LABELS.items():
+        assert label == label.lower()
+        assert notice.use not in RETIRED_RUNNER_LABELS, (label, notice.use)
+        assert len(notice.retired) == 10 and notice.retired[4] == "-", notice
+        assert notice.source.startswith("https://github."), notice

@@ -208,3 +208,24 @@ def test_platform_tag_and_metal_is_not_buildable_on_linux() -> None:
     assert not metal.supports_platform()
     reason = metal.skip_reason()
     assert reason is not None and reason.startswith("metal: builds on darwin-arm64")
+
+
+@pytest.mark.parametrize(
+    ("machine", "vm", "displays", "ok", "says"),
+    [
+        ("arm64", False, "Chipset Model: Apple M2 Pro\n  Type: GPU", True, "Apple Silicon"),
+        ("arm64", False, "Chipset Model: Apple Paravirtual device", False, "Paravirtual"),
+        ("arm64", True, "", False, "virtual machine"),
+        ("x86_64", False, "", False, "Rosetta"),
+    ],
+)
+def test_apple_gpu_probe_sees_the_hosted_macos_vm(
+    machine: str, vm: bool, displays: str, ok: bool, says: str
+) -> None:
+    """GitHub's macOS runners are VMs whose GPU is the Apple Paravirtual device (no
+    simdgroup/MPS support; llama.cpp#8617): no Metal GPU there, and the reason says so."""
+    from harness.variants import apple_gpu_verdict
+
+    found, reason = apple_gpu_verdict(machine, vm, displays)
+    assert found is ok
+    assert says in reason

@@ -1,0 +1,23 @@
+"""``llama-harness gate VARIANT SESSION``: CI's status gate (harness/status_gate.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from harness import status_gate
+
+    p = subparsers.add_parser(
+        "gate",
+        help="fail unless a session's status.json says it did its job (CI status gate)",
+        description=status_gate.DESCRIPTION,
+    )
+    status_gate.add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness import status_gate
+
+    return status_gate.run(args)
