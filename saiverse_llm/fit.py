@@ -107,6 +107,18 @@ _SWA_ARCHS: dict[str, tuple[int, bool, int | None, bool]] = {
     "exaone4": (4, False, None, False),
     "llama4": (4, False, None, False),
 }
+#: KV cache types llama.cpp accepts (``--cache-type-k/v``) -> ggml type id.
+KV_CACHE_TYPES: dict[str, int] = {
+    "F32": 0,
+    "F16": 1,
+    "BF16": 30,
+    "Q8_0": 8,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "IQ4_NL": 20,
+    "Q5_0": 6,
+    "Q5_1": 7,
+}
 # ggml-cpu repack.cpp on x86-64 with AVX2: these types get a repacked copy (rows % 8 == 0).
 _REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
 _INPUT_TENSORS = ("token_embd.", "position_embd.", "token_types.", "token_embd_norm.")
@@ -331,19 +343,39 @@ class LoadSettings:
 
     @classmethod
     def from_llama_kwargs(cls, n_ctx: int, kwargs: dict[str, Any]) -> LoadSettings:
-        """Settings from the keyword arguments a client passes to ``llama_cpp.Llama``."""
-        types = {0: "F32", 1: "F16", 8: "Q8_0", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1"}
+        """Settings from the keyword arguments a client passes to ``llama_cpp.Llama``
+        (``type_k``/``type_v`` are ggml type ids, as llama-cpp-python takes them). Raises
+        :class:`FitError` for a cache type llama.cpp would refuse."""
+        names = {tid: name for name, tid in KV_CACHE_TYPES.items()}
+
+        def cache_type(key: str) -> str:
+            raw = kwargs.get(key)
+            if raw is None:
+                return "F16"
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw not in names:
+                raise FitError(
+                    f"{key}={raw!r} is not a KV cache type llama.cpp supports; use a ggml type "
+                    f"id: {', '.join(f'{t} ({n})' for n, t in KV_CACHE_TYPES.items())}"
+                )
+            return names[raw]
+
         swa_full = kwargs.get("swa_full")
-        return cls(
+        settings = cls(
             n_ctx=n_ctx,
             n_batch=int(kwargs.get("n_batch", 512)),
             n_ubatch=int(kwargs.get("n_ubatch", 512)),
-            type_k=types.get(int(kwargs.get("type_k") or 1), "F16"),
-            type_v=types.get(int(kwargs.get("type_v") or 1), "F16"),
+            type_k=cache_type("type_k"),
+            type_v=cache_type("type_v"),
             flash_attn=bool(kwargs.get("flash_attn", False)),
             swa_full=True if swa_full is None else bool(swa_full),
             offload_kqv=bool(kwargs.get("offload_kqv", True)),
         )
+        if not settings.flash_attn and settings.type_v not in ("F32", "F16", "BF16"):
+            raise FitError(
+                f"type_v={settings.type_v}: llama.cpp refuses a quantized V cache without flash "
+                "attention. Fix: also pass flash_attn=True, or keep type_v at F16"
+            )
+        return settings
 
 
 def _pad(n: int, to: int) -> int:
@@ -629,8 +661,9 @@ class Plan:
     """How a model fits in ``memory_bytes`` (a GPU's VRAM, or system RAM when ``device`` is
     ``"RAM"``) with ``margin_bytes`` left free.
 
-    ``n_gpu_layers``: the largest count that fits at the requested context (-1 = all,
-    0 = none); ``context_length``: the largest context (a multiple of 256, >= 2048) at which
+    ``n_gpu_layers``: the largest count that fits at the requested context, 0..n_layer+1
+    (n_layer+1 = every layer and the output layer, what -1 asks for; ``to_dict`` prints -1
+    then); ``context_length``: the largest context (a multiple of 256, >= 2048) at which
     the requested offload fits, ``None`` when none does; ``quantization``: the largest smaller
     quantization that fits entirely at the requested context, when the model does not.
     """
@@ -689,7 +722,11 @@ class Plan:
                 else ""
             )
             return f"{head}: nothing fits in {where} ({budget}){tail}."
-        nothing = "nothing fits; " if self.n_gpu_layers == 0 and self.device == "GPU" else ""
+        nothing = (
+            f"no layer fits at context_length {n_ctx}; "
+            if self.n_gpu_layers == 0 and self.device == "GPU"
+            else ""
+        )
         return (
             f"{head}: does not fit in {where} ({budget}). {nothing}Use "
             + "; or ".join(options)

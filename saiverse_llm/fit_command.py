@@ -90,6 +90,17 @@ def register_fit(sub: Subparsers) -> None:
     parser.add_argument(
         "--cpu", action="store_true", help="plan a CPU-only load against free system memory"
     )
+    parser.add_argument(
+        "--flash-attn", action="store_true", help="plan for flash_attn=True (default: off)"
+    )
+    parser.add_argument(
+        "--cache-type",
+        type=str.upper,
+        choices=sorted(fit.KV_CACHE_TYPES),
+        default=None,
+        metavar="TYPE",
+        help="KV cache type for K and V (default F16; a quantized V needs --flash-attn)",
+    )
     parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(func=cmd_fit)
@@ -132,8 +143,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.cache_type not in (None, "F32", "F16", "BF16") and not args.flash_attn:
+        print(
+            f"error: --cache-type {args.cache_type}: llama.cpp refuses a quantized V cache "
+            "without flash attention. Fix: add --flash-attn",
+            file=sys.stderr,
+        )
+        return 2
+    llama_kwargs: dict[str, Any] = {}
+    if args.flash_attn:
+        llama_kwargs["flash_attn"] = True
+    if args.cache_type:
+        llama_kwargs["type_k"] = llama_kwargs["type_v"] = fit.KV_CACHE_TYPES[args.cache_type]
     try:
-        req = fit.request_for(target, n_ctx=args.context)
+        req = fit.request_for(target, n_ctx=args.context, llama_kwargs=llama_kwargs)
     except (GGUFError, fit.FitError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -412,3 +412,25 @@ def test_cli_without_vram_plans_for_this_machine(
     assert data["device"] in ("GPU", "RAM")
     if data["device"] == "GPU":  # pragma: no cover - machines with a GPU
         assert "free memory" in data["memory_source"]
+
+
+def test_quantized_kv_cache(
+    seed_files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # llama-fit-params -fa on -ctk q8_0 -ctv q8_0 -c 8192: Host 8137 544 274 (MiB)
+    path = seed_files["llama-3-8b-instruct-q8"]
+    settings = fit.LoadSettings.from_llama_kwargs(
+        8192, {"flash_attn": True, "type_k": 8, "type_v": 8}
+    )
+    e = fit.estimate(fit.read_shape(path), settings)
+    assert e.kv_cache_bytes / MIB == 544
+    ours = (e.weights_bytes + e.kv_cache_bytes + e.compute_bytes) / MIB
+    assert abs(_pct(ours, 8137 + 544 + 274)) < 5
+    with pytest.raises(fit.FitError, match="quantized V cache without flash attention"):
+        fit.LoadSettings.from_llama_kwargs(8192, {"type_v": 8})
+    with pytest.raises(fit.FitError, match="not a KV cache type"):
+        fit.LoadSettings.from_llama_kwargs(8192, {"type_k": 99})
+    assert fit.LoadSettings.from_llama_kwargs(8192, {"type_k": 0}).type_k == "F32"
+    log = str(tmp_path / "log.txt")
+    assert main(["fit", str(path), "--vram", "8", "--cache-type", "q8_0", "--log-file", log]) == 2
+    assert "add --flash-attn" in capsys.readouterr().err
