@@ -734,11 +734,16 @@ class Plan:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The estimate's figures plus the plan: ``n_gpu_layers`` (-1 = all), the bytes on
+        the device and in system memory with it, and ``total_bytes`` = their sum (the
+        estimate's CPU-only total is ``cpu_only_total_bytes``)."""
         e = self.estimate
         split = e.split(self.n_gpu_layers)
         out = e.to_dict()
         out.update(
             {
+                "cpu_only_total_bytes": e.total_bytes,
+                "total_bytes": split.device_bytes + split.host_bytes,
                 "device": self.device,
                 "memory_bytes": self.memory_bytes,
                 "margin_bytes": self.margin_bytes,
