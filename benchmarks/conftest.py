@@ -123,7 +123,7 @@ def bench_env() -> BenchEnv:
 
 @pytest.fixture(scope="session")
 def bench_model(request: pytest.FixtureRequest, model_name: str) -> BenchModel:
-    from harness.download import sha256_file
+    from saiverse_llm.download import sha256_file
 
     if model_name == "tiny":
         path: Path = request.getfixturevalue("tiny_gguf")

@@ -179,7 +179,7 @@ def run_models(
     say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build (cached) and run llama-bench on every model; the llama-bench.json document."""
-    from harness.download import sha256_file
+    from saiverse_llm.download import sha256_file
 
     b = b or build(variant, say=say)
     runs = []

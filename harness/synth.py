@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.download import sha256_file
 from saiverse_llm.atomic import atomic_output
+from saiverse_llm.download import sha256_file
 
 __all__ = [
     "PRESETS",

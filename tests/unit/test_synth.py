@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from harness.download import sha256_file
 from harness.synth import (
     CHAT_TEMPLATE,
     PRESETS,
@@ -20,6 +19,7 @@ from harness.synth import (
     synthesize,
 )
 from harness.test_models import load_manifest
+from saiverse_llm.download import sha256_file
 from saiverse_llm.gguf_file import read_gguf
 
 
