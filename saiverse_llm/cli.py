@@ -4,7 +4,9 @@ One sub-command per ``register_<name>(subparsers)`` function listed in :data:`SU
 each sets ``func`` (taking the parsed ``argparse.Namespace``, returning an exit code).
 
 Every run logs to ``saiverse_log.txt`` (``--log-file``, else ``$SAIVERSE_LOG_FILE``, else
-``./saiverse_log.txt``) like SAIVerse itself, and prints warnings on stderr.
+``./saiverse_log.txt``) like SAIVerse itself, at INFO (``--debug`` or
+``SAIVERSE_LOG_LEVEL=DEBUG`` for DEBUG), rotated at 1 MB with 3 old files kept, and prints
+warnings on stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +27,7 @@ from rich.text import Text
 
 from saiverse_llm import __version__, fit
 from saiverse_llm.config import ConfigError, ModelConfig
+from saiverse_llm.fetch import register_fetch
 from saiverse_llm.fit_command import register_fit
 from saiverse_llm.gguf_file import GGUFError, read_gguf
 from saiverse_llm.model_commands import add_config_dir_argument, register_chat, register_check
@@ -41,6 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOG_FILE = "saiverse_log.txt"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The log file rotates at this size and keeps this many old files (saiverse_log.txt.1 ...).
+LOG_MAX_BYTES = 1_000_000
+LOG_BACKUPS = 3
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -57,10 +64,25 @@ def log_file_path(path: Path | str | None = None) -> Path:
     return Path(env).expanduser() if env else Path(DEFAULT_LOG_FILE)
 
 
-def setup_logging(path: Path | str | None = None, *, verbose: bool = False) -> Path | None:
-    """Log everything from ``saiverse_llm`` to a file and warnings (or all, ``verbose``) to stderr.
+def log_level(debug: bool = False) -> int:
+    """DEBUG when asked (``debug``), else ``$SAIVERSE_LOG_LEVEL`` (DEBUG, INFO, WARNING, ERROR),
+    else INFO."""
+    if debug:
+        return logging.DEBUG
+    name = os.environ.get("SAIVERSE_LOG_LEVEL", "").strip().upper()
+    level = logging.getLevelName(name) if name else logging.INFO
+    return level if isinstance(level, int) else logging.INFO
 
-    The file is :func:`log_file_path` of ``path``, appended to. Returns the file's path, or
+
+def setup_logging(
+    path: Path | str | None = None, *, verbose: bool = False, debug: bool = False
+) -> Path | None:
+    """Log ``saiverse_llm`` to a rotating file and warnings (or all, ``verbose``) to stderr.
+
+    The file is :func:`log_file_path` of ``path``, appended to at :func:`log_level` (INFO by
+    default; DEBUG, which includes llama.cpp's own log, with ``debug``/``verbose`` or
+    ``SAIVERSE_LOG_LEVEL=DEBUG``). It rotates at :data:`LOG_MAX_BYTES` and keeps
+    :data:`LOG_BACKUPS` old files (``saiverse_log.txt.1`` ...). Returns the file's path, or
     ``None`` when it cannot be opened (then a warning says why and only stderr is used).
     Calling it again replaces the handlers it installed before.
     """
@@ -69,8 +91,11 @@ def setup_logging(path: Path | str | None = None, *, verbose: bool = False) -> P
         if getattr(handler, "_saiverse_cli", False):
             root.removeHandler(handler)
             handler.close()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("saiverse_llm").setLevel(logging.DEBUG)
+    level = log_level(debug or verbose)
+    root.setLevel(level)
+    logging.getLogger("saiverse_llm").setLevel(level)
+    for chatty in ("httpx", "httpx2", "huggingface_hub"):  # one INFO line per HTTP request
+        logging.getLogger(chatty).setLevel(level if level == logging.DEBUG else logging.WARNING)
 
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -82,7 +107,9 @@ def setup_logging(path: Path | str | None = None, *, verbose: bool = False) -> P
     try:
         if file.parent != Path():
             file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(file, encoding="utf-8")
+        file_handler = logging.handlers.RotatingFileHandler(
+            file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+        )
     except OSError as exc:
         log.warning(
             "cannot write the log file %s (%s); logging to stderr only. Fix: pass "
@@ -91,7 +118,7 @@ def setup_logging(path: Path | str | None = None, *, verbose: bool = False) -> P
             exc.strerror or exc,
         )
         return None
-    file_handler.setLevel(logging.DEBUG)
+    file_handler.setLevel(level)
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     file_handler._saiverse_cli = True  # type: ignore[attr-defined]
     root.addHandler(file_handler)
@@ -331,6 +358,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     register_check,
     register_chat,
     register_fit,
+    register_fetch,
 ]
 
 
@@ -364,11 +392,18 @@ def _add_common_options(
         help=f"log file (default: $SAIVERSE_LOG_FILE or ./{DEFAULT_LOG_FILE})",
     )
     parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default_verbose,
+        help="write DEBUG lines (llama.cpp's own log included) to the log file; default INFO "
+        "(or $SAIVERSE_LOG_LEVEL)",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
         default=default_verbose,
-        help="print debug logs on stderr too",
+        help="print debug logs on stderr too (implies --debug)",
     )
 
 
@@ -379,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    setup_logging(args.log_file, verbose=args.verbose)
+    setup_logging(args.log_file, verbose=args.verbose, debug=args.debug)
     try:
         return func(args)
     except (ConfigError, ModelNotFoundError) as exc:

@@ -132,7 +132,8 @@ class LlamaCppClient:
     path, for error messages), ``chat_format`` (a llama-cpp-python format name; default the
     GGUF's own template), ``n_threads``, ``fallback_model`` (a config key, or None for
     Gemini 2.0 Flash) or ``fallback`` (a ready :class:`~saiverse_llm.fallback.Fallback`),
-    ``test_model`` (named in the "file not found" fix), ``parameters`` (defaults for
+    ``test_model`` and ``fetch_hint`` (the commands named in the "file not found" fix, e.g.
+    ``saiverse-llm fetch KEY``), ``parameters`` (defaults for
     temperature/top_p/max_tokens/...), ``context_cap`` (see :data:`DEFAULT_CONTEXT_CAP`),
     ``max_retries`` (retries of transient errors, default 1), ``pool`` (default the
     process-wide pool), ``config_dirs`` (where ``fallback_model`` is looked up),
@@ -160,6 +161,7 @@ class LlamaCppClient:
         fallback_model: str | None = None,
         fallback: Fallback | None = None,
         test_model: str | None = None,
+        fetch_hint: str | None = None,
         parameters: Mapping[str, Any] | None = None,
         context_cap: int | None = None,
         max_retries: int = 1,
@@ -199,6 +201,7 @@ class LlamaCppClient:
         self.n_threads = n_threads
         self.fallback_model = fallback_model
         self.test_model = test_model
+        self.fetch_hint = fetch_hint
         self.context_cap = context_cap if context_cap is not None else _context_cap_from_env()
         self.max_retries = max(0, int(max_retries))
         self.config_source = config_source
@@ -258,6 +261,7 @@ class LlamaCppClient:
             llama_kwargs=dict(self._llama_kwargs),
             config_source=self.config_source,
             test_model=self.test_model,
+            fetch_hint=self.fetch_hint,
             path_error=str(self._path_error) if self._path_error is not None else None,
         )
 
@@ -668,6 +672,7 @@ def get_llm_client(
         "n_threads": config.n_threads,
         "fallback_model": config.fallback_model,
         "test_model": config.test_model,
+        "fetch_hint": f"saiverse-llm fetch {config.key}" if config.model_source else None,
         "parameters": {
             "temperature": params.temperature,
             "top_p": params.top_p,

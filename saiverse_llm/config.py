@@ -16,8 +16,10 @@ key. The schema is the one the SAIVerse llama.cpp guide shows::
     }
 
 plus a few optional fields this client adds (``chat_format``, ``n_threads``,
-``fallback_model``, ``test_model``). ``parameters`` may also use SAIVerse's spec form
-(``{"temperature": {"default": 0.7, "min": 0, "max": 2}}``); both forms mean the same.
+``fallback_model``, ``test_model``, ``note``, and ``source``: where the GGUF comes from, see
+:class:`ModelSource`, used by ``saiverse-llm fetch``). ``parameters`` may also use
+SAIVerse's spec form (``{"temperature": {"default": 0.7, "min": 0, "max": 2}}``); both forms
+mean the same.
 
 Every problem raises :class:`ConfigError`, which names the file, the field, the bad value and
 the fix. Harmless oddities (unknown keys, ``model`` not matching the file name) are logged as
@@ -57,6 +59,8 @@ KNOWN_KEYS = frozenset(
         "chat_format",
         "n_threads",
         "test_model",
+        "note",
+        "source",
         "parameters",
     }
 )
@@ -144,6 +148,54 @@ class Parameters:
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    """One file of a model on the Hugging Face Hub: its path in the repo and its sha256
+    (``None`` when the config does not pin one; ``saiverse-llm fetch`` then checks the
+    Hub's own LFS sha256 and prints the value to pin)."""
+
+    filename: str
+    sha256: str | None = None
+
+    @property
+    def local_name(self) -> str:
+        """The file name on disk (a file in a repo folder keeps only its last component)."""
+        return self.filename.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's GGUF comes from: ``"source": {"repo_id", "filename", "revision",
+    "sha256"}`` in the config.
+
+    A model split into parts (``name-00001-of-00003.gguf`` ...) lists every part in
+    ``filename`` and, if known, their sha256 values in the same order; ``model_path`` then
+    names the first part and the others are put beside it under their own names (llama.cpp
+    loads the rest from the first).
+    """
+
+    repo_id: str
+    files: tuple[SourceFile, ...]
+    revision: str = "main"
+
+    @property
+    def pinned(self) -> bool:
+        """True when every file has a sha256 in the config."""
+        return all(f.sha256 for f in self.files)
+
+    def url(self, file: SourceFile) -> str:
+        return f"https://huggingface.co/{self.repo_id}/blob/{self.revision}/{file.filename}"
+
+    def to_dict(self) -> dict[str, Any]:
+        many = len(self.files) > 1
+        return {
+            "repo_id": self.repo_id,
+            "filename": [f.filename for f in self.files] if many else self.files[0].filename,
+            "revision": self.revision,
+            "sha256": [f.sha256 for f in self.files] if many else self.files[0].sha256,
+        }
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One validated model config. ``key`` is the file name without ``.json``."""
 
@@ -163,6 +215,16 @@ class ModelConfig:
     test_model: str | None = None
     parameters: Parameters = field(default_factory=Parameters)
     source: Path | None = None
+    note: str | None = None
+    model_source: ModelSource | None = None
+
+    def model_files(self) -> list[Path]:
+        """Every local file of the model: ``model_path``, plus the other parts of a split
+        model (beside it, under their own names)."""
+        if self.model_source is None or len(self.model_source.files) < 2:
+            return [self.model_path]
+        rest = [self.model_path.parent / f.local_name for f in self.model_source.files[1:]]
+        return [self.model_path, *rest]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (paths as strings), e.g. for ``saiverse-llm list --json``."""
@@ -187,6 +249,8 @@ class ModelConfig:
                 "max_tokens": self.parameters.max_tokens,
             },
             "source": str(self.source) if self.source is not None else None,
+            "note": self.note,
+            "model_source": self.model_source.to_dict() if self.model_source else None,
         }
 
 
@@ -441,6 +505,8 @@ def _parse(data: object, *, key: str, source: Path | None) -> ModelConfig:
         data, "n_threads", minimum=1, fix="use a positive thread count, or null for the default"
     )
     test_model = _optional_str(data, "test_model")
+    note = _optional_str(data, "note")
+    model_source = _model_source(data.get("source"), model_path, where)
     parameters = _parameters(data.get("parameters"), where)
     if context_length is not None and parameters.max_tokens > context_length:
         log.warning(
@@ -468,6 +534,8 @@ def _parse(data: object, *, key: str, source: Path | None) -> ModelConfig:
         test_model=test_model,
         parameters=parameters,
         source=source,
+        note=note,
+        model_source=model_source,
     )
 
 
@@ -537,6 +605,113 @@ def _optional_int(data: Mapping[str, Any], name: str, *, minimum: int, fix: str)
     if value < minimum:
         raise ConfigError(f"must be >= {minimum}", field=name, value=value, fix=fix)
     return value
+
+
+_SOURCE_EXAMPLE = (
+    '"source": {"repo_id": "owner/name", "filename": "model.Q4_K_M.gguf", '
+    '"revision": "<commit sha>", "sha256": "<64 hex digits>"}'
+)
+_SOURCE_KEYS = ("repo_id", "filename", "revision", "sha256")
+
+
+def _is_sha256(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 64
+        and all(c in "0123456789abcdef" for c in value.lower())
+    )
+
+
+def _model_source(raw: object, model_path: Path, where: str) -> ModelSource | None:
+    """Validate the optional ``source`` block (see :class:`ModelSource`)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"must be an object, not {_json_type(raw)}",
+            field="source",
+            value=raw,
+            fix=f"write {_SOURCE_EXAMPLE}, or remove it",
+        )
+    for name in raw:
+        if name not in _SOURCE_KEYS and not str(name).startswith("_"):
+            log.warning(
+                "%s: source.%s is ignored (known keys: %s)", where, name, ", ".join(_SOURCE_KEYS)
+            )
+    repo_id = raw.get("repo_id")
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(
+            "must be a Hugging Face repo id, owner/name",
+            field="source.repo_id",
+            value=repo_id,
+            fix='write e.g. "repo_id": "QuantFactory/Meta-Llama-3-8B-Instruct-GGUF"',
+        )
+    revision = raw.get("revision")
+    if revision is None:
+        log.warning(
+            '%s: source.revision is not set; the file is fetched from the branch "main", '
+            "whose content can change (pin a commit sha)",
+            where,
+        )
+        revision = "main"
+    elif not isinstance(revision, str) or not revision.strip():
+        raise ConfigError(
+            "must be a non-empty string (a commit sha, a branch or a tag)",
+            field="source.revision",
+            value=revision,
+            fix='pin the commit the sha256 belongs to, e.g. "revision": "26cfcd83..."',
+        )
+    names = raw.get("filename")
+    many = isinstance(names, list)
+    name_list = names if isinstance(names, list) else [names]
+    if not name_list or not all(
+        isinstance(n, str) and n.strip() and not n.startswith("/") and ".." not in n.split("/")
+        for n in name_list
+    ):
+        raise ConfigError(
+            "must be the file's path in the repo (a string), or a list of the parts of a "
+            "split model",
+            field="source.filename",
+            value=names,
+            fix='write e.g. "filename": "Meta-Llama-3-8B-Instruct.Q4_K_M.gguf"',
+        )
+    shas = raw.get("sha256")
+    if shas is None:
+        sha_list: list[object] = [None] * len(name_list)
+    elif isinstance(shas, list) == many and (
+        not many or (isinstance(shas, list) and len(shas) == len(name_list))
+    ):
+        sha_list = list(shas) if isinstance(shas, list) else [shas]
+    else:
+        raise ConfigError(
+            f"must match source.filename: {'a list of ' + str(len(name_list)) if many else 'one'}"
+            " sha256 value" + ("s (null for an unknown one)" if many else ""),
+            field="source.sha256",
+            value=shas,
+            fix="give one sha256 per file in the same order, or null when it is not known",
+        )
+    files: list[SourceFile] = []
+    for i, (name, sha) in enumerate(zip(name_list, sha_list, strict=True)):
+        if sha is not None and not _is_sha256(sha):
+            fld = f"source.sha256[{i}]" if many else "source.sha256"
+            raise ConfigError(
+                "must be 64 hexadecimal digits, or null when it is not known",
+                field=fld,
+                value=sha,
+                fix="copy the SHA256 the Hub shows under the file's 'Git LFS Details'",
+            )
+        assert isinstance(name, str)
+        digest = sha.lower() if isinstance(sha, str) else None
+        files.append(SourceFile(filename=name, sha256=digest))
+    if many and model_path.name != files[0].local_name:
+        raise ConfigError(
+            "for a split model, model_path must name the first part (llama.cpp finds the "
+            "other parts beside it by their names)",
+            field="model_path",
+            value=str(model_path),
+            fix=f"end model_path with /{files[0].local_name}",
+        )
+    return ModelSource(repo_id=repo_id, files=tuple(files), revision=revision)
 
 
 def _parameters(raw: object, where: str) -> Parameters:

@@ -91,8 +91,9 @@ class LoadSpec:
     """What to load and how: the resolved file, n_ctx inputs, offload, threads, template.
 
     ``path_raw`` is the config's unexpanded ``model_path`` (for error messages);
-    ``path_error`` is the reason the path could not be expanded, if any; ``test_model``
-    names the ``llama-harness models fetch`` target in the "file not found" fix."""
+    ``path_error`` is the reason the path could not be expanded, if any; ``fetch_hint``
+    (``saiverse-llm fetch KEY``) and ``test_model`` (the ``llama-harness models fetch``
+    target) are named in the "file not found" fix."""
 
     model_name: str
     path: Path
@@ -105,6 +106,7 @@ class LoadSpec:
     llama_kwargs: dict[str, Any] = field(default_factory=dict)
     config_source: Path | None = None
     test_model: str | None = None
+    fetch_hint: str | None = None
     path_error: str | None = None
 
     def key(self) -> ModelKey:
@@ -125,8 +127,11 @@ class LoadSpec:
 
     def _missing_error(self) -> ModelLoadError:
         where = f" in {self.config_source}" if self.config_source else ""
-        if self.test_model:
-            fix = f"run `llama-harness models fetch {self.test_model}`"
+        offline = f"llama-harness models fetch {self.test_model}" if self.test_model else None
+        if self.fetch_hint:
+            fix = f"run `{self.fetch_hint}`" + (f" (offline: `{offline}`)" if offline else "")
+        elif offline:
+            fix = f"run `{offline}`"
         else:
             fix = (
                 f"download the GGUF file to {self.path}, or fix model_path{where} "

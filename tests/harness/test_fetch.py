@@ -8,9 +8,11 @@ fallbacks, clear error), a bad file already in the Hub cache, a corrupt local co
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.download import hub_cache_dir
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 
@@ -33,6 +34,7 @@ from harness.test_models import (
     local_path,
     parse_manifest,
 )
+from saiverse_llm.download import hub_cache_dir
 
 REPO = "test-org/tiny-model"
 FILENAME = "model.gguf"
@@ -45,6 +47,7 @@ class FakeHub:
 
     files: dict[str, bytes] = field(default_factory=dict)
     mode: str = "ok"  # ok | wrong-bytes | interrupt
+    etag_of_good_bytes: bool = False  # with wrong-bytes: the ETag still names the good bytes
     interrupts_left: int = 0  # with mode "interrupt": how many GETs to cut (-1: all)
     requests: list[tuple[str, str]] = field(default_factory=list)
     url: str = ""
@@ -66,6 +69,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _resolve(self) -> bytes | None:
+            self.etag_source: bytes | None = None
             hub.requests.append((self.command, self.path))
             m = pattern.match(self.path.split("?", 1)[0])
             if not m or m["file"] not in hub.files or m["repo"] != REPO:
@@ -74,13 +78,16 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
+            if hub.etag_of_good_bytes:
+                self.etag_source = hub.files[m["file"]]
             return hub.body(m["file"])
 
         def _headers(self, data: bytes, status: int = 200, start: int = 0) -> None:
             self.send_response(status)
             self.send_header("X-Repo-Commit", COMMIT)
             # the Hub's ETag for an LFS file is its sha256
-            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            etag = hashlib.sha256(self.etag_source or data).hexdigest()
+            self.send_header("ETag", f'"{etag}"')
             self.send_header("Content-Length", str(len(data) - start))
             self.send_header("Accept-Ranges", "bytes")
             if status == 206:
@@ -404,3 +411,150 @@ def test_manifest_errors_name_the_field() -> None:
     for entry, message in cases:
         with pytest.raises(ManifestError, match=re.escape(message)):
             parse_manifest({"models": [entry]}, source="m.yaml")
+
+
+# --------------------------------------------------------------------------- saiverse-llm fetch
+
+
+def _config(folder: Path, key: str, model_path: Path, source: dict[str, Any] | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "model": key,
+        "provider": "llama_cpp",
+        "model_path": str(model_path),
+        "fallback_on_error": False,
+    }
+    if source is not None:
+        data["source"] = source
+    path = folder / f"{key}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _saiverse_llm(*args: str) -> int:
+    from saiverse_llm.cli import main
+
+    return main([*args, "--log-file", os.devnull])
+
+
+def test_saiverse_llm_fetch_puts_the_verified_file_at_model_path(
+    hub: FakeHub, payload: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub.files[FILENAME] = payload
+    sha = hashlib.sha256(payload).hexdigest()
+    target = tmp_path / "my-models" / "tiny.gguf"
+    source = {"repo_id": REPO, "filename": FILENAME, "revision": "main", "sha256": sha}
+    configs = tmp_path / "configs"
+    _config(configs, "tiny-hub", target, source)
+    assert _saiverse_llm("fetch", "tiny-hub", "--dir", str(configs), "--quiet") == 0
+    out = capsys.readouterr().out
+    assert target.read_bytes() == payload
+    assert f"{target}  sha256 {sha}  (sha256 matches the config)" in out
+    assert [p.name for p in target.parent.iterdir() if p.name.endswith(".part")] == []
+    # again: the verified copy stays, nothing is requested
+    before = len(hub.requests)
+    assert _saiverse_llm("fetch", "tiny-hub", "--dir", str(configs), "--quiet") == 0
+    assert "already there" in capsys.readouterr().out
+    assert len(hub.requests) == before
+
+
+def test_saiverse_llm_fetch_without_sha256_checks_the_hubs_lfs_sha256(
+    hub: FakeHub, payload: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub.files[FILENAME] = payload
+    sha = hashlib.sha256(payload).hexdigest()
+    target = tmp_path / "m" / "x.gguf"
+    configs = tmp_path / "configs"
+    _config(configs, "unpinned", target, {"repo_id": REPO, "filename": FILENAME})
+    assert _saiverse_llm("fetch", "unpinned", "--dir", str(configs), "--quiet") == 0
+    captured = capsys.readouterr()
+    assert "matches the Hub's LFS sha256; the config pins none" in captured.out
+    assert f'set source.sha256 in {configs / "unpinned.json"} to "{sha}"' in captured.err
+    # the Hub serving other bytes than its own LFS sha256 says is caught
+    target.unlink()
+    shutil.rmtree(hub_cache_dir())
+    hub.mode = "wrong-bytes"
+    hub.etag_of_good_bytes = True  # the ETag (LFS sha256) names bytes it does not send
+    assert _saiverse_llm("fetch", "unpinned", "--dir", str(configs), "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "(the Hub's LFS sha256)" in err and "saiverse-llm fetch unpinned" in err
+    assert not target.exists()
+
+
+def test_saiverse_llm_fetch_wrong_bytes_leave_nothing(
+    hub: FakeHub, payload: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub.files[FILENAME] = payload
+    hub.mode = "wrong-bytes"
+    target = tmp_path / "m" / "x.gguf"
+    configs = tmp_path / "configs"
+    source = {
+        "repo_id": REPO,
+        "filename": FILENAME,
+        "revision": "main",
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    _config(configs, "bad", target, source)
+    assert _saiverse_llm("fetch", "bad", "--dir", str(configs), "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad: ") and "rerun `saiverse-llm fetch bad`" in err
+    assert not target.exists() and blobs() == []
+
+
+def test_saiverse_llm_fetch_split_model(
+    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parts = {f"m-0000{i}-of-00002.gguf": random.Random(i).randbytes(50_000) for i in (1, 2)}
+    hub.files.update(parts)
+    target = tmp_path / "m" / "m-00001-of-00002.gguf"
+    configs = tmp_path / "configs"
+    source = {
+        "repo_id": REPO,
+        "filename": list(parts),
+        "revision": "main",
+        "sha256": [hashlib.sha256(b).hexdigest() for b in parts.values()],
+    }
+    _config(configs, "split", target, source)
+    assert _saiverse_llm("fetch", "split", "--dir", str(configs), "--quiet") == 0
+    for name, data in parts.items():
+        assert (target.parent / name).read_bytes() == data
+
+
+def test_saiverse_llm_fetch_without_source_says_what_to_add(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configs = tmp_path / "configs"
+    _config(configs, "nosource", tmp_path / "x.gguf", None)
+    assert _saiverse_llm("fetch", "nosource", "--dir", str(configs)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {configs / 'nosource.json'}: source: not set")
+    assert '"source": {"repo_id"' in err
+
+
+def test_missing_model_file_error_names_the_fetch_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configs = tmp_path / "configs"
+    source = {"repo_id": REPO, "filename": FILENAME, "revision": "main"}
+    _config(configs, "absent", tmp_path / "absent.gguf", source)
+    assert _saiverse_llm("check", "absent", "--dir", str(configs)) == 1
+    err = capsys.readouterr().err
+    assert "model file not found" in err and "run `saiverse-llm fetch absent`" in err
+
+
+def test_download_progress_lines_in_a_log(
+    hub: FakeHub,
+    payload: bytes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a terminal (a CI log): plain progress lines, not a live bar."""
+    monkeypatch.setenv("LLAMA_HARNESS_PROGRESS_INTERVAL", "0.000001")
+    hub.files[FILENAME] = payload
+    configs = tmp_path / "configs"
+    _config(configs, "p", tmp_path / "p.gguf", {"repo_id": REPO, "filename": FILENAME})
+    assert _saiverse_llm("fetch", "p", "--dir", str(configs)) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"download {FILENAME}: done, 300\.0 kB in 0:00:0\d", err), err
+    assert "\x1b[" not in err  # no terminal control codes in a log

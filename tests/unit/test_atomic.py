@@ -293,7 +293,7 @@ _ALLOWED = {
     ("harness/status_gate.py", "summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
     ("harness/commands/history.py", "open(summary, "): "appends to $GITHUB_STEP_SUMMARY",
     ("harness/test_models.py", "open(tmp, "): "fills the temporary file of atomic_output",
-    ("harness/download.py", "open(tmp, "): "fills the temporary file of temp_path_beside",
+    ("saiverse_llm/download.py", "open(tmp, "): "fills the temporary file of temp_path_beside",
     ("saiverse_llm/atomic.py", "open(tmp, "): "the helper itself",
     ("harness/agree_child.py", 'Path(args.out) / "meta.json").write_text('): "runs in a "
     "variant's bare venv without the project; writes into a fresh folder read after it exits",

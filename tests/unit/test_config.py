@@ -548,15 +548,18 @@ def test_shipped_configs_are_valid_without_warnings(
 
 
 def test_seed_example_shipped_verbatim() -> None:
+    """The seed's example, plus where its GGUF comes from (``source``)."""
     data = json.loads((PROJECT_MODELS / "llama-3-8b-instruct-q8.json").read_text("utf-8"))
-    assert {k: v for k, v in data.items() if not k.startswith("_")} == SEED_EXAMPLE
+    shipped = {k: v for k, v in data.items() if not k.startswith("_") and k != "source"}
+    assert shipped == SEED_EXAMPLE
 
 
 def test_embedded_default_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LLAMA_HARNESS_CACHE", str(tmp_path / "cache"))
     cfg = load_config_file(PROJECT_MODELS / "gemma-3-270m.json")
     assert cfg.model_path == tmp_path / "cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
-    assert cfg.chat_format == "gemma"
+    assert cfg.chat_format == "alpaca"  # a base model: see the config's _note
+    assert cfg.parameters.max_tokens <= 64 and cfg.note and "BASE model" in cfg.note
     assert cfg.test_model == "gemma-3-270m"
     assert cfg.fallback_on_error is False
     assert cfg.n_gpu_layers == -1
