@@ -272,7 +272,7 @@ def _sha12(path: Path) -> str:
 def variant_venv(variant: str, wheel: Path, *, say: Say | None = None) -> Path:
     """The interpreter of ``<cache>/venvs/<variant>-<wheel sha256[:12]>``: a venv holding
     exactly that wheel and its runtime dependencies (made once: temp folder, then rename)."""
-    from harness.sessions import RUNTIME_DEPS
+    from harness.install import RUNTIME_DEPS
 
     root = paths.cache_root() / "venvs"
     final = root / f"{variant}-{_sha12(wheel)}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,11 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import paths
+from harness.install import RUNTIME_DEPS, write_constraints
 from harness.variants import Registry, Variant, load_registry
 from saiverse_llm.atomic import (
     atomic_copy,
     atomic_write_json,
-    atomic_write_text,
     publish,
     temp_path_beside,
 )
@@ -40,7 +39,6 @@ from saiverse_llm.atomic import (
 if TYPE_CHECKING:  # nox is only needed by the noxfile that calls these helpers
     from nox import Session as NoxSession
 
-RUNTIME_DEPS = ("numpy>=1.20", "diskcache>=5.6.1", "jinja2>=2.11.3", "typing-extensions>=4.5")
 #: Worst first: the top-level status of status.json is the worst session status.
 SEVERITY = (
     "crashed-native",
@@ -229,42 +227,15 @@ def obtain_wheel(
 
 def cached_wheel(variant: str) -> Path | None:
     """The newest already-built wheel of ``variant`` (sha256 re-checked), or None: no build."""
-    from harness.bundle import BundleError, find_variant_wheel
+    from harness import wheel_cache
 
-    try:
-        return find_variant_wheel(variant)
-    except BundleError:
-        return None
+    entry = wheel_cache.newest(variant)
+    return entry.wheel if entry is not None else None
 
 
 def session_python(session: NoxSession) -> str:
     exe = "python.exe" if sys.platform == "win32" else "python"
     return str(Path(session.bin) / exe)
-
-
-def _configured_constraints() -> list[str]:
-    """Constraint files pip already applies (env or pip config), kept in ours."""
-    found = [c for c in os.environ.get("PIP_CONSTRAINT", "").split() if c]
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"],
-            capture_output=True, text=True, timeout=30, check=False,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    for line in out.splitlines():
-        name, _, value = line.partition("=")
-        if name.endswith(".constraint"):
-            found += value.strip().strip("'\"").split()
-    return list(dict.fromkeys(found))
-
-
-def write_constraints(venv: Path, wheel: Path) -> Path:
-    """``llama-cpp-python @ file://<wheel>`` so no later pip call can swap the build."""
-    path = venv / "llama-harness-constraints.txt"
-    lines = [f"llama-cpp-python @ {wheel.resolve().as_uri()}"]
-    lines += [f"-c {c}" for c in _configured_constraints() if Path(c).is_file()]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> Path:
@@ -273,7 +244,7 @@ def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> 
     from harness.wheel_cache import sha256_file
 
     venv = Path(session.bin).parent
-    constraints = write_constraints(venv, wheel)
+    constraints = write_constraints(venv, wheel, python=session_python(session))
     marker = venv / "llama-harness-wheel.json"
     digest = sha256_file(wheel)
     try:
