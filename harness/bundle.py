@@ -273,23 +273,15 @@ def _no_step(_: str) -> None:
 
 
 def find_variant_wheel(variant: str) -> Path:
-    """The newest cached wheel of ``variant`` (harness wheel cache, sha256 re-checked), else a
-    manual build under ``<cache>/wheels-manual/<variant>/``."""
-    with contextlib.suppress(ImportError, OSError):
-        from harness import wheel_cache  # engineer D's cache
+    """The newest cached wheel of ``variant`` (harness wheel cache, sha256 re-checked)."""
+    from harness import wheel_cache
 
-        mine = [e for e in wheel_cache.entries() if e.variant == variant and e.wheel.is_file()]
-        mine.sort(key=lambda e: str(e.record.get("stored_at", "")), reverse=True)
-        for entry in mine:
-            if sha256_of(entry.wheel) == entry.record.get("wheel_sha256"):
-                return entry.wheel
-    manual = sorted((paths.cache_root() / "wheels-manual" / variant).glob("llama_cpp_python-*.whl"))
-    if manual:
-        return manual[-1]
+    entry = wheel_cache.newest(variant)
+    if entry is not None:
+        return entry.wheel
     raise BundleError(
-        f"no built wheel for variant {variant!r} in {paths.wheels_dir()} or "
-        f"{paths.cache_root() / 'wheels-manual' / variant}; fix: `llama-harness build {variant}` "
-        f"(or `nox -s build-{variant}`), or pass --wheel PATH"
+        f"no built wheel for variant {variant!r} in the wheel cache {paths.wheels_dir()}; fix: "
+        f"`llama-harness build {variant}` (or `nox -s build-{variant}`), or pass --wheel PATH"
     )
 
 

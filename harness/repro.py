@@ -184,21 +184,15 @@ def load_cases(folder: Path = REPRO_DIR) -> list[Case]:
 
 
 def find_wheel(kind: str) -> Path | None:
-    """A built llama-cpp-python wheel of ``kind`` (cpu, cuda): env override, the harness's
-    wheel cache, then ``<cache>/wheels-manual/<kind>/``."""
+    """A built llama-cpp-python wheel of ``kind`` (cpu, cuda): ``LLAMA_HARNESS_<KIND>_WHEEL``,
+    else the newest one in the harness's wheel cache."""
+    from harness import wheel_cache
+
     override = os.environ.get(f"LLAMA_HARNESS_{kind.upper()}_WHEEL")
     if override:
         return Path(override) if Path(override).is_file() else None
-    try:
-        from harness import wheel_cache
-
-        for entry in wheel_cache.entries():
-            if entry.variant == kind and entry.wheel.is_file():
-                return entry.wheel
-    except Exception:  # a peer's module in flux must not break the replays
-        pass
-    found = sorted((paths.cache_root() / "wheels-manual" / kind).glob("llama_cpp_python-*.whl"))
-    return found[-1] if found else None
+    entry = wheel_cache.newest(kind)
+    return entry.wheel if entry is not None else None
 
 
 def _has_gpu() -> bool:
@@ -222,9 +216,8 @@ def missing_requirements(needs: Sequence[str]) -> list[str]:
         elif need in ("cpu-wheel", "cuda-wheel") and find_wheel(need.split("-")[0]) is None:
             kind = need.split("-")[0]
             reasons.append(
-                f"needs a built {kind} wheel (none in the wheel cache or "
-                f"{paths.cache_root() / 'wheels-manual' / kind}); fix: `nox -s build-{kind}` "
-                f"or set LLAMA_HARNESS_{kind.upper()}_WHEEL"
+                f"needs a built {kind} wheel (none in the wheel cache {paths.wheels_dir()}); "
+                f"fix: `llama-harness build {kind}` or set LLAMA_HARNESS_{kind.upper()}_WHEEL"
             )
         elif need == "cmake" and shutil.which("cmake") is None:
             reasons.append("needs cmake on PATH")

@@ -355,6 +355,19 @@ def entries(root: Path | None = None) -> list[CachedWheel]:
     return found
 
 
+def newest(variant: str, root: Path | None = None) -> CachedWheel | None:
+    """The most recently stored wheel of ``variant`` whose file still has the sha256 its
+    build.json records, or None. This does not check that the entry matches this machine's
+    build inputs (that is :func:`lookup`): it is for "any built wheel of this variant"
+    (bundles, replays, tests that need a real build)."""
+    mine = [e for e in entries(root) if e.variant == variant and e.wheel.is_file()]
+    mine.sort(key=lambda e: str(e.record.get("stored_at", "")), reverse=True)
+    for entry in mine:
+        if sha256_file(entry.wheel) == entry.record.get("wheel_sha256"):
+            return entry
+    return None
+
+
 # --------------------------------------------------------------------------- wheel contents
 
 _LIB_RE = re.compile(r"(?:^|/)lib(ggml-[a-z0-9]+|ggml|llama|mtmd)[^/]*\.(?:so|dylib|dll)")

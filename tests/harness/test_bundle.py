@@ -1,8 +1,8 @@
 """Offline bundles (harness/bundle.py): wheel slimming, manifest checksums, an install that
 works with no index and no network, and the client running from it.
 
-Needs a built llama-cpp-python wheel (the harness wheel cache or
-``<cache>/wheels-manual/<variant>/``); the tests that need one skip with the reason without.
+Needs a built llama-cpp-python wheel in the harness wheel cache (`llama-harness build cpu`);
+the tests that need one skip with the reason without.
 Making a bundle downloads the dependency wheels once (pip, PyPI).
 """
 
