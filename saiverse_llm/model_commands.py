@@ -20,6 +20,7 @@ from rich.table import Table
 
 from saiverse_llm import fit
 from saiverse_llm.client import GenerationError, LlamaCppClient, get_llm_client
+from saiverse_llm.config import ModelConfig
 from saiverse_llm.fallback import FallbackError
 from saiverse_llm.messages import MessageError
 from saiverse_llm.pool import ModelLoadError
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("saiverse_llm.cli")
 
 DEFAULT_CHECK_PROMPT = "Hello! Please introduce yourself in one sentence."
+#: ``chat`` stops here unless --max-tokens says otherwise (or the config asks for fewer): a
+#: demo answers in seconds, and a rambling model cannot print 2,048 tokens.
+CHAT_MAX_TOKENS = 256
 
 #: What a model command reports as "error: ..." with exit status 1.
 RUN_ERRORS = (ModelLoadError, FallbackError, GenerationError, ToolCallError, MessageError)
@@ -98,7 +102,13 @@ def register_chat(sub: Subparsers) -> None:
     _model_args(parser)
     parser.add_argument("prompt", metavar="PROMPT", help='the user message ("-" reads stdin)')
     parser.add_argument("--system", default=None, help="a system message")
-    parser.add_argument("--max-tokens", type=int, default=None, metavar="N")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"reply length limit (default: the config's max_tokens, at most {CHAT_MAX_TOKENS})",
+    )
     parser.add_argument("--temperature", type=float, default=None, metavar="T")
     parser.add_argument("--seed", type=int, default=None, metavar="N")
     parser.add_argument("--no-fallback", action="store_true", help="never use a fallback model")
@@ -115,7 +125,24 @@ def client_for(model: str, dirs: Sequence[Path] = (), **overrides: Any) -> Llama
     return get_llm_client(model, dirs=search_dirs(dirs), **overrides)
 
 
+def config_for(model: str, dirs: Sequence[Path] = ()) -> ModelConfig | None:
+    """The config of ``model`` when it is a config key (None for a ``.gguf`` path)."""
+    from saiverse_llm.cli import search_dirs
+    from saiverse_llm.registry import get_config
+
+    if model.endswith(".gguf") or Path(model).expanduser().is_file():
+        return None
+    return get_config(model, search_dirs(dirs))
+
+
+def print_note(config: ModelConfig | None) -> None:
+    """The config's one-line ``note`` (e.g. "a base model, here to test builds") on stderr."""
+    if config is not None and config.note:
+        print(f"note: {config.note}", file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    print_note(config_for(args.model, args.dirs))
     client = client_for(
         args.model,
         args.dirs,
@@ -253,12 +280,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"n_gpu_layers": args.n_gpu_layers, "n_threads": args.n_threads}
     if args.no_fallback:
         overrides["fallback_on_error"] = False
+    config = config_for(args.model, args.dirs)
+    print_note(config)
     client = client_for(args.model, args.dirs, **overrides)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": prompt})
+    max_tokens = args.max_tokens
+    if max_tokens is None:
+        configured = config.parameters.max_tokens if config is not None else CHAT_MAX_TOKENS
+        max_tokens = min(configured, CHAT_MAX_TOKENS)
     try:
         for chunk in client.generate_stream(
-            messages, temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed
+            messages, temperature=args.temperature, max_tokens=max_tokens, seed=args.seed
         ):
             sys.stdout.write(chunk)
             sys.stdout.flush()
@@ -275,6 +308,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             f"completion tokens{note}",
             file=sys.stderr,
         )
+        if usage.completion_tokens >= max_tokens and args.max_tokens is None:
+            print(
+                f"(stopped at {max_tokens} tokens; --max-tokens N allows longer replies)",
+                file=sys.stderr,
+            )
     detection = client.consume_tool_detection()
     if detection is not None:
         print(f"[tool call] {json.dumps(detection, ensure_ascii=False)}", file=sys.stderr)
