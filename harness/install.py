@@ -24,6 +24,7 @@ are kept: they are included from the new file with ``-c``.
 from __future__ import annotations
 
 import configparser
+import io
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from saiverse_llm.atomic import atomic_copy, atomic_output, atomic_write_json, atomic_write_text
+from saiverse_llm.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from saiverse_llm.download import sha256_file
 
 RUNTIME_DEPS = ("numpy>=1.20", "diskcache>=5.6.1", "jinja2>=2.11.3", "typing-extensions>=4.5")
@@ -126,10 +127,10 @@ def write_pip_conf(conf: Path, constraints: Path) -> Path:
     parser.set("global", "constraint", str(constraints))
     if parser.has_section("install") and parser.has_option("install", "constraint"):
         parser.set("install", "constraint", str(constraints))
-    with atomic_output(conf) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("# llama-harness install: pins llama-cpp-python to a verified build\n")
-        parser.write(fh)
-    return conf
+    text = io.StringIO()
+    text.write("# llama-harness install: pins llama-cpp-python to a verified build\n")
+    parser.write(text)
+    return atomic_write_text(conf, text.getvalue())
 
 
 # --------------------------------------------------------------------------- target

@@ -127,7 +127,6 @@ def client_for(model: str, dirs: Sequence[Path] = (), **overrides: Any) -> Llama
 
 def config_for(model: str, dirs: Sequence[Path] = ()) -> ModelConfig | None:
     """The config of ``model`` when it is a config key (None for a ``.gguf`` path)."""
-    from saiverse_llm.cli import search_dirs
     from saiverse_llm.registry import get_config
 
     if model.endswith(".gguf") or Path(model).expanduser().is_file():

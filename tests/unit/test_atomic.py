@@ -268,16 +268,16 @@ def test_model_cache_survives_an_interrupted_synthesis(
 def test_model_cache_stamp_survives_an_interrupted_write(
     tmp_path: Path, interrupt_flush: Callable[[], None]
 ) -> None:
-    from harness import test_models
+    from saiverse_llm import download
 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
-    test_models._mark_verified(model, "a" * 64)
-    stamp = test_models._stamp_path(model)
+    download.mark_verified(model, "a" * 64)
+    stamp = download._stamp_path(model)
     old = stamp.read_bytes()
     interrupt_flush()
     with pytest.raises(_Interrupted):
-        test_models._mark_verified(model, "b" * 64)
+        download.mark_verified(model, "b" * 64)
     _assert_kept(stamp, old)
 
 
