@@ -5,7 +5,13 @@ Environment (set by ``nox -s bench-<variant>``): LLAMA_HARNESS_VARIANT, LLAMA_HA
 offload; adds the ~1 GB "synth-1b" model), LLAMA_HARNESS_MODELS (default "tiny,gemma-3-270m"),
 LLAMA_HARNESS_BUILD_KEY or LLAMA_HARNESS_BUILD_JSON (the wheel's build.json),
 LLAMA_HARNESS_PEAK_BW_GBPS, LLAMA_HARNESS_BENCH_ROUNDS and the BenchSettings variables
-(LLAMA_HARNESS_N_THREADS, _N_BATCH, _N_PROMPT, _N_GEN).
+(LLAMA_HARNESS_N_THREADS, _N_BATCH, _N_PROMPT, _N_GEN); LLAMA_HARNESS_ISOLATE=1
+(``nox -s bench-<variant> -- --isolate``: own scheduler group, wait for a quiet machine before
+each test, at most LLAMA_HARNESS_ISOLATE_WAIT seconds, default 120).
+
+Every result records what else ran meanwhile (``load``: cores other work kept busy during
+the test, from /proc/stat, plus the load average; harness.machine_load); the report flags
+every row measured while other work competed for the benchmark's cores.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from benchlib import (
     weight_bytes_per_token,
 )
 
+from harness import machine_load
 from harness.llama_bench import BenchSettings
 from harness.report import runner_info
 
@@ -157,9 +164,39 @@ def settings() -> BenchSettings:
     return BenchSettings.from_env()
 
 
+def _isolate_wait() -> float | None:
+    """Seconds to wait for a quiet machine before each test (None: not isolating)."""
+    if os.environ.get("LLAMA_HARNESS_ISOLATE", "").strip() not in ("1", "true", "yes"):
+        return None
+    raw = os.environ.get("LLAMA_HARNESS_ISOLATE_WAIT", "").strip()
+    try:
+        return float(raw) if raw else 120.0
+    except ValueError:
+        pytest.fail(f"$LLAMA_HARNESS_ISOLATE_WAIT={raw!r} is not a number; fix: seconds, e.g. 60")
+
+
+@pytest.fixture(scope="session")
+def isolation() -> str | None:
+    """``--isolate``: this process gets its own scheduler group with a raised weight."""
+    return machine_load.isolate() if _isolate_wait() is not None else None
+
+
+@pytest.fixture(autouse=True)
+def load_probe(isolation: str | None, settings: BenchSettings) -> machine_load.LoadProbe:
+    """What else ran during this test (started after the wait for quiet, with --isolate)."""
+    wait = _isolate_wait()
+    if wait is not None:
+        machine_load.wait_for_quiet(wait, n_threads=settings.n_threads)
+    return machine_load.LoadProbe()
+
+
 @pytest.fixture
 def extra(
-    benchmark: Any, bench_env: BenchEnv, settings: BenchSettings
+    benchmark: Any,
+    bench_env: BenchEnv,
+    settings: BenchSettings,
+    load_probe: machine_load.LoadProbe,
+    isolation: str | None,
 ) -> Callable[..., dict[str, Any]]:
     """Fill ``benchmark.extra_info`` with the provenance every result carries."""
 
@@ -179,8 +216,10 @@ def extra(
             "n_batch": settings.n_batch,
             "n_ubatch": settings.n_ubatch,
             "flash_attn": settings.flash_attn,
-            # 1/5/15-min load average when the result was recorded: the report flags results
-            # taken while other work competed for the cores (load > n_threads + 1)
+            # other work during the test (cores kept busy, load average): the report flags
+            # results taken while it competed for the benchmark's cores
+            "load": load_probe.stop().to_dict(),
+            "isolation": isolation,
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "usable_cores": len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")

@@ -177,8 +177,14 @@ def run_models(
     n_gpu_layers: int = 0,
     b: NativeTools | None = None,
     say: Callable[[str], None] | None = None,
+    isolate_wait: float | None = None,
+    isolation: str | None = None,
 ) -> dict[str, Any]:
-    """Build (cached) and run llama-bench on every model; the llama-bench.json document."""
+    """Build (cached) and run llama-bench on every model; the llama-bench.json document.
+
+    Each run records ``load`` (other work while it ran, harness.machine_load); with
+    ``isolate_wait`` it first waits (at most that many seconds) for a quiet machine."""
+    from harness import machine_load
     from saiverse_llm.download import sha256_file
 
     b = b or build(variant, say=say)
@@ -187,6 +193,9 @@ def run_models(
         if say:
             args = command(b, path, s, n_gpu_layers=n_gpu_layers)[3:]
             say(f"llama-bench {variant} on {name}: {' '.join(args)}")
+        if isolate_wait is not None:
+            machine_load.wait_for_quiet(isolate_wait, n_threads=s.n_threads)
+        probe = machine_load.LoadProbe()
         records = run(b, path, s, n_gpu_layers=n_gpu_layers)
         runs.append(
             {
@@ -194,6 +203,8 @@ def run_models(
                 "model_path": str(path),
                 "model_sha256": sha256_file(path),
                 "model_size": path.stat().st_size,
+                "load": probe.stop().to_dict(),
+                "isolation": isolation,
                 "results": records,
             }
         )

@@ -189,6 +189,8 @@ class ResultSet:
     notes: list[str] = field(default_factory=list)
     baseline: str = BASELINE_VARIANT  # the variant ratios are taken against
     agreements: list[dict[str, Any]] = field(default_factory=list)  # agree-*.json contents
+    #: (variant, model) -> [(metric, why)] for figures measured while other work competed
+    busy: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
     def get(self, variant: str, model: str, metric: str) -> Measurement | None:
         for m in self.measurements:
@@ -257,6 +259,9 @@ def _settings_from_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
         "n_gpu_layers",
         "flash_attn",
         "loadavg",
+        "load",
+        "isolation",
+        "c_side_tps",
     )
     return {k: extra[k] for k in keys if k in extra}
 
@@ -443,6 +448,8 @@ def parse_llama_bench_json(data: Any, *, path: Path, variant: str | None = None)
                         "flash_attn": rec.get("flash_attn"),
                         "build_commit": rec.get("build_commit"),
                         "backends": rec.get("backends"),
+                        "load": run.get("load"),
+                        "isolation": run.get("isolation"),
                     },
                 )
             )
@@ -568,8 +575,84 @@ def _ratio_stddev(a: Measurement, b: Measurement, ratio: float) -> float:
     return abs(ratio) * math.sqrt(ca * ca + cb * cb)
 
 
+ISOLATE_HINT = (
+    "rerun on an idle machine (`nox -s bench-{v}` with nothing else running), or with "
+    "`nox -s bench-{v} -- --isolate` (own scheduler group, waits for quiet; still flagged "
+    "when the machine stays busy)"
+)
+
+
+def flag_busy(rs: ResultSet) -> None:
+    """Every figure measured while other work competed for the benchmark's cores, per table
+    row (variant, model), with why; one note per row saying what to do."""
+    from harness.machine_load import busy_reason
+
+    for m in rs.measurements:
+        if m.source == "derived":
+            continue
+        load = m.settings.get("load") or m.settings.get("loadavg")
+        threads = m.settings.get("n_threads")
+        why = busy_reason(load, threads if isinstance(threads, int) else None)
+        if why is not None:
+            rs.busy.setdefault((m.variant, m.model), []).append((m.metric, why))
+    for (var, model), items in sorted(rs.busy.items()):
+        metrics = ", ".join(_header(metric) for metric, _ in items)
+        worst = max(items, key=lambda it: _busy_cores(it[1]))[1]
+        rs.notes.append(
+            f"{var}/{model}: measured under load ({metrics}): {worst}. Threads that must wait "
+            "for each other at every step lose far more than their share, so these figures "
+            "and the parity ratios from them are not the build's speed; "
+            + ISOLATE_HINT.format(v=var)
+        )
+
+
+def _busy_cores(why: str) -> float:
+    m = re.search(r"kept ([0-9.]+) of", why) or re.search(r"average was ([0-9.]+)", why)
+    return float(m.group(1)) if m else 0.0
+
+
+def row_busy(rs: ResultSet, variant: str, model: str, metrics: Sequence[str] = ()) -> bool:
+    """Was any figure of this row (or of ``metrics`` only) measured under load?"""
+    items = rs.busy.get((variant, model), [])
+    return any(not metrics or metric in metrics for metric, _ in items)
+
+
+def parity_diagnosis(rs: ResultSet, ours: Measurement, lb: Measurement, ratio: float) -> str:
+    """Why parity is below the goal: Python's per-token cost (wall time vs llama.cpp's own
+    timer inside the harness), or llama.cpp itself running slower there (same code and
+    settings, so the machine differed: load, thread placement, frequency)."""
+    test = lb.metric[3:]
+    text = (
+        f"{lb.variant}/{lb.model} {test}: parity {ratio:.3f} is below the {PARITY_GOAL} goal "
+        f"(harness {ours.value:.1f} t/s vs llama-bench {lb.value:.1f} t/s)"
+    )
+    c_side = ours.settings.get("c_side_tps")
+    if isinstance(c_side, int | float) and c_side > 0:
+        c_ratio = c_side / lb.value
+        per_token_ms = 1000.0 / ours.value - 1000.0 / c_side  # wall minus llama.cpp's timer
+        n = int(test[2:]) if re.fullmatch(r"pp\d+", test) else 1  # tokens per timed call
+        cost = f"{per_token_ms * n:.2f} ms " + ("per token" if n == 1 else f"per {n} tokens")
+        if c_ratio >= PARITY_GOAL:
+            text += (
+                f". llama.cpp's own timer inside the harness gave {c_side:.1f} t/s "
+                f"({c_ratio:.3f} of llama-bench): the gap is Python's cost, {cost}"
+            )
+        else:
+            text += (
+                f". llama.cpp's own timer inside the harness gave {c_side:.1f} t/s too "
+                f"({c_ratio:.3f} of llama-bench; Python adds {max(0.0, per_token_ms):.2f} ms per "
+                "token): the time is lost inside llama.cpp, which runs the same code with the "
+                "same settings, so the machine differed between the two runs (other work, "
+                "thread placement, clock)"
+            )
+    if row_busy(rs, lb.variant, lb.model, (test, lb.metric)):
+        text += "; this row was measured under load (see below)"
+    return text
+
+
 def add_derived(rs: ResultSet) -> None:
     """Parity (harness / llama-bench) and client overhead (client / raw - 1), in place."""
+    flag_busy(rs)
     have = {(m.variant, m.model, m.metric) for m in rs.measurements}
     new: list[Measurement] = []
     for m in list(rs.measurements):
@@ -609,10 +692,7 @@ def add_derived(rs: ResultSet) -> None:
             )
         )
         if test.startswith(("pp", "tg")) and ratio < PARITY_GOAL:
-            rs.notes.append(
-                f"{m.variant}/{m.model} {test}: parity {ratio:.3f} is below the {PARITY_GOAL} goal "
-                f"(harness {ours.value:.1f} t/s vs llama-bench {m.value:.1f} t/s)"
-            )
+            rs.notes.append(parity_diagnosis(rs, ours, m, ratio))
     for name, info in rs.variants.items():
         lb = info.provenance.get("llama_bench")
         wheel = info.provenance.get("build_key")
@@ -621,22 +701,6 @@ def add_derived(rs: ResultSet) -> None:
                 f"{name}: llama-bench was built for wheel key {str(lb['wheel_key'])[:12]} but the "
                 f"benchmarks ran wheel {str(wheel)[:12]}: parity compares different builds; fix: "
                 f"rerun `llama-harness llama-bench --variant {name}`"
-            )
-    for m in rs.measurements:
-        load = m.settings.get("loadavg")
-        threads = m.settings.get("n_threads")
-        busy = (
-            isinstance(load, list)
-            and bool(load)
-            and isinstance(threads, int)
-            and float(load[0]) > threads + 1
-        )
-        if busy:
-            assert isinstance(load, list)
-            rs.notes.append(
-                f"{m.variant}/{m.model} {m.metric}: the 1-min load average was "
-                f"{float(load[0]):.1f} with {threads} benchmark threads: other work shared "
-                "the cores, expect a wider spread; rerun on an idle machine"
             )
     hosts: dict[str, list[str]] = {}
     for name, i in sorted(rs.variants.items()):
@@ -938,6 +1002,8 @@ def render_markdown(
                 label += " (software device)"
             if all(c == "—" for c in cells) and ok:
                 continue
+            if row_busy(rs, var, model):
+                label += " ⚠ under load"
             lines.append(f"| {_md(label)} | " + " | ".join(cells) + " |")
         lines.append("")
     parity = [m for m in rs.measurements if m.metric.startswith("parity_")]
@@ -945,19 +1011,35 @@ def render_markdown(
         lines += [
             "## Parity with llama-bench",
             "",
-            "| variant | model | test | harness t/s | llama-bench t/s | ratio |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| variant | model | test | harness t/s | llama-bench t/s | ratio | measured |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for m in sorted(parity, key=lambda x: (x.variant, x.model, _order_key(x.metric))):
             test = m.metric[len("parity_") :]
             ours = rs.get(m.variant, m.model, test)
             lb = rs.get(m.variant, m.model, f"lb_{test}")
             flag = "" if m.value >= PARITY_GOAL else " ⚠"
+            busy = [
+                side
+                for side, metric in (("harness", test), ("llama-bench", f"lb_{test}"))
+                if row_busy(rs, m.variant, m.model, (metric,))
+            ]
+            recorded = all(
+                x is not None and (x.settings.get("load") or x.settings.get("loadavg"))
+                for x in (ours, lb)
+            )
+            when = (
+                f"⚠ under load ({', '.join(busy)})"
+                if busy
+                else "quiet"
+                if recorded
+                else "load not recorded"
+            )
             lines.append(
                 f"| {m.variant} | {m.model} | {test} | "
                 f"{format_cell(ours, None) if ours else '—'} | "
                 f"{format_cell(lb, None) if lb else '—'} | "
-                f"{m.value:.3f}{flag} |"
+                f"{m.value:.3f}{flag} | {when} |"
             )
         lines.append("")
     if rs.agreements:
@@ -1050,7 +1132,15 @@ def _model_settings(rs: ResultSet, model: str) -> str:
         if m.model != model or m.source != "pytest-benchmark":
             continue
         for k, v in m.settings.items():
-            if k not in ("n_prompt", "n_gen", "n_ctx", "loadavg"):  # shown elsewhere
+            if k not in (
+                "n_prompt",
+                "n_gen",
+                "n_ctx",
+                "loadavg",
+                "load",
+                "isolation",
+                "c_side_tps",
+            ):
                 seen.setdefault(k, set()).add(str(v))
     info = rs.variants
     sha = next(

@@ -108,12 +108,14 @@ class SessionOptions:
     wheel_out: Path | None = None
     container: bool = False
     force: bool = False
+    isolate: bool = False
     rest: list[str] = field(default_factory=list)
 
 
 def parse_posargs(posargs: Iterable[str]) -> SessionOptions:
-    """``--wheel PATH``, ``--wheel-out DIR``, ``--container``, ``--force``; the rest is for
-    pytest."""
+    """``--wheel PATH``, ``--wheel-out DIR``, ``--container``, ``--force``, ``--isolate``
+    (bench: own scheduler group, wait for a quiet machine, harness.machine_load); the rest is
+    for pytest."""
     opts = SessionOptions()
     items = list(posargs)
     i = 0
@@ -137,6 +139,8 @@ def parse_posargs(posargs: Iterable[str]) -> SessionOptions:
             opts.container = True
         elif arg == "--force":
             opts.force = True
+        elif arg == "--isolate":
+            opts.isolate = True
         else:
             opts.rest.append(arg)
         i += 1
@@ -465,6 +469,8 @@ def run_bench_session(session: NoxSession, variant: Variant) -> None:
     ready = _prepare_and_check(session, variant, name, opts)
     out = paths.reports_dir() / variant.name / "bench.json"
     env = client_env(variant, ready.key, ready.wheel)
+    if opts.isolate:
+        env["LLAMA_HARNESS_ISOLATE"] = "1"
     # pytest-benchmark writes its JSON in place: give it a temporary file beside bench.json
     # and publish that only when it is a complete JSON document.
     tmp = temp_path_beside(out)

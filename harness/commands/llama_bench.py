@@ -37,6 +37,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--build-only", action="store_true", help="build (or find) it, do not run")
     p.add_argument("--force", action="store_true", help="rebuild even when cached")
     p.add_argument(
+        "--isolate",
+        action="store_true",
+        default=os.environ.get("LLAMA_HARNESS_ISOLATE", "") in ("1", "true", "yes"),
+        help="own scheduler group with raised weight, and wait (at most "
+        "$LLAMA_HARNESS_ISOLATE_WAIT s, default 120) for a quiet machine before each model "
+        "(default: $LLAMA_HARNESS_ISOLATE)",
+    )
+    p.add_argument(
         "-o",
         "--output",
         type=Path,
@@ -79,9 +87,17 @@ def run(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
         models = {n: ensure_model(n, progress=True, offline=True) for n in names}
         ngl = _gpu_layers(args.variant, args.n_gpu_layers)
+        isolation, wait = None, None
+        if args.isolate:
+            from harness import machine_load
+
+            isolation = machine_load.isolate()
+            wait = float(os.environ.get("LLAMA_HARNESS_ISOLATE_WAIT", "") or 120)
+            console.print(f"isolate: {isolation}; waiting up to {wait:.0f} s for quiet per model")
         doc = llama_bench.run_models(
-            args.variant, models, settings, n_gpu_layers=ngl, b=b, say=console.print
-        )
+            args.variant, models, settings, n_gpu_layers=ngl, b=b, say=console.print,
+            isolate_wait=wait, isolation=isolation,
+        )  # fmt: skip
     except (llama_bench.LlamaBenchError, ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 1

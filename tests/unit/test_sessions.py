@@ -17,6 +17,9 @@ def test_parse_posargs_splits_harness_options_from_pytest_args(tmp_path: Path) -
     assert opts.rest == ["-k", "chat", "-x"]
     opts = sessions.parse_posargs([f"--wheel-out={tmp_path}", "--force"])
     assert opts.wheel_out == tmp_path.resolve() and opts.force and opts.wheel is None
+    assert not opts.isolate
+    opts = sessions.parse_posargs(["--isolate", "-k", "tg"])
+    assert opts.isolate and opts.rest == ["-k", "tg"]
     with pytest.raises(ValueError, match="--wheel needs a path"):
         sessions.parse_posargs(["--wheel"])
 
