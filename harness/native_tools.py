@@ -322,7 +322,9 @@ def ensure(
     if wheel_cache.lookup(plan.inputs).hit is None:
         tell(f"{v.name}: the tools are built from the wheel's tree; building the wheel first")
         build.build_wheel(v, say=tell)
-    with build.build_lock(v.name, say=tell):
+    # the key's lock (the wheel's cache folder, where the tools go), then the tree's: the
+    # order harness.build takes them in
+    with wheel_cache.holding(plan.key, say=tell), build.build_lock(v.name, say=tell):
         found = None if force else cached(plan.key, wanted)
         if found is not None:
             return found
