@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Measure the times README.md states: a cold `nox` (empty harness cache, empty ccache, fresh
+# nox venvs) and then a warm one, session by session, with the machine's load.
+#
+#   scripts/time-nox.sh [OUT_DIR]        default OUT_DIR: /tmp/llama-harness-timing
+#
+# Run it from an activated project venv on an IDLE machine (the figures are wall-clock);
+# the load average before and after each session is printed next to its time. The cold run
+# downloads the pinned sdist from PyPI like a first run does. Everything it writes stays in
+# OUT_DIR (delete it afterwards); the real cache (~/.cache/llama-harness) is not touched.
+# TIME_NOX_SESSIONS="lint build-cpu" limits it to some sessions (default: plain `nox`'s).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=${1:-/tmp/llama-harness-timing}
+rm -rf "$out"
+mkdir -p "$out"
+export LLAMA_HARNESS_CACHE="$out/cache" CCACHE_DIR="$out/ccache" LLAMA_HARNESS_REPORTS="$out/reports"
+sessions=${TIME_NOX_SESSIONS:-$(python -c 'from harness import sessions; print(" ".join(sessions.default_sessions()))')}
+load() { cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?"; }
+summary="$out/times.md"
+{
+    echo "machine: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; ccache: $(command -v ccache || echo none)"
+    echo
+    echo "| run | session | seconds | load before | load after |"
+    echo "| --- | --- | --- | --- | --- |"
+} > "$summary"
+for run in cold warm; do
+    total=0
+    for s in $sessions; do
+        before=$(load)
+        start=$(date +%s)
+        rc=0
+        nox --envdir "$out/nox" -s "$s" > "$out/$run-$s.log" 2>&1 || rc=$?
+        took=$(( $(date +%s) - start ))
+        total=$(( total + took ))
+        note=""
+        [ "$rc" -eq 0 ] || note=" (exit $rc, see $out/$run-$s.log)"
+        echo "| $run | $s$note | $took | $before | $(load) |" >> "$summary"
+        echo "$run $s: ${took} s$note"
+    done
+    echo "| $run | **total** | $total | | |" >> "$summary"
+done
+# ninja steps that compile a source file: "[N/M] ... -c file.cpp" (pip -v) or "Building C..."
+compiles=$(cat "$out"/cache/logs/*.log 2>/dev/null \
+    | grep -Ec '^\s*\[[0-9]+/[0-9]+\] (.* -c |Building C)' || true)
+echo >> "$summary"
+echo "C/C++ objects compiled in all build logs (wheel + native tools): $compiles" >> "$summary"
+cat "$summary"
