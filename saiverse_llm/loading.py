@@ -11,6 +11,7 @@ picks n_ctx (the config's ``context_length``, else the GGUF's trained context ca
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -242,7 +243,9 @@ class LoadSpec:
             why = (
                 "this llama_cpp build has no GPU offload (llama_supports_gpu_offload() is "
                 "False: a CPU-only build, or no usable GPU/driver). Fix: install a GPU build "
-                '(CMAKE_ARGS="-DGGML_CUDA=on"), see `llama-harness doctor`'
+                f"into this Python (`llama-harness install cuda --python {sys.executable}`, "
+                "or metal/vulkan), or set n_gpu_layers 0 to run on the CPU on purpose; "
+                "`llama-harness doctor` says why"
                 if not report["gpu_offload_supported"]
                 else "no GPU device was used"
             )

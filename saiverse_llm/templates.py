@@ -93,6 +93,11 @@ class PromptInfo:
     stopping_criteria: Any = None
 
 
+#: Turn markers that end a reply in formats whose llama-cpp-python formatter names no stop:
+#: without them a model (a base model above all) writes the next "### Instruction:" itself.
+FORMAT_STOPS: dict[str, list[str]] = {"alpaca": ["\n### "]}
+
+
 def render_prompt(
     llm: Any,
     template: ChatTemplate,
@@ -126,6 +131,7 @@ def render_prompt(
     )
     stop = result.stop
     stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    stops += FORMAT_STOPS.get(template.name, [])
     return PromptInfo(
         text=text,
         tokens=tokens,

@@ -51,6 +51,7 @@ class FakeHub:
     interrupts_left: int = 0  # with mode "interrupt": how many GETs to cut (-1: all)
     requests: list[tuple[str, str]] = field(default_factory=list)
     url: str = ""
+    repo: str = REPO
 
     def body(self, name: str) -> bytes:
         data = self.files[name]
@@ -72,7 +73,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.etag_source: bytes | None = None
             hub.requests.append((self.command, self.path))
             m = pattern.match(self.path.split("?", 1)[0])
-            if not m or m["file"] not in hub.files or m["repo"] != REPO:
+            if not m or m["file"] not in hub.files or m["repo"] != hub.repo:
                 self.send_response(404)
                 self.send_header("X-Error-Code", "EntryNotFound")
                 self.send_header("Content-Length", "0")

@@ -1,0 +1,64 @@
+"""``saiverse-llm chat`` and ``check`` as demos: short by default, honest about the model, and
+``check`` says how many threads it ran with (a real build, the tiny model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from saiverse_llm.cli import main
+from saiverse_llm.model_commands import CHAT_MAX_TOKENS
+
+
+def _config(folder: Path, key: str, model: Path, **extra: object) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "model": key,
+        "provider": "llama_cpp",
+        "model_path": str(model),
+        "n_gpu_layers": 0,
+        "fallback_on_error": False,
+        **extra,
+    }
+    (folder / f"{key}.json").write_text(json.dumps(data))
+
+
+def _run(*args: str) -> int:
+    return main([*args, "--log-file", os.devnull])
+
+
+def test_chat_stops_at_a_short_default_and_says_so(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], ours_only: None
+) -> None:
+    """A config asking for 2,048 tokens (the seed's default) still gives a short demo reply."""
+    configs = tmp_path / "configs"
+    _config(configs, "noisy", tiny, parameters={"max_tokens": 2048}, chat_format="chatml")
+    assert _run("chat", "noisy", "hello", "--dir", str(configs), "--seed", "1") == 0
+    err = capsys.readouterr().err
+    completion = int(re.search(r"\+ (\d+) completion tokens", err).group(1))  # type: ignore[union-attr]
+    assert 0 < completion <= CHAT_MAX_TOKENS
+    if completion == CHAT_MAX_TOKENS:
+        assert f"(stopped at {CHAT_MAX_TOKENS} tokens; --max-tokens N" in err
+    # --max-tokens still wins
+    assert _run("chat", "noisy", "hello", "--dir", str(configs), "--max-tokens", "3") == 0
+    assert "+ 3 completion tokens" in capsys.readouterr().err
+
+
+def test_chat_and_check_print_the_configs_note(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], ours_only: None
+) -> None:
+    configs = tmp_path / "configs"
+    note = "a random-weight model, here to test builds"
+    _config(configs, "noted", tiny, note=note, parameters={"max_tokens": 8})
+    assert _run("chat", "noted", "hello", "--dir", str(configs)) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: {note}\n")
+    assert re.search(r"\+ [1-8] completion tokens", err)
+    assert _run("check", "noted", "--dir", str(configs), "--tokens", "4") == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"note: {note}\n")
+    assert re.search(r"n_threads\s*\S*\s*\d+", captured.out), captured.out
