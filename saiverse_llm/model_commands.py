@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
 
 from saiverse_llm import fit
@@ -25,7 +24,7 @@ from saiverse_llm.fallback import FallbackError
 from saiverse_llm.messages import MessageError
 from saiverse_llm.pool import ModelLoadError
 from saiverse_llm.registry import search_dirs
-from saiverse_llm.tables import print_table
+from saiverse_llm.tables import message_console, print_table
 from saiverse_llm.tools import ToolCallError
 
 if TYPE_CHECKING:
@@ -149,7 +148,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         n_gpu_layers=args.n_gpu_layers,
         n_threads=args.n_threads,
     )
-    console = Console(stderr=True)
+    console = message_console(err=True)
     try:
         with console.status(f"loading {client.model_name} ({client.model_path}) ..."):
             report = client.load_report()

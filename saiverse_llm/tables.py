@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import IO
+from typing import IO, Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+
+def message_console(*, err: bool = False, **options: Any) -> Console:
+    """The console for messages (not tables): rich markup and colour in a terminal, but long
+    lines are never wrapped at 80 columns, so a path in a log stays one piece."""
+    return Console(stderr=err, soft_wrap=True, **options)
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:

@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from harness import bundle
+from saiverse_llm.tables import message_console
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
 
@@ -110,7 +109,7 @@ def register(subparsers: Any) -> None:
 
 
 def _make(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = message_console(err=True)
     if not args.variant or not args.output:
         console.print("bundle: --variant and -o FILE are required (or use `bundle run FILE`)")
         return 2
@@ -187,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return bundle.run_bundle(spec)
     except bundle.BundleError as exc:
-        Console(stderr=True).print(f"[red]bundle run failed:[/red] {exc}")
+        message_console(err=True).print(f"[red]bundle run failed:[/red] {exc}")
         return 1
 
 
@@ -195,9 +194,9 @@ def _slim(args: argparse.Namespace) -> int:
     try:
         result = bundle.slim_wheel(args.wheel, args.output_dir)
     except bundle.BundleError as exc:
-        Console(stderr=True).print(f"[red]slim failed:[/red] {exc}")
+        message_console(err=True).print(f"[red]slim failed:[/red] {exc}")
         return 1
-    Console(stderr=True).print(
+    message_console(err=True).print(
         f"{bundle.human_size(result.original_size)} -> {bundle.human_size(result.size)}; "
         f"libraries kept: {', '.join(result.kept_libs)}"
     )

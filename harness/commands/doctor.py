@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from harness import paths
 from harness.doctor import DoctorOptions, render_json, render_markdown, render_text, run_doctor
 from saiverse_llm.atomic import atomic_write_text
+from saiverse_llm.tables import message_console
 
 
 def variant_python(variant: str) -> Path:
@@ -47,7 +46,7 @@ def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    err = Console(stderr=True)
+    err = message_console(err=True)
     try:
         if args.variant:
             python = str(variant_python(args.variant))

@@ -7,6 +7,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from saiverse_llm.tables import message_console
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -67,11 +69,9 @@ def _gpu_layers(variant: str, given: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from harness import llama_bench
 
-    console = Console(stderr=True)
+    console = message_console(err=True)
     try:
         settings = llama_bench.BenchSettings.from_env()
         if args.threads is not None:

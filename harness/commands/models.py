@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from saiverse_llm.tables import message_console
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -95,7 +97,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -105,7 +106,7 @@ def run_list(args: argparse.Namespace) -> int:
     try:
         models = load_manifest(args.manifest)
     except ManifestError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        message_console(err=True).print(f"[red]error:[/] {exc}")
         return 1
     table = Table(title="test models")
     for col in ("name", "file", "size", "license", "chat format", "sources", "local"):
@@ -126,11 +127,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from harness.test_models import ManifestError, ModelFetchError, ensure_model
 
-    err = Console(stderr=True, highlight=False)
+    err = message_console(err=True, highlight=False)
     status = 0
     for name in args.names:
         try:
@@ -150,11 +150,10 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from harness.test_models import ManifestError, ModelFetchError, local_path
 
-    err = Console(stderr=True, highlight=False)
+    err = message_console(err=True, highlight=False)
     try:
         path = local_path(args.name, args.manifest)
     except (ManifestError, ModelFetchError) as exc:
@@ -170,12 +169,11 @@ def run_path(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from harness.synth import SynthError, resolve_spec, synthesize
     from saiverse_llm.download import progress_bars, sha256_file
 
-    err = Console(stderr=True, highlight=False)
+    err = message_console(err=True, highlight=False)
     shape = {
         "n_embd": args.n_embd,
         "n_layer": args.n_layer,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from harness import paths
+from saiverse_llm.tables import message_console
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.report import ReportError, write_report
     from saiverse_llm.tables import is_terminal
 
-    console = Console(stderr=True)
+    console = message_console(err=True)
     reports: Path = args.reports or paths.reports_dir()
     out: Path = args.output or reports / "report"
     if args.threshold < 0:

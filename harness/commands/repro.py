@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from harness import repro
 from harness.redact import redact_text
+from saiverse_llm.tables import message_console
 
 
 def run(args: argparse.Namespace) -> int:
-    err = Console(stderr=True, highlight=False)
+    err = message_console(err=True, highlight=False)
     try:
         if args.all:
             cases = repro.load_cases(args.dir)

@@ -65,3 +65,15 @@ def test_report_in_a_log_is_the_markdown_itself(
     assert out.strip() == (out_dir / "report.md").read_text().strip()
     assert "| variant | pp512 t/s | tg128 t/s |" in out
     assert "![throughput](charts/throughput.png)" in out and "🌆" not in out
+
+
+def test_messages_in_a_log_are_not_wrapped_at_80_columns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from saiverse_llm.tables import message_console
+
+    message_console(err=True).print(
+        f"llama-bench: {LONG_PATH}/tools/bin/llama-bench (key 921936e3)"
+    )
+    err = capsys.readouterr().err
+    assert err == f"llama-bench: {LONG_PATH}/tools/bin/llama-bench (key 921936e3)\n"
