@@ -30,11 +30,12 @@ from typing import Any
 
 import yaml
 
-from harness import buildinfo
+from harness import build_log, buildinfo, legacy_flags
 from harness.buildinfo import BuildInfo, BuildInfoError
 from harness.redact import redact_obj, redact_text
 
 CAUSES_FILE = Path(__file__).with_name("causes.yaml")
+STEP_NAMES = build_log.STEP_LABELS
 DEFAULT_VERSION = "0.3.36"
 SEVERITIES = ("error", "warning", "info")
 OPS = (
@@ -122,10 +123,7 @@ class Cause:
     source: tuple[str, ...]
     fix_runtime: Mapping[str, Any] = field(default_factory=dict)
     replay: str | None = None
-
-    @property
-    def generic(self) -> bool:
-        return self.id == "cpu-only-build"
+    generic: bool = False  # a catch-all ("CPU-only build"): listed after the specific causes
 
 
 def _check_node(node: Any, where: str, file: Path) -> None:
@@ -200,6 +198,9 @@ def parse_causes(data: Any, file: Path = CAUSES_FILE) -> list[Cause]:
         fix_runtime = raw.get("fix_runtime", {})
         if not isinstance(fix_runtime, dict):
             raise CatalogueError(file, f"{where}.fix_runtime", fix_runtime, "use a mapping")
+        generic = raw.get("generic", False)
+        if not isinstance(generic, bool):
+            raise CatalogueError(file, f"{where}.generic", generic, "use true or false")
         out.append(
             Cause(
                 id=cid,
@@ -211,6 +212,7 @@ def parse_causes(data: Any, file: Path = CAUSES_FILE) -> list[Cause]:
                 source=tuple(source),
                 fix_runtime=dict(fix_runtime),
                 replay=raw.get("replay"),
+                generic=generic,
             )
         )
     return out
@@ -524,6 +526,46 @@ def cuda_facts(info: BuildInfo | None, nvidia: Mapping[str, Any], run: Runner = 
     return facts
 
 
+def _libcuda_paths(run: Runner) -> list[str]:
+    """Where the loader finds libcuda.so.1 (``ldconfig -p`` order), empty when nowhere."""
+    if sys.platform != "linux" or shutil.which("ldconfig") is None:
+        return []
+    out = run(["ldconfig", "-p"])
+    if out is None or out.returncode != 0:
+        return []
+    return re.findall(r"^\s*libcuda\.so\.1 \([^)]*\) => (\S+)", out.stdout, re.M)
+
+
+def gpu_presence_facts(
+    host: Mapping[str, Any], nvidia: Mapping[str, Any], run: Runner = _run
+) -> Facts:
+    """Is there any GPU this machine could offload to, whatever the build?
+
+    ``host.gpu_evidence`` lists what was found (nvidia-smi GPUs, /dev/nvidia*, DRM render
+    nodes, /dev/kfd, WSL's /dev/dxg, Apple Silicon); ``host.any_gpu`` is False only when none.
+    On WSL2 the driver's libcuda lives in /usr/lib/wsl/lib; a Linux driver package installed
+    inside the distribution puts another libcuda.so.1 first on the loader path
+    (``cuda.libcuda_shadowed``), and CUDA then reports "no CUDA-capable device is detected".
+    """
+    evidence: list[str] = [f"nvidia-smi: {g}" for g in nvidia.get("nvidia.gpus") or []]
+    for pattern in ("/dev/nvidia[0-9]*", "/dev/dri/renderD*", "/dev/kfd", "/dev/dxg"):
+        evidence += sorted(glob.glob(pattern))
+    if host.get("os.system") == "Darwin" and host.get("host.arm64_capable"):
+        evidence.append("Apple Silicon GPU (Metal)")
+    release = str(host.get("os.release") or "").lower()
+    wsl = "microsoft" in release or Path("/usr/lib/wsl/lib").is_dir()
+    paths = _libcuda_paths(run) if wsl else []
+    return {
+        "host.gpu_evidence": evidence,
+        "host.any_gpu": bool(evidence),
+        "host.wsl": wsl,
+        "cuda.libcuda_paths": paths or None,
+        "cuda.libcuda_shadowed": (
+            not paths[0].startswith("/usr/lib/wsl/") if wsl and paths else None
+        ),
+    }
+
+
 def env_facts(env: Mapping[str, str]) -> Facts:
     return {f"env.{name}": env.get(name) for name in ENV_FACTS}
 
@@ -713,27 +755,27 @@ def install_facts(commands: Sequence[str]) -> Facts:
     }
 
 
-_CONFIGURED_BACKEND_RE = re.compile(r"-- Including (\w+) backend")
+def switch_facts(facts: Mapping[str, Any]) -> Facts:
+    """The CMake switches the user asked for, from every source the doctor has.
 
-
-def log_facts(text: str | None) -> Facts:
-    """Facts from logs the user attached (``pip install -v`` output, runtime stderr)."""
-    if not text:
-        return {"user.log": None}
-    facts: Facts = {"user.log": text}
-    configured = [m.group(1) for m in _CONFIGURED_BACKEND_RE.finditer(text)]
-    if configured:
-        backends = sorted({buildinfo.canonical_backend(b) for b in configured})
-        facts["log.configured_backends"] = backends
-        facts["log.configured_gpu_backends"] = [
-            b for b in backends if b not in ("CPU", "BLAS", "RPC")
-        ]
-    error = re.search(r"CMake Error[^\n]*\n(?:\s*\n)?([^\n]+)", text)
-    facts["log.cmake_error"] = " ".join(error.group(0).split()) if error else None
-    # nvidia-container-cli refusing an image's NVIDIA_REQUIRE_CUDA ("cuda>=12.8")
-    required = re.search(r"unsatisfied condition: cuda\s*>=\s*(\d+\.\d+)", text)
-    facts["log.required_cuda"] = required.group(1) if required else None
-    return facts
+    ``cmake.switches``: NAME -> VALUE from ``-D`` assignments in the user's log, install
+    commands and CMAKE_ARGS (that order; the last wins), plus names CMake reported as unused
+    (they were set). ``cmake.legacy_<status>``: switched-on old names by what the pinned sdist
+    does with them (:mod:`harness.legacy_flags`). ``request.gpu_backends``: the GPU backends
+    asked for (legacy names count as their replacement).
+    """
+    switches: dict[str, str] = {}
+    for name in facts.get("log.cmake_unused") or []:
+        switches.setdefault(name, "ON")
+    for text in (facts.get("user.log"), facts.get("install.commands"), facts.get("env.CMAKE_ARGS")):
+        switches.update(legacy_flags.defines(text))
+    on = [name for name, value in switches.items() if legacy_flags.is_on(value)]
+    by_status = legacy_flags.classify(on)
+    out: Facts = {"cmake.switches": switches or None}
+    for status, names in by_status.items():
+        out[f"cmake.legacy_{status}"] = names
+    out["request.gpu_backends"] = legacy_flags.requested_gpu_backends(switches)
+    return out
 
 
 def runtime_facts(kwargs: Mapping[str, Any] | None) -> Facts:
@@ -770,14 +812,55 @@ def probe_facts(runs: Mapping[str, Mapping[str, Any]]) -> Facts:
 
 
 def hint_facts(facts: Mapping[str, Any]) -> Facts:
-    """Values the fix commands are filled with: the GPU flag that fits this machine."""
+    """Values the fix commands are filled with.
+
+    ``hint.gpu_cmake_flag``: the GPU switch the user asked for (a legacy name becomes its
+    replacement), else Metal on macOS, else CUDA. ``hint.llama_version``: the installed
+    version, else the one in the log, else the pinned one. ``hint.legacy_replacement``: the
+    current switches for the old ones used. ``hint.variant``: the harness variant that fits.
+    ``hint.container_driver``: what a CUDA image needs (the refused one's, from the log, else
+    this project's).
+    """
     from harness import images
 
-    flag = "-DGGML_METAL=on" if facts.get("os.system") == "Darwin" else "-DGGML_CUDA=on"
+    requested = list(facts.get("request.gpu_backends") or [])
+    darwin = facts.get("os.system") == "Darwin"
+    backend = requested[0] if requested else ("METAL" if darwin else "CUDA")
+    switch = next((k for k, v in legacy_flags.GPU_SWITCHES.items() if v == backend), "GGML_CUDA")
+    old = [
+        name
+        for status in legacy_flags.STATUSES
+        if status != "mapped"
+        for name in facts.get(f"cmake.legacy_{status}") or []
+    ]
+    variant = {"CUDA": "cuda", "VULKAN": "vulkan", "METAL": "metal"}.get(backend, "cpu")
+    if not requested and not facts.get("nvidia.gpus") and not darwin:
+        variant = "cpu"
+    arch = facts.get("nvidia.arch_hint")
+    if not arch and facts.get("log.unsupported_arch_support") == "dropped":
+        arch = str(facts.get("log.unsupported_arch"))
+    for key in ("log.gpu_compute_caps", "log.cuda_archs"):
+        if not arch and facts.get(key):
+            arch = ";".join(str(a) for a in facts[key])
+    arch = arch or "90"
+    gxx = facts.get("log.host_gxx") or "g++-12"
     required = facts.get("log.required_cuda")
     return {
-        "hint.gpu_cmake_flag": flag,
-        # what a CUDA image needs: the refused one's (from the log), else this project's
+        "hint.cuda_arch": arch,
+        "hint.arch_min_cuda": facts.get("log.arch_min_cuda") or "12.8",
+        "hint.arch_fallback": facts.get("log.arch_fallback")
+        or "$(nvcc --list-gpu-arch | tail -n1 | cut -d_ -f2)",
+        "hint.host_gxx": gxx,
+        "hint.host_gxx_version": gxx.rsplit("-", 1)[-1],
+        "hint.driver_cuda": facts.get("cuda.driver_major")
+        or "$(nvidia-smi | sed -n 's/.*CUDA Version: \\([0-9]*\\).*/\\1/p')",
+        "hint.gpu_cmake_flag": f"-D{switch}=on",
+        "hint.llama_version": facts.get("llama.version")
+        or facts.get("log.llama_version")
+        or DEFAULT_VERSION,
+        "hint.legacy_replacement": legacy_flags.replacement_args(old) or f"-D{switch}=on",
+        "hint.variant": variant,
+        "hint.python": facts.get("python.executable") or sys.executable,
         "hint.container_driver": images.refused_requirement(str(required))
         if required
         else images.driver_requirement(),
@@ -812,6 +895,7 @@ class DoctorReport:
     def to_dict(self) -> dict[str, Any]:
         data = {
             "verdict": self.verdict,
+            "healthy": self.healthy,
             "causes": [
                 {
                     "id": m.cause.id,
@@ -835,6 +919,38 @@ class DoctorReport:
     def cause_ids(self) -> list[str]:
         return [m.cause.id for m in self.matches]
 
+    @property
+    def healthy(self) -> bool:
+        """True only for an importable GPU build that offloads, with no failed build in the
+        log and no cause of severity error."""
+        return is_healthy(self.facts, self.matches)
+
+    @property
+    def exit_code(self) -> int:
+        """0 healthy, 1 anything else (a failed build in the log, llama-cpp-python missing or
+        crashing, a CPU-only build, no GPU device, partial offload, an error cause)."""
+        return 0 if self.healthy else 1
+
+
+def is_healthy(facts: Mapping[str, Any], matches: Sequence[Match]) -> bool:
+    """See :attr:`DoctorReport.healthy`."""
+    if facts.get("log.build_failed") or any(m.cause.severity == "error" for m in matches):
+        return False
+    if not facts.get("llama.installed") or facts.get("build.crash"):
+        return False
+    if not facts.get("build.gpu_backends") or not facts.get("build.gpu_offload"):
+        return False
+    if not facts.get("build.gpu_devices"):
+        return False
+    if facts.get("probe.ran"):
+        total = facts.get("probe.total")
+        if facts.get("probe.error") or (total and facts.get("probe.offloaded") != total):
+            return False
+        user = facts.get("probe.user_offloaded")
+        if user is not None and total and user < total:
+            return False
+    return True
+
 
 def default_probe_model() -> Path:
     from harness.test_models import ensure_model
@@ -843,7 +959,26 @@ def default_probe_model() -> Path:
 
 
 def verdict(facts: Mapping[str, Any]) -> str:
-    """One readable line: what this build is and whether it uses the GPU."""
+    """One readable line: the failed build in the user's log (when there is one), then what
+    the inspected build is and whether it uses the GPU."""
+    here = _build_verdict(facts)
+    if not facts.get("log.build_failed"):
+        return here
+    step = facts.get("log.failed_step_label")
+    where = f"at the {step} step" if step else "(the log does not show at which step)"
+    line = facts.get("log.failed_line")
+    return (
+        f"The llama-cpp-python build in the log failed {where}"
+        + (f": {line}" if line else "")
+        + f". Inspected here: {here}"
+    )
+
+
+def _no_gpu_here(facts: Mapping[str, Any]) -> bool:
+    return facts.get("host.any_gpu") is False
+
+
+def _build_verdict(facts: Mapping[str, Any]) -> str:
     if facts.get("build.crash"):
         return (
             f"llama_cpp crashes on import ({facts['build.crash']}): the library cannot run "
@@ -855,12 +990,17 @@ def verdict(facts: Mapping[str, Any]) -> str:
     gpu_backends = facts.get("build.gpu_backends") or []
     if not gpu_backends:
         origin = facts.get("provenance.direct_url") or facts.get("provenance.source")
-        return (
-            "CPU-only build: this llama-cpp-python was compiled without a GPU backend "
+        detail = (
             f"(backends: {', '.join(facts.get('build.compiled_backends') or ['CPU'])}"
             + (f"; installed from {origin}" if origin else "")
             + ")"
         )
+        if _no_gpu_here(facts):
+            return (
+                "CPU-only build on a machine with no GPU: no NVIDIA driver or device and no "
+                f"other GPU device node here, so nothing can be offloaded {detail}"
+            )
+        return f"CPU-only build: this llama-cpp-python was compiled without a GPU backend {detail}"
     kind = "/".join(gpu_backends)
     devices = facts.get("build.gpu_devices") or []
     software = facts.get("vulkan.software_devices") or []
@@ -881,6 +1021,8 @@ def verdict(facts: Mapping[str, Any]) -> str:
         if init:
             why.append(init[0].strip())
         detail = "; ".join(why) or "no GPU device registered"
+        if _no_gpu_here(facts):
+            detail += "; this machine has no GPU at all"
         return (
             f"{kind} build, but no NVIDIA driver / no GPU: {detail}"
             if "CUDA" in kind
@@ -939,8 +1081,8 @@ def collect_facts(
     facts.update(cuda_facts(info, nv))
     facts.update(env_facts(env))
     facts.update(pip_cache_facts(pip_cache_dir(options.python, options.pip_env), info))
-    facts.update(install_facts(options.commands))
-    facts.update(log_facts("\n".join(options.logs) if options.logs else None))
+    facts.update(gpu_presence_facts(host, nv))
+    facts.update(user_input_facts(facts, options.commands, options.logs))
     facts.update(runtime_facts(options.kwargs))
     probes: dict[str, dict[str, Any]] = {}
     wants_probe = (options.probe or options.kwargs is not None) and bool(info and info.installed)
@@ -976,17 +1118,41 @@ def collect_facts(
     return facts, info, probes
 
 
+def user_input_facts(
+    facts: Mapping[str, Any], commands: Sequence[str], logs: Sequence[str]
+) -> Facts:
+    """Facts from what the user tells the doctor: install commands and attached logs, read
+    on top of the machine/interpreter ``facts`` (the switches combine CMAKE_ARGS from both)."""
+    out: Facts = {}
+    out.update(install_facts(commands))
+    out.update(build_log.log_facts(build_log.joined(logs)))
+    out.update(switch_facts({**facts, **out}))
+    return out
+
+
+def diagnose(
+    facts: Mapping[str, Any],
+    env: Mapping[str, str],
+    causes: Sequence[Cause] | None = None,
+    info: BuildInfo | None = None,
+    probes: dict[str, dict[str, Any]] | None = None,
+) -> DoctorReport:
+    """Verdict and matching causes for a set of facts (hints are filled in here)."""
+    full: Facts = {**facts, **hint_facts(facts)}
+    return DoctorReport(
+        verdict=verdict(full),
+        facts=full,
+        matches=match_causes(full, causes),
+        build=info,
+        probes=probes or {},
+        env=env,
+    )
+
+
 def run_doctor(options: DoctorOptions, causes: Sequence[Cause] | None = None) -> DoctorReport:
     facts, info, probes = collect_facts(options)
     env = dict(os.environ if options.env is None else options.env)
-    return DoctorReport(
-        verdict=verdict(facts),
-        facts=facts,
-        matches=match_causes(facts, causes),
-        build=info,
-        probes=probes,
-        env=env,
-    )
+    return diagnose(facts, env, causes, info, probes)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -1041,8 +1207,35 @@ def _fact_text(facts: Mapping[str, Any], key: str | tuple[str, ...]) -> str | No
     return " / ".join(shown)
 
 
+_NO_MATCH = (
+    "No known cause matched. The facts below are what the doctor saw; --markdown FILE writes "
+    "them into a report you can attach to an issue."
+)
+
+
+def log_summary(facts: Mapping[str, Any]) -> list[str]:
+    """What the attached log shows, in a few lines (empty without a log)."""
+    if not facts.get("user.log"):
+        return []
+    kinds = ", ".join(STEP_NAMES.get(k, k) for k in facts.get("log.kinds") or []) or "unknown"
+    out = [f"The log shows: {kinds}."]
+    if facts.get("log.build_failed") or facts.get("log.failed_line"):
+        step = facts.get("log.failed_step_label") or "unknown step"
+        out.append(f"Failing step: {step}: {facts.get('log.failed_line')}")
+    if facts.get("log.offload_total"):
+        seen = ", ".join(facts.get("log.runtime_gpu_backends") or []) or "no GPU backend"
+        out.append(
+            f"Run time in the log: offloaded {facts.get('log.offloaded')}/"
+            f"{facts.get('log.offload_total')} layers to GPU ({seen} seen)"
+        )
+    return out
+
+
 def render_text(report: DoctorReport) -> str:
     lines = [report.verdict, ""]
+    summary = log_summary(report.facts)
+    if summary:
+        lines += [*summary, ""]
     if report.matches:
         lines.append("Causes found:")
         for i, m in enumerate(report.matches, 1):
@@ -1055,7 +1248,7 @@ def render_text(report: DoctorReport) -> str:
                 lines.append(f"   replay: llama-harness repro {m.cause.replay} --fix")
         lines.append("")
     else:
-        lines += ["No known cause matched.", ""]
+        lines += [_NO_MATCH, ""]
     lines.append("Facts:")
     for label, key in _SUMMARY_FACTS:
         text = _fact_text(report.facts, key)
@@ -1089,6 +1282,9 @@ def _detail_lines(report: DoctorReport) -> list[str]:
 
 def render_markdown(report: DoctorReport) -> str:
     out = ["# llama-harness doctor", "", f"**Verdict:** {report.verdict}", ""]
+    summary = log_summary(report.facts)
+    if summary:
+        out += ["## The log", "", *[f"- {line}" for line in summary], ""]
     if report.matches:
         out += ["## Causes", ""]
         for m in report.matches:
@@ -1097,7 +1293,7 @@ def render_markdown(report: DoctorReport) -> str:
             out += [m.cause.explanation, "", "Fix:", "", "```sh", *m.fix, "```", ""]
             out += ["Reported in: " + ", ".join(m.cause.source), ""]
     else:
-        out += ["No known cause matched.", ""]
+        out += [_NO_MATCH, ""]
     out += ["## Facts", "", "| fact | value |", "| --- | --- |"]
     for label, key in _SUMMARY_FACTS:
         text = _fact_text(report.facts, key)

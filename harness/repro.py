@@ -40,7 +40,9 @@ from harness.redact import redact_text
 from saiverse_llm.atomic import atomic_copy, atomic_write_text
 
 REPRO_DIR = paths.PROJECT_ROOT / "repro"
-REQUIREMENTS = ("gpu", "no-gpu", "cpu-wheel", "cuda-wheel", "cmake", "nvcc")
+REQUIREMENTS = ("gpu", "no-gpu", "cpu-wheel", "cuda-wheel", "cmake", "nvcc", "vulkan-sdk")
+# Install commands that configure CUDA: only those get this machine's CUDA site arguments.
+CUDA_SWITCH_RE = re.compile(r"GGML_CUDA|LLAMA_CUBLAS|LLAMA_CUDA|GGML_CUBLAS")
 STATES_PIP_CACHE = (None, "cpu-wheel")
 STATES_INSTALLED = (None, "cpu-wheel", "cuda-wheel")
 # What the replay venv needs to import llama_cpp and to build the sdist in isolation.
@@ -83,6 +85,7 @@ class Case:
     symptom: Any = None
     fixed: Any = None
     story: str = ""
+    hide: tuple[str, ...] = ()  # tools the user does not have (hidden from PATH and CMake)
 
 
 # --------------------------------------------------------------------------- case files
@@ -162,7 +165,17 @@ def parse_case(data: Any, path: Path) -> Case:
         symptom=expect["symptom"],
         fixed=expect.get("fixed"),
         story=str(data.get("story", "")).strip(),
+        hide=_hide_list(data, path),
     )
+
+
+def _hide_list(data: Mapping[str, Any], path: Path) -> tuple[str, ...]:
+    value = data.get("hide", [])
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.+-]+", v) for v in value
+    ):
+        raise CaseError(path, "hide", value, "list tool names, e.g. hide: [glslc]")
+    return tuple(value)
 
 
 def load_case(path: str | os.PathLike[str]) -> Case:
@@ -205,6 +218,11 @@ def _has_gpu() -> bool:
     return proc.returncode == 0 and "GPU " in proc.stdout
 
 
+def _has_vulkan_sdk() -> bool:
+    headers = ("/usr/include/vulkan/vulkan.hpp", "/usr/local/include/vulkan/vulkan.hpp")
+    return shutil.which("glslc") is not None and any(Path(h).is_file() for h in headers)
+
+
 def missing_requirements(needs: Sequence[str]) -> list[str]:
     """Why each requirement in ``needs`` is not met here (empty: all met)."""
     reasons: list[str] = []
@@ -223,6 +241,11 @@ def missing_requirements(needs: Sequence[str]) -> list[str]:
             reasons.append("needs cmake on PATH")
         elif need == "nvcc" and shutil.which("nvcc") is None:
             reasons.append("needs the CUDA toolkit (nvcc) on PATH")
+        elif need == "vulkan-sdk" and not _has_vulkan_sdk():
+            reasons.append(
+                "needs the Vulkan SDK (glslc and vulkan/vulkan.hpp); fix: apt-get install "
+                "libvulkan-dev glslc"
+            )
         elif need.startswith("sdist-"):
             version = need.removeprefix("sdist-")
             path = paths.sdist_dir() / f"llama_cpp_python-{version}.tar.gz"
@@ -295,6 +318,7 @@ class ReplayEnv:
     python: Path
     env: dict[str, str]  # the environment commands run in
     site_args: list[str]  # site toolchain CMake args (cuBLAS location), not the user's
+    plain_env: dict[str, str] = field(default_factory=dict)  # the same without `hide`
 
 
 def _cuda_site_args() -> list[str]:
@@ -369,14 +393,59 @@ def make_env(case: Case, root: Path, say: Say | None = None) -> ReplayEnv:
         if os.environ.get(name):
             env[name] = os.environ[name]
     (root / "home").mkdir(exist_ok=True)
-    fix_builds = any(not c.lstrip().startswith("#") for c in doctor.get_cause(case.cause).fix)
-    site_args = _cuda_site_args() if case.install or fix_builds else []
+    cuda = any(CUDA_SWITCH_RE.search(c) for c in case.install)
+    site_args = _cuda_site_args() if cuda else []
     if site_args:
         env["SKBUILD_CMAKE_ARGS"] = ";".join(site_args)
     env.update({k: v for k, v in case.env.items() if k != "PATH"})
     deps = ["numpy", "diskcache", "jinja2", "typing-extensions"]
     _check_run([str(python), "-m", "pip", "install", "-q", *deps], "install runtime deps", env)
-    return ReplayEnv(root=root, python=python, env=env, site_args=site_args)
+    plain = dict(env)
+    if case.hide:
+        env = hide_tools(case.hide, env, root, site_args)
+    return ReplayEnv(root=root, python=python, env=env, site_args=site_args, plain_env=plain)
+
+
+def hide_tools(
+    tools: Sequence[str], env: Mapping[str, str], root: Path, site_args: Sequence[str]
+) -> dict[str, str]:
+    """``env`` as on a machine without ``tools``.
+
+    Every PATH folder that holds one of them is replaced by ``root/shadow-bin`` (links to
+    everything else in it), and CMake is told to ignore those folders (``CMAKE_IGNORE_PATH``,
+    set by a file included before every ``project()``): CMake also searches /usr/bin and
+    /bin on its own, whatever PATH says.
+    """
+    system = ("/usr/local/bin", "/usr/bin", "/bin")
+    path = env.get("PATH", "").split(os.pathsep)
+    candidates = list(dict.fromkeys([*path, *system]))
+    hold = {
+        os.path.realpath(d) for d in candidates if d and any((Path(d) / t).exists() for t in tools)
+    }
+    if not hold:
+        return dict(env)
+    ignored = [d for d in candidates if d and os.path.realpath(d) in hold]
+    shadow = root / "shadow-bin"
+    shadow.mkdir(parents=True, exist_ok=True)
+    for folder in sorted(hold):
+        for entry in Path(folder).iterdir():
+            if entry.name not in tools and not (shadow / entry.name).exists():
+                (shadow / entry.name).symlink_to(entry)
+    new_path: list[str] = []
+    for d in path:
+        d = str(shadow) if d in ignored else d
+        if d not in new_path:
+            new_path.append(d)
+    include = root / "hide-tools.cmake"
+    atomic_write_text(
+        include,
+        "# written by the replay: these folders hold tools the user does not have\n"
+        + "".join(f'list(APPEND CMAKE_IGNORE_PATH "{d}")\n' for d in ignored),
+    )
+    out = dict(env)
+    out["PATH"] = os.pathsep.join(new_path)
+    out["SKBUILD_CMAKE_ARGS"] = ";".join([*site_args, f"-DCMAKE_PROJECT_INCLUDE_BEFORE={include}"])
+    return out
 
 
 def _check_run(cmd: Sequence[str], what: str, env: Mapping[str, str] | None = None) -> None:
@@ -618,8 +687,7 @@ def replay(
         ok, evidence = doctor.evaluate(case.symptom, report.facts)
         result.symptom = Phase("symptom", commands, report, ok, evidence, case.kwargs)
         if fix:
-            unknown = report.facts.get("runtime.unknown_kwargs") or []
-            result.fix, result.fix_skipped = _apply_fix(case, renv, say, unknown)
+            result.fix, result.fix_skipped = _apply_fix(case, renv, say, report.facts)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -627,17 +695,24 @@ def replay(
 
 
 def _apply_fix(
-    case: Case, renv: ReplayEnv, say: Say | None, unknown: Sequence[str]
+    case: Case, renv: ReplayEnv, say: Say | None, symptom: Mapping[str, Any]
 ) -> tuple[Phase | None, str | None]:
+    """Run the catalogue's fix, filled with the symptom run's facts (so a hint such as the
+    replacement of a legacy switch comes from what the user ran). A hidden tool is the
+    missing package the fix installs: the fix runs with it visible again."""
     missing = missing_requirements(case.fix_requires)
     if missing:
         return None, "the fix " + "; ".join(missing)
     cause = doctor.get_cause(case.cause)
+    unknown = symptom.get("runtime.unknown_kwargs") or []
     facts_for_fill = {
+        **symptom,
         "llama.version": case.version,
         "cuda.nvcc_hint": shutil.which("nvcc"),
-        **doctor.hint_facts({"os.system": platform.system()}),
     }
+    facts_for_fill.update(doctor.hint_facts({**facts_for_fill, "os.system": platform.system()}))
+    if case.hide:
+        renv.env = dict(renv.plain_env)
     commands = [doctor.fill(c, facts_for_fill) for c in cause.fix]
     runnable = [c for c in commands if not c.lstrip().startswith("#")]
     results = [run_command(c, renv, say=say) for c in runnable]

@@ -168,6 +168,88 @@ def cuda_architectures(default: str) -> tuple[str, str]:
     return default, "default list (no GPU found; set $LLAMA_HARNESS_CUDA_ARCHITECTURES)"
 
 
+#: Which nvcc releases compile for a GPU architecture (CMake's number: 120 = compute
+#: capability 12.0): arch -> (first CUDA release that knows it, or None when older than
+#: CUDA 11; the last CUDA major release that still compiles for it, or None: still current).
+#: From NVIDIA's CUDA Toolkit release notes (sm_80 11.0, sm_86 11.1, sm_87 11.4, sm_89 and
+#: sm_90 11.8, sm_100/sm_120 12.8, sm_103/sm_121 12.9, sm_101 renamed sm_110 in 13.0;
+#: Kepler sm_35/37 dropped in 12.0; Maxwell, Pascal and Volta dropped in 13.0), the same
+#: minimums in the vendored ggml-cuda CMakeLists.txt comments, and `nvcc --list-gpu-arch`
+#: of nvcc 13.0.88 on the build machine (lowest: compute_75).
+CUDA_ARCH_RELEASES: dict[int, tuple[tuple[int, int] | None, int | None]] = {
+    35: (None, 11),
+    37: (None, 11),
+    50: (None, 12),
+    52: (None, 12),
+    53: (None, 12),
+    60: (None, 12),
+    61: (None, 12),
+    62: (None, 12),
+    70: (None, 12),
+    72: (None, 12),
+    75: (None, None),
+    80: ((11, 0), None),
+    86: ((11, 1), None),
+    87: ((11, 4), None),
+    89: ((11, 8), None),
+    90: ((11, 8), None),
+    100: ((12, 8), None),
+    101: ((12, 8), 12),
+    103: ((12, 9), None),
+    110: ((13, 0), None),
+    120: ((12, 8), None),
+    121: ((12, 9), None),
+}
+
+
+def arch_number(text: str) -> int | None:
+    """The architecture number in ``compute_120a`` / ``sm_90`` / ``120a-real`` / ``8.6``."""
+    m = re.search(r"(?:compute_|sm_)?(\d+)\.(\d)\b", text)
+    if m and "_" not in text:
+        return int(m.group(1)) * 10 + int(m.group(2))
+    m = re.search(r"(?:compute_|sm_)?(\d{2,3})", text)
+    return int(m.group(1)) if m else None
+
+
+def release_tuple(version: str | None) -> tuple[int, int] | None:
+    """``"12.4.131"`` / ``"12.4"`` -> (12, 4); None when there is no version."""
+    m = re.match(r"\s*(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def arch_support(arch: int, release: tuple[int, int] | None) -> str | None:
+    """``ok`` / ``too-new`` (the nvcc predates the architecture) / ``dropped`` (this nvcc no
+    longer compiles for it) / None (architecture or release unknown)."""
+    known = CUDA_ARCH_RELEASES.get(arch)
+    if known is None or release is None:
+        return None
+    first, last_major = known
+    if first is not None and release < first:
+        return "too-new"
+    if last_major is not None and release[0] > last_major:
+        return "dropped"
+    return "ok"
+
+
+#: Embedded (Jetson/Thor/GB10) architectures: never suggested as a fallback for a desktop or
+#: data-centre GPU.
+TEGRA_ARCHS = frozenset({53, 62, 72, 87, 101, 110, 121})
+
+
+def fallback_arch(release: tuple[int, int] | None, below: int) -> int | None:
+    """The newest non-Tegra architecture <= ``below`` that nvcc ``release`` compiles for: PTX
+    built for it is JIT-compiled by the driver on newer GPUs (slower first start, same
+    results)."""
+    if release is None:
+        return None
+    usable = [
+        a
+        for a in CUDA_ARCH_RELEASES
+        if a <= below and a not in TEGRA_ARCHS and arch_support(a, release) == "ok"
+    ]
+    return max(usable) if usable else None
+
+
 # --------------------------------------------------------------------------- cuBLAS
 
 

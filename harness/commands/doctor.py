@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         atomic_write_text(args.markdown, render_markdown(report))
         err.print(f"report written to {args.markdown}")
-    errors = [m for m in report.matches if m.cause.severity == "error"]
-    return 1 if errors else 0
+    return report.exit_code
 
 
 def register(subparsers: Any) -> None:
@@ -90,7 +89,11 @@ def register(subparsers: Any) -> None:
             "Inspect the llama-cpp-python of an interpreter (this one, --python, or a "
             "variant's nox environment), probe GPU offload with a small model, and name the "
             "known causes (harness/causes.yaml) whose evidence is present, with the exact fix. "
-            "Exit status: 0 nothing wrong found, 1 a cause of severity error matched, 2 usage."
+            "--log reads pip -v output, scikit-build-core/CMake build logs and llama.cpp "
+            "run-time logs (or a mix), finds the failing step and matches the same causes. "
+            "Exit status: 0 only when the build is healthy (a GPU build that offloads, no "
+            "failed build in the log, no error cause); 1 otherwise (including llama-cpp-python "
+            "not installed); 2 usage."
         ),
     )
     where = parser.add_mutually_exclusive_group()
@@ -126,6 +129,7 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="pip / runtime output you saw (repeatable); searched for known symptoms",
+        help="pip -v / CMake build / llama.cpp run-time output (repeatable): the failing step "
+        "and the known causes in it",
     )
     parser.set_defaults(func=run)

@@ -144,9 +144,16 @@ def test_doctor_cli_verdict_on_this_build(installed: buildinfo.BuildInfo, tmp_pa
     data = json.loads(proc.stdout)
     ids = [c["id"] for c in data["causes"]]
     if not installed.gpu_backends:
-        assert data["verdict"].startswith("CPU-only build: this llama-cpp-python was compiled")
-        assert "cpu-only-build" in ids
         assert proc.returncode == 1
+        if data["facts"]["host.any_gpu"]:
+            assert data["verdict"].startswith("CPU-only build: this llama-cpp-python was compiled")
+            assert "cpu-only-build" in ids
+        else:  # honest on a machine without a GPU: no CUDA rebuild advice, the harness route
+            assert data["verdict"].startswith("CPU-only build on a machine with no GPU")
+            assert "cpu-only-build" not in ids
+            assert "no-gpu-here" in ids
+            route = next(c for c in data["causes"] if c["id"] == "no-gpu-here")
+            assert any("nox -s build-cuda" in f for f in route["fix"])
     assert data["facts"]["probe.ran"] is True
     assert md.read_text().startswith("# llama-harness doctor")
 

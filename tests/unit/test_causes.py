@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,24 @@ REQUIRED = {
     "rosetta-x86-python",
     "backend-dl-not-loaded",
     "cpu-instructions-unsupported",
+}
+# Causes issue #12 adds: build failures, run-time failures read from logs, catch-alls.
+REQUIRED_12 = {
+    "legacy-flag-ignored",
+    "nvcc-too-old-for-arch",
+    "nvcc-dropped-arch",
+    "cuda-arch-native-no-gpu",
+    "host-compiler-too-new",
+    "vulkan-sdk-missing",
+    "vulkan-headers-too-old",
+    "cmake-missing-or-too-old",
+    "cxx-compiler-missing",
+    "cxx-compiler-too-old",
+    "no-cuda-device",
+    "wsl-libcuda-shadowed",
+    "no-gpu-device-visible",
+    "no-gpu-here",
+    "llama-not-installed",
 }
 
 # A healthy CUDA installation on an H100: no cause of any severity may match it.
@@ -91,7 +110,10 @@ POSITIVE: dict[str, dict[str, Any]] = {
         "build.gpu_backends": [],
         "install.unexported_cmake_args": True,
     },
-    "legacy-cuda-flag": {"env.CMAKE_ARGS": "-DLLAMA_CUBLAS=on"},
+    "legacy-cuda-flag": {
+        "env.CMAKE_ARGS": "-DLLAMA_CUBLAS=on",
+        **doctor.switch_facts({"env.CMAKE_ARGS": "-DLLAMA_CUBLAS=on"}),
+    },
     "force-cmake-ignored": {"env.FORCE_CMAKE": "1"},
     "nvcc-not-found": {"user.log": "CMake Error: CUDA Toolkit not found\n"},
     "missing-cuda-arch": {"cuda.arch_match": "none", "nvidia.compute_caps": [61]},
@@ -121,6 +143,30 @@ POSITIVE: dict[str, dict[str, Any]] = {
         "vulkan.software_only": True,
         "vulkan.software_devices": ["llvmpipe (LLVM 15.0.6, 256 bits)"],
     },
+    "legacy-flag-ignored": doctor.switch_facts(
+        {"install.commands": "CMAKE_ARGS=-DLLAMA_VULKAN=on"}
+    ),
+    "nvcc-too-old-for-arch": {"log.unsupported_arch_support": "too-new"},
+    "nvcc-dropped-arch": {"log.unsupported_arch_support": "dropped"},
+    "cuda-arch-native-no-gpu": {
+        "user.log": 'CUDA_ARCHITECTURES is set to "native", but no GPU was detected.'
+    },
+    "host-compiler-too-new": {
+        "user.log": "error: #error -- unsupported GNU version! gcc versions later than 13"
+    },
+    "vulkan-sdk-missing": {"log.vulkan_missing": ["glslc"]},
+    "vulkan-headers-too-old": {"user.log": "error: 'LayerSettingEXT' is not a member of 'vk'"},
+    "cmake-missing-or-too-old": {"log.cmake_required": "3.21"},
+    "cxx-compiler-missing": {"user.log": "  No CMAKE_CXX_COMPILER could be found."},
+    "cxx-compiler-too-old": {"log.host_compiler": "GNU 4.8.5"},
+    "no-cuda-device": {"user.log": "failed to initialize CUDA: no CUDA-capable device is detected"},
+    "wsl-libcuda-shadowed": {"cuda.libcuda_shadowed": True},
+    "no-gpu-device-visible": {"user.log": "ggml_vulkan: No devices found."},
+    "no-gpu-here": {"host.any_gpu": False},
+    "llama-not-installed": {
+        "llama.installed": False,
+        "llama.import_error": "ModuleNotFoundError: No module named 'llama_cpp'",
+    },
 }
 
 
@@ -131,13 +177,22 @@ def causes() -> list[doctor.Cause]:
 
 def test_catalogue_has_every_required_cause_with_citations(causes: list[doctor.Cause]) -> None:
     ids = {c.id for c in causes}
-    assert ids >= REQUIRED, f"missing: {sorted(REQUIRED - ids)}"
+    assert ids >= REQUIRED | REQUIRED_12, f"missing: {sorted((REQUIRED | REQUIRED_12) - ids)}"
     for cause in causes:
         assert any(
             s.startswith(("https://github.com/abetlen/", "https://github.com/ggml-org/"))
             for s in cause.source
         ) or cause.id in {"n-gpu-layers-zero"}, cause.id
         assert cause.fix and cause.explanation and cause.title
+
+
+def test_readme_lists_every_cause_with_its_sources(causes: list[doctor.Cause]) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for cause in causes:
+        row = next((ln for ln in readme.splitlines() if ln.startswith(f"| `{cause.id}` |")), None)
+        assert row is not None, f"README.md does not list cause {cause.id}"
+        for source in cause.source:
+            assert source in row, f"README.md row of {cause.id} lacks {source}"
 
 
 def test_every_cause_has_a_positive_example_here(causes: list[doctor.Cause]) -> None:
@@ -356,15 +411,47 @@ def test_arch_match(archs: list[int], caps: list[int], expected: str | None) -> 
     assert doctor.arch_match(archs, caps) == expected
 
 
-def test_log_facts_read_the_configure_step() -> None:
-    log = "-- Including CPU backend\n-- CUDA Toolkit found\n-- Including CUDA backend\n"
-    facts = doctor.log_facts(log)
-    assert facts["log.configured_backends"] == ["CPU", "CUDA"]
-    assert facts["log.configured_gpu_backends"] == ["CUDA"]
-    cpu_only = doctor.log_facts("-- Including CPU backend\n")
-    assert cpu_only["log.configured_gpu_backends"] == []
-    error = doctor.log_facts("CMake Error at x.txt:1 (message):\n  LLAMA_CUBLAS is deprecated\n")
-    assert "LLAMA_CUBLAS is deprecated" in error["log.cmake_error"]
+def test_causes_a_log_can_show_are_matched_from_log_facts_alone() -> None:
+    """The same evaluator serves probes and logs: a log read by harness.build_log is enough."""
+    log = (
+        "-- The CUDA compiler identification is NVIDIA 12.4.131\n"
+        "nvcc fatal   : Unsupported gpu architecture 'compute_120'\n"
+        "*** CMake build failed\n"
+    )
+    facts = {**doctor.user_input_facts({}, [], [log]), "llama.installed": False}
+    match = next(m for m in match_causes(facts) if m.cause.id == "nvcc-too-old-for-arch")
+    assert any("CUDA >= 12.8" in f for f in match.fix)
+    assert any("CMAKE_CUDA_ARCHITECTURES=90" in f for f in match.fix)
+
+
+def test_every_fix_placeholder_is_filled_even_without_an_install_or_a_gpu() -> None:
+    """A log from someone else's machine, nothing installed here: no `{...}` may remain."""
+    facts: dict[str, Any] = {"llama.installed": False, "host.any_gpu": False}
+    hints = doctor.hint_facts(facts)
+    for cause in load_causes():
+        for command in cause.fix:
+            filled = doctor.fill(command, {**hints, "cuda.nvcc_hint": "/usr/bin/nvcc"})
+            assert not re.search(r"\{(hint|llama)\.[\w.]+\}", filled), (cause.id, filled)
+
+
+def test_generic_causes_are_declared_in_the_catalogue(causes: list[doctor.Cause]) -> None:
+    assert {c.id for c in causes if c.generic} == {
+        "cpu-only-build",
+        "no-gpu-here",
+        "llama-not-installed",
+    }
+
+
+def test_cpu_only_build_on_a_machine_without_gpu_gives_the_harness_route(
+    causes: list[doctor.Cause],
+) -> None:
+    facts = {**HEALTHY, **POSITIVE["cpu-only-build"], "host.any_gpu": False}
+    ids = [m.cause.id for m in match_causes(facts, causes)]
+    assert "cpu-only-build" not in ids, "a CUDA rebuild cannot help on a machine without a GPU"
+    route = next(m for m in match_causes(facts, causes) if m.cause.id == "no-gpu-here")
+    assert any("nox -s build-cuda" in f for f in route.fix)
+    assert any("--wheel" in f for f in route.fix)
+    assert doctor.verdict(facts).startswith("CPU-only build on a machine with no GPU")
 
 
 def test_fill_uses_facts_and_keeps_unknown_placeholders() -> None:
@@ -398,7 +485,37 @@ def test_fill_uses_facts_and_keeps_unknown_placeholders() -> None:
         ),
         ({"llama.installed": False, "llama.import_error": "No module"}, "llama-cpp-python is not"),
         ({"build.crash": "SIGILL"}, "llama_cpp crashes on import (SIGILL)"),
+        (
+            {
+                "log.build_failed": True,
+                "log.failed_step_label": "CMake configure",
+                "log.failed_line": "Could NOT find Vulkan (missing: glslc)",
+            },
+            "The llama-cpp-python build in the log failed at the CMake configure step: "
+            "Could NOT find Vulkan (missing: glslc). Inspected here: CUDA build, all 3/3",
+        ),
     ],
 )
 def test_verdict_line(extra: dict[str, Any], start: str) -> None:
     assert doctor.verdict({**HEALTHY, **extra}).startswith(start)
+
+
+@pytest.mark.parametrize(
+    ("extra", "healthy"),
+    [
+        ({}, True),
+        ({"log.build_failed": True}, False),
+        ({"llama.installed": False}, False),
+        ({"build.gpu_backends": [], "build.compiled_backends": ["CPU"]}, False),
+        ({"probe.offloaded": 1}, False),
+        ({"probe.user_offloaded": 0}, False),
+        ({"build.gpu_devices": []}, False),
+    ],
+)
+def test_exit_code_is_zero_only_for_a_healthy_build(
+    extra: dict[str, Any], healthy: bool, causes: list[doctor.Cause]
+) -> None:
+    facts = {**HEALTHY, **extra}
+    report = doctor.diagnose(facts, {}, causes)
+    assert report.healthy is healthy
+    assert report.exit_code == (0 if healthy else 1)

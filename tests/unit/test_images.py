@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import container, doctor, images
+from harness import build_log, container, doctor, images
 
 REFUSAL = (
     "docker: Error response from daemon: failed to create task for container: failed to create "
@@ -54,7 +54,7 @@ def test_container_mode_explains_a_refused_image() -> None:
 
 
 def test_the_doctor_names_the_refusal_and_the_requirement_from_a_log() -> None:
-    facts = {**doctor.log_facts(REFUSAL)}
+    facts = {**build_log.log_facts(REFUSAL)}
     assert facts["log.required_cuda"] == "12.8"
     facts.update(doctor.hint_facts(facts))
     matches = doctor.match_causes(facts)
@@ -63,7 +63,7 @@ def test_the_doctor_names_the_refusal_and_the_requirement_from_a_log() -> None:
     match = next(m for m in matches if m.cause.id == "container-driver-too-old")
     assert any("570.124.06" in line for line in match.fix), match.fix
     # another CUDA version in the log: that version's driver
-    other = doctor.log_facts(REFUSAL.replace("cuda>=12.8", "cuda>=12.6"))
+    other = build_log.log_facts(REFUSAL.replace("cuda>=12.8", "cuda>=12.6"))
     assert "560.28.03" in doctor.hint_facts(other)["hint.container_driver"]
 
 

@@ -1,0 +1,215 @@
+"""Reading users' logs (harness/build_log.py): the failing step, the line that says why, and
+the facts the cause catalogue tests; plus the CUDA architecture table it uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from harness import build_log, toolchain
+
+PIP_NON_VERBOSE = """\
+Building wheels for collected packages: llama-cpp-python
+  Building wheel for llama-cpp-python (pyproject.toml) ... error
+  error: subprocess-exited-with-error
+
+  x Building wheel for llama-cpp-python (pyproject.toml) did not run successfully.
+  |-> [12 lines of output]
+      *** Configuring CMake...
+      -- Including CPU backend
+      -- Found NCCL: no
+      -- Could NOT find NCCL (missing: NCCL_LIBRARY)
+      CMake Error at vendor/llama.cpp/ggml/src/ggml-vulkan/CMakeLists.txt:9 (find_package):
+        Could NOT find Vulkan (missing: glslc) (found version "1.3.239")
+      *** CMake configuration failed
+  ERROR: Failed building wheel for llama-cpp-python
+"""
+
+
+VULKAN_LINE = 'Could NOT find Vulkan (missing: glslc) (found version "1.3.239")'
+WHEEL_LINE = "ERROR: Failed building wheel for llama-cpp-python"
+
+
+@pytest.mark.parametrize(
+    ("log", "step", "line", "failed"),
+    [
+        # pip's wrapper lines come first in non-verbose output; the CMake error still wins,
+        # and a "-- Could NOT find" status line is not an error
+        (PIP_NON_VERBOSE, "configure", VULKAN_LINE, True),
+        (
+            "*** Building project with Ninja...\n[5/9] Building CUDA object a.cu.o\n"
+            "FAILED: a.cu.o\nnvcc fatal   : Unsupported gpu architecture 'compute_120'\n",
+            "compile",
+            "nvcc fatal   : Unsupported gpu architecture 'compute_120'",
+            False,
+        ),
+        (
+            "[180/190] Linking CXX shared library bin/libllama.so\n"
+            "/usr/bin/ld: cannot find -lcuda: No such file or directory\n*** CMake build failed\n",
+            "link",
+            "/usr/bin/ld: cannot find -lcuda: No such file or directory",
+            True,
+        ),
+        (
+            ">>> import llama_cpp\nRuntimeError: Failed to load shared library 'x/libllama.so': "
+            "libcudart.so.12: cannot open shared object file\n",
+            "import",
+            "RuntimeError: Failed to load shared library 'x/libllama.so': libcudart.so.12: "
+            "cannot open shared object file",
+            False,
+        ),
+        (
+            "load_tensors: offloaded 33/33 layers to GPU\n"
+            "CUDA error: no kernel image is available for execution on the device\n",
+            "runtime",
+            "CUDA error: no kernel image is available for execution on the device",
+            False,
+        ),
+        ("Successfully installed llama-cpp-python-0.3.36\n", None, None, False),
+        (f"{WHEEL_LINE}\n", None, WHEEL_LINE, True),
+    ],
+)
+def test_failing_step_and_line(log: str, step: str | None, line: str | None, failed: bool) -> None:
+    assert build_log.failing_step(log) == (step, line, failed)
+
+
+def test_cuda_facts_of_a_build_log() -> None:
+    facts = build_log.log_facts(
+        "-- The CUDA compiler identification is NVIDIA 12.4.131\n"
+        "-- Using CUDA architectures: 86;120\n"
+        "nvcc fatal   : Unsupported gpu architecture 'compute_120a'\n"
+    )
+    assert facts["log.nvcc_version"] == "12.4.131"
+    assert facts["log.cuda_archs"] == [86, 120]
+    assert facts["log.unsupported_arch"] == 120
+    assert facts["log.unsupported_arch_support"] == "too-new"
+    assert facts["log.arch_min_cuda"] == "12.8"
+    assert facts["log.arch_fallback"] == "90"
+
+
+def test_an_architecture_cuda_13_dropped_is_told_apart() -> None:
+    facts = build_log.log_facts(
+        '-- Found CUDAToolkit: /usr/local/cuda/include (found version "13.0.48")\n'
+        "nvcc fatal   : Unsupported gpu architecture 'compute_61'\n"
+    )
+    assert facts["log.unsupported_arch_support"] == "dropped"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("unsupported GNU version! gcc versions later than 13 are not", ("gcc 13", "g++-13")),
+        (
+            "unsupported clang version! clang version must be less than 19",
+            ("clang 18", "clang++-18"),
+        ),
+        (
+            "unsupported Microsoft Visual Studio version! Only the versions between 2017 and 2022",
+            ("Visual Studio 2022", None),
+        ),
+    ],
+)
+def test_host_compiler_limit(text: str, expected: tuple[str, str | None]) -> None:
+    facts = build_log.log_facts(text)
+    assert (facts["log.host_compiler_limit"], facts["log.host_gxx"]) == expected
+
+
+def test_vulkan_runtime_and_misc_facts() -> None:
+    log = (
+        "-- Could NOT find Vulkan (missing: Vulkan_LIBRARY Vulkan_INCLUDE_DIR glslc)\n"
+        "sh: 1: Vulkan_GLSLC_EXECUTABLE-NOTFOUND: not found\n"
+        "Collecting llama-cpp-python==0.3.16\n"
+        "ggml_cuda_init: found 1 CUDA devices:\n"
+        "  Device 0: NVIDIA GeForce GTX 1070, compute capability 6.1, VMM: yes\n"
+        "load_tensors: offloaded 0/33 layers to GPU\n"
+        "CMake Warning:\n  Manually-specified variables were not used by the project:\n\n"
+        "    LLAMA_VULKAN\n    LLAMA_KOMPUTE\n\n-- Build files have been written to: /b\n"
+    )
+    facts = build_log.log_facts(log)
+    assert facts["log.vulkan_missing"] == ["Vulkan_LIBRARY", "Vulkan_INCLUDE_DIR", "glslc"]
+    assert facts["log.llama_version"] == "0.3.16"
+    assert (facts["log.offloaded"], facts["log.offload_total"]) == (0, 33)
+    assert facts["log.runtime_gpu_backends"] == ["CUDA"]
+    assert facts["log.gpu_devices_found"] == 1
+    assert facts["log.gpu_compute_caps"] == [61]
+    assert facts["log.cmake_unused"] == ["LLAMA_VULKAN", "LLAMA_KOMPUTE"]
+
+
+@pytest.mark.parametrize(
+    ("text", "wsl"),
+    [
+        ("Linux 5.15.133.1-microsoft-standard-WSL2 x86_64", True),
+        ("CUDA error 100 at /mnt/c/ws/llama.cpp/ggml-cuda.cu:485: no CUDA-capable device", True),
+        ("export LD_LIBRARY_PATH=/usr/lib/wsl/lib", True),
+        ("CUDA error 100 at /home/u/ggml-cuda.cu:485: no CUDA-capable device", False),
+    ],
+)
+def test_wsl_is_recognised(text: str, wsl: bool) -> None:
+    assert build_log.log_facts(text)["log.wsl"] is wsl
+
+
+def test_no_log_gives_no_facts() -> None:
+    facts: dict[str, Any] = build_log.log_facts(None)
+    assert facts == {"user.log": None, "log.build_failed": None}
+    assert build_log.joined(["", "  "]) is None
+    assert build_log.joined(["a", "b"]) == "a\nb"
+
+
+# --------------------------------------------------------------------------- CUDA archs
+
+
+@pytest.mark.parametrize(
+    ("arch", "release", "support"),
+    [
+        (120, (12, 4), "too-new"),
+        (120, (12, 8), "ok"),
+        (89, (11, 7), "too-new"),
+        (89, (11, 8), "ok"),
+        (61, (12, 9), "ok"),
+        (61, (13, 0), "dropped"),
+        (75, (13, 0), "ok"),
+        (35, (12, 0), "dropped"),
+        (101, (13, 0), "dropped"),
+        (110, (12, 9), "too-new"),
+        (999, (12, 8), None),
+        (90, None, None),
+    ],
+)
+def test_arch_support_table(
+    arch: int, release: tuple[int, int] | None, support: str | None
+) -> None:
+    assert toolchain.arch_support(arch, release) == support
+
+
+def test_fallback_arch_is_the_newest_non_tegra_one_the_toolkit_knows() -> None:
+    assert toolchain.fallback_arch((12, 4), 120) == 90
+    assert toolchain.fallback_arch((11, 7), 89) == 86  # not 87 (Jetson Orin)
+    assert toolchain.fallback_arch(None, 120) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("compute_120a", 120), ("sm_90", 90), ("86-real", 86), ("8.6", 86), ("12.0", 120)],
+)
+def test_arch_number(text: str, number: int) -> None:
+    assert toolchain.arch_number(text) == number
+
+
+def test_secrets_in_a_log_never_reach_the_doctor_output() -> None:
+    """The failing line is quoted in the verdict: it goes through harness.redact like the rest."""
+    from harness import doctor
+
+    token = "hf_LogLineSecretToken0123456789"
+    log = (
+        "*** Configuring CMake...\n"
+        f"CMake Error at CMakeLists.txt:3 (message):\n  download failed, HF_TOKEN={token}\n"
+        "*** CMake configuration failed\n"
+    )
+    facts = {"llama.installed": False, **doctor.user_input_facts({}, [], [log])}
+    report = doctor.diagnose(facts, {})
+    assert facts["log.failed_line"].endswith(token)  # the raw fact has it ...
+    for out in (doctor.render_text(report), doctor.render_json(report)):
+        assert token not in out  # ... no output does
+        assert "download failed" in out
+    assert token not in doctor.render_markdown(report)
