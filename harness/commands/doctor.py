@@ -45,6 +45,18 @@ def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
     return kwargs
 
 
+def _read_log(path: Path) -> str:
+    """A --log file's text (undecodable bytes replaced); ValueError names the fix."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ValueError(
+            f"--log {path}: cannot read it ({exc.strerror or exc}). Fix: pass the file "
+            "you saved the pip / build / run-time output to, e.g. pip install -v ... 2>&1 | tee "
+            "pip-install.log"
+        ) from exc
+
+
 def run(args: argparse.Namespace) -> int:
     err = message_console(err=True)
     try:
@@ -53,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             python = args.python or sys.executable
         kwargs = _kwargs(args)
-        logs = [Path(p).read_text(encoding="utf-8", errors="replace") for p in args.log]
+        logs = [_read_log(Path(p)) for p in args.log]
     except (FileNotFoundError, ValueError, OSError) as exc:
         err.print(f"[red]doctor:[/red] {exc}")
         return 2

@@ -195,3 +195,10 @@ def test_cli_without_llama_cpp_python_exits_1_and_names_the_install_command(
     assert "llama-not-installed" in proc.stdout
     assert f"llama-harness install cpu --python {bare_python}" in proc.stdout
     assert "No known cause matched" not in proc.stdout
+
+
+def test_cli_unreadable_log_is_a_usage_error_with_the_fix(tmp_path: Path) -> None:
+    proc = _cli("--log", str(tmp_path / "missing.log"))
+    assert proc.returncode == 2
+    assert "missing.log" in proc.stderr and "Fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr
