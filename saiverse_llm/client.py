@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +41,22 @@ from saiverse_llm.errors import (
     is_transient,
 )
 from saiverse_llm.fallback import Fallback, FallbackError, LocalGenerator, make_fallback
-from saiverse_llm.generation import completion_args, unseen
-from saiverse_llm.loading import DEFAULT_CONTEXT_CAP, LoadedModel, LoadSpec
+from saiverse_llm.generation import Generation, ReplyBuilder, run_single, unseen
+from saiverse_llm.loading import DEFAULT_CONTEXT_CAP, LoadedModel, LoadSpec, usable_n_ctx
 from saiverse_llm.messages import Message, MessageError, normalize_messages
 from saiverse_llm.pool import Closable, ModelLoadError, ModelPool, default_pool
 from saiverse_llm.request import Reply, Request
+from saiverse_llm.sampling import Sampler, SamplingParams
+from saiverse_llm.schema import schema_grammar
 from saiverse_llm.templates import PromptInfo, render_prompt
 from saiverse_llm.tools import (
-    ToolCall,
     ToolCallStreamFilter,
     ToolDefinitionError,
     normalize_tools,
-    parse_tool_calls,
     tool_names,
     tool_result,
 )
-from saiverse_llm.usage import Usage, UsageSlot
+from saiverse_llm.usage import Usage, UsageSlot, UsageTotals
 
 __all__ = [
     "DEFAULT_CONTEXT_CAP",
@@ -80,7 +80,15 @@ DEFAULT_PARAMETERS: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "max_tok
 #: Sampling kwargs passed through to llama.cpp's sampler (per call or via
 #: ``configure_parameters``).
 SAMPLING_KEYS = frozenset(
-    {"top_k", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+    {
+        "top_k",
+        "min_p",
+        "typical_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "ignore_eos",
+    }
 )
 
 
@@ -107,6 +115,10 @@ def _check_param(name: str, value: object) -> Any:
     if name == "max_tokens":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"parameter max_tokens: bad value {value!r}; {fix[name]}")
+        return value
+    if name == "ignore_eos":
+        if not isinstance(value, bool):
+            raise ValueError(f"parameter ignore_eos: bad value {value!r}; use true or false")
         return value
     if name == "seed":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -213,6 +225,7 @@ class LlamaCppClient:
         self._params: dict[str, Any] = dict(DEFAULT_PARAMETERS)
         self._usage = UsageSlot()
         self._detection = UsageSlot()
+        self._totals = UsageTotals()
         if supports_images:
             logger.warning(
                 "%s: supports_images is true but the llama.cpp client does not accept images; "
@@ -273,14 +286,19 @@ class LlamaCppClient:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[LoadedModel]:
-        """The pooled model with its lock held; never one that was unloaded meanwhile."""
+        """The pooled model, counted as in use (the pool cannot free it under us) and with
+        its generation lock held; never one that was unloaded meanwhile. Raises
+        :class:`GenerationError` when this thread already holds it (an open stream)."""
         for _ in range(5):
             model = self.load()
-            with model.lock:
-                if model.closed:  # evicted/unloaded between load() and the lock
-                    continue
-                yield model
-                return
+            if not model.acquire():  # evicted/unloaded between load() and now
+                continue
+            try:
+                with model.generating():
+                    yield model
+            finally:
+                model.release()
+            return
         raise GenerationError(f"{self.model_name}: the model kept being unloaded while in use")
 
     def load_report(self) -> dict[str, Any]:
@@ -315,63 +333,105 @@ class LlamaCppClient:
 
     # -- generation core -----------------------------------------------------------------
 
-    def _completion_args(
-        self, model: LoadedModel, request: Request, seed: int
-    ) -> tuple[dict[str, Any], PromptInfo, Any]:
+    def _generation(
+        self,
+        model: LoadedModel,
+        request: Request,
+        seed: int,
+        on_text: Callable[[int, str], None] | None,
+    ) -> tuple[Generation, PromptInfo]:
+        """The per-request state for ``request`` on ``model``: prompt, sampler, reply."""
         prompt = self._render(model, request.messages, request.tools)
-        args, budget = completion_args(model, prompt, request, seed, self.model_name)
-        return args, prompt, budget
+        n_ctx = usable_n_ctx(model.llm)
+        if len(prompt.tokens) >= n_ctx:
+            raise ContextOverflowError(
+                f"{self.model_name}: the prompt has {len(prompt.tokens)} tokens but n_ctx is "
+                f"{n_ctx}. Fix: raise context_length in the model config or send less history"
+            )
+        grammar = request.grammar
+        if grammar is None and request.response_schema is not None:
+            grammar = schema_grammar(request.response_schema)
+        extra = dict(request.extra)
+        ignore_eos = bool(extra.pop("ignore_eos", False))
+        params = SamplingParams(
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=seed,
+            grammar=grammar,
+            ignore_eos=ignore_eos,
+            **extra,
+        )
+        reply = ReplyBuilder(
+            model.vocab,
+            max_tokens=min(request.max_tokens, n_ctx - len(prompt.tokens)),
+            stop=[*request.stop, *prompt.stop],
+            tool_filter=ToolCallStreamFilter(tool_names(request.tools)) if request.tools else None,
+            ignore_eos=ignore_eos,
+            on_text=on_text,
+        )
+        return Generation(prompt.tokens, Sampler(model.vocab, params), reply), prompt
 
-    def _parse(self, request: Request, raw: str) -> tuple[str, list[ToolCall]]:
-        if not request.tools:
-            return raw, []
-        parsed = parse_tool_calls(raw, known=tool_names(request.tools))
-        return parsed.content, parsed.tool_calls
+    def _reply(self, gen: Generation, prompt: PromptInfo, text: str, attempts: int) -> Reply:
+        return Reply(
+            text=text,
+            raw=gen.reply.raw,
+            tool_calls=gen.reply.tool_calls,
+            answered_by=self.model_name,
+            prompt_tokens=len(prompt.tokens),
+            completion_tokens=gen.reply.n_tokens,
+            attempts=attempts,
+            finish_reason=gen.reply.finish_reason,
+            cached_tokens=gen.cached_tokens,
+        )
+
+    def _retry_or_raise(self, exc: Exception, attempts: int, sent: int | None) -> None:
+        if attempts > self.max_retries or not is_transient(exc):
+            raise exc
+        where = "" if sent is None else f" while streaming, {sent} chars already sent"
+        logger.warning(
+            "%s: transient error (attempt %d of %d%s): %s: %s; retrying%s",
+            self.model_name,
+            attempts,
+            self.max_retries + 1,
+            where,
+            type(exc).__name__,
+            exc,
+            "" if sent is None else " without repeating them",
+        )
 
     def run_local(self, request: Request) -> Reply:
-        """Generate a whole reply with the local model (retrying transient errors)."""
+        """Generate a whole reply with the local model (retrying transient errors).
+
+        The same loop as :meth:`stream_local`, read to the end."""
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         attempts = 0
         while True:
             attempts += 1
             try:
                 with self._locked() as model:
-                    args, prompt, _ = self._completion_args(model, request, seed)
-                    out = model.llm.create_completion(stream=False, **args)
-                choice = out["choices"][0]
-                raw = str(choice["text"])
+                    if attempts > 1:
+                        model.llm.reset()
+                    gen, prompt = self._generation(model, request, seed, None)
+                    try:
+                        text = "".join(run_single(model, gen))
+                    finally:
+                        gen.close()
                 if self.chunk_hook is not None:
-                    self.chunk_hook(0, raw)  # the whole reply is chunk 0
-                text, calls = self._parse(request, raw)
-                usage = out.get("usage") or {}
-                return Reply(
-                    text=text,
-                    raw=raw,
-                    tool_calls=calls,
-                    answered_by=self.model_name,
-                    prompt_tokens=int(usage.get("prompt_tokens", len(prompt.tokens))),
-                    completion_tokens=int(usage.get("completion_tokens", 0)),
-                    attempts=attempts,
-                    finish_reason=choice.get("finish_reason"),
-                )
+                    self.chunk_hook(0, gen.reply.raw)  # the whole reply is chunk 0
+                return self._reply(gen, prompt, text, attempts)
             except Exception as exc:
-                if attempts > self.max_retries or not is_transient(exc):
-                    raise
-                logger.warning(
-                    "%s: transient error (attempt %d of %d): %s: %s; retrying",
-                    self.model_name,
-                    attempts,
-                    self.max_retries + 1,
-                    type(exc).__name__,
-                    exc,
-                )
+                self._retry_or_raise(exc, attempts, None)
 
-    def stream_local(self, request: Request) -> Iterator[str | Reply]:
+    def stream_local(
+        self, request: Request, *, on_cancel: Callable[[Reply], None] | None = None
+    ) -> Generator[str | Reply, None, None]:
         """Text chunks from the local model, then the final :class:`Reply`.
 
         The model's lock is held for the whole stream. On a transient error the stream is
         regenerated with the same seed and only text beyond what was already yielded is
-        yielded; if the retry diverges, :class:`RetryDivergedError` is raised instead."""
+        yielded; if the retry diverges, :class:`RetryDivergedError` is raised instead.
+        When the consumer closes the stream early, ``on_cancel`` gets the usage so far
+        (``finish_reason`` "cancelled")."""
         seed = request.seed if request.seed is not None else random.randrange(2**31)
         emitted = ""
         attempts = 0
@@ -381,65 +441,31 @@ class LlamaCppClient:
                 with self._locked() as model:
                     if attempts > 1:
                         model.llm.reset()
-                    args, prompt, budget = self._completion_args(model, request, seed)
-                    known = tool_names(request.tools) if request.tools else None
-                    filt = ToolCallStreamFilter(known) if request.tools else None
+                    gen, prompt = self._generation(model, request, seed, self.chunk_hook)
                     produced = ""
-                    raw = ""
-                    finish: str | None = None
-                    stream = model.llm.create_completion(stream=True, **args)
                     try:
-                        for index, chunk in enumerate(stream):
-                            choice = chunk["choices"][0]
-                            piece = str(choice.get("text") or "")
-                            finish = choice.get("finish_reason") or finish
-                            if self.chunk_hook is not None:
-                                self.chunk_hook(index, piece)
-                            raw += piece
-                            produced += filt.feed(piece) if filt is not None else piece
+                        for piece in run_single(model, gen):
+                            produced += piece
                             new = unseen(produced, emitted)
                             if new:
                                 emitted += new
                                 yield new
+                    except GeneratorExit:
+                        if on_cancel is not None:
+                            partial = self._reply(gen, prompt, emitted, attempts)
+                            partial.finish_reason = "cancelled"
+                            on_cancel(partial)
+                        raise
                     finally:
-                        stream.close()
-                    calls: list[ToolCall] = []
-                    if filt is not None:
-                        tail, calls = filt.finish()
-                        produced += tail
-                        new = unseen(produced, emitted)
-                        if new:
-                            emitted += new
-                            yield new
+                        gen.close()
                     if len(produced) < len(emitted):
                         raise RetryDivergedError(
                             "a retried stream ended before reaching the text already yielded"
                         )
-                    completion_tokens = budget.completion_tokens(finish)
-                yield Reply(
-                    text=produced,
-                    raw=raw,
-                    tool_calls=calls,
-                    answered_by=self.model_name,
-                    prompt_tokens=len(prompt.tokens),
-                    completion_tokens=completion_tokens,
-                    attempts=attempts,
-                    finish_reason=finish,
-                )
+                yield self._reply(gen, prompt, produced, attempts)
                 return
             except Exception as exc:
-                if attempts > self.max_retries or not is_transient(exc):
-                    raise
-                logger.warning(
-                    "%s: transient error while streaming (attempt %d of %d, %d chars already "
-                    "sent): %s: %s; retrying without repeating them",
-                    self.model_name,
-                    attempts,
-                    self.max_retries + 1,
-                    len(emitted),
-                    type(exc).__name__,
-                    exc,
-                )
+                self._retry_or_raise(exc, attempts, len(emitted))
 
     # -- requests, fallback, results -----------------------------------------------------
 
@@ -536,17 +562,19 @@ class LlamaCppClient:
         return reply.text
 
     def _record(self, reply: Reply, reason: BaseException | None) -> None:
-        self._usage.set(
-            Usage(
-                prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-                model=self.model_name,
-                answered_by=reply.answered_by,
-                fallback=reason is not None,
-                fallback_reason=f"{type(reason).__name__}: {reason}" if reason else None,
-                attempts=reply.attempts,
-            )
+        usage = Usage(
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            model=self.model_name,
+            answered_by=reply.answered_by,
+            fallback=reason is not None,
+            fallback_reason=f"{type(reason).__name__}: {reason}" if reason else None,
+            attempts=reply.attempts,
+            cached_tokens=reply.cached_tokens,
+            finish_reason=reply.finish_reason,
         )
+        self._usage.set(usage)
+        self._totals.add(usage)
 
     # -- SAIVerse interface ---------------------------------------------------------------
 
@@ -604,12 +632,14 @@ class LlamaCppClient:
         reason: BaseException | None = None
         sent = False
         try:
-            for item in self.stream_local(request):
-                if isinstance(item, Reply):
-                    final = item
-                else:
-                    sent = True
-                    yield item
+            local = self.stream_local(request, on_cancel=lambda r: self._record(r, None))
+            with contextlib.closing(local):
+                for item in local:
+                    if isinstance(item, Reply):
+                        final = item
+                    else:
+                        sent = True
+                        yield item
         except Exception as exc:
             if sent or not self._can_fall_back(exc):
                 raise
@@ -639,9 +669,14 @@ class LlamaCppClient:
         return value
 
     def consume_usage(self) -> Usage | None:
-        """Usage of the last call on this thread (read-and-clear)."""
+        """Usage of the last call on this thread, read-and-clear (per call, not a sum; see
+        :mod:`saiverse_llm.usage`). None when nothing was recorded since the last read."""
         value: Usage | None = self._usage.consume()
         return value
+
+    def total_usage(self) -> UsageTotals:
+        """Cumulative usage of every call this client recorded (all threads); a copy."""
+        return self._totals.snapshot()
 
 
 def get_llm_client(

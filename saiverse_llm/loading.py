@@ -10,17 +10,21 @@ picks n_ctx (the config's ``context_length``, else the GGUF's trained context ca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saiverse_llm.errors import GenerationError
 from saiverse_llm.native import llama_cpp_module, native_log, parse_load_log, parse_memory_log
 from saiverse_llm.pool import ModelKey, ModelLoadError
 from saiverse_llm.templates import ChatTemplate, resolve_template
+from saiverse_llm.vocab import Vocab
 
 logger = logging.getLogger("saiverse_llm")
 
@@ -61,22 +65,126 @@ def check_gguf(path: Path) -> GGUFSummary:
     return summary
 
 
-@dataclass
-class LoadedModel:
-    """One ``Llama`` in the pool, with the lock that serialises every call on it."""
+class DecodeBatch:
+    """A ``llama_batch`` of ``capacity`` tokens for sequence 0, with numpy views of its
+    token, pos and logits arrays (the sequence ids are set once, here)."""
 
-    llm: Any
-    key: ModelKey
-    report: dict[str, Any]
-    template: ChatTemplate
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    closed: bool = False
+    def __init__(self, capacity: int) -> None:
+        import llama_cpp
+        import numpy as np
+
+        self.capacity = capacity
+        self.raw = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.token = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
+        self.pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
+        np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))[:] = 1
+        for i in range(capacity):
+            self.raw.seq_id[i][0] = 0
+        self._free = llama_cpp.llama_batch_free
+
+    def free(self) -> None:
+        if self._free is not None:
+            self._free(self.raw)
+            self._free = None
+
+
+class LoadedModel:
+    """One ``Llama`` in the pool: its load report, chat template and vocabulary, the lock
+    that serialises generation on it, and a count of the calls using it.
+
+    A model is freed only when nobody uses it: :meth:`close` (the pool evicting or
+    unloading it) while a call holds it (:meth:`acquire` ... :meth:`release`, e.g. a stream
+    that is still being read) only marks it, and the last :meth:`release` frees it. A
+    marked model cannot be acquired again (the caller loads a fresh one)."""
+
+    def __init__(
+        self, llm: Any, key: ModelKey, report: dict[str, Any], template: ChatTemplate
+    ) -> None:
+        self.llm = llm
+        self.key = key
+        self.report = report
+        self.template = template
+        self.vocab = Vocab(llm)
+        #: held for the whole of a generation on this model (not re-entrant)
+        self.lock = threading.Lock()
+        self._state = threading.Lock()
+        self._users = 0
+        self._close_pending = False
+        self.closed = False
+        self._batch: DecodeBatch | None = None
+        self._owner: int | None = None
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Hold the generation lock. The same thread asking again (a stream on this model
+        is still open there, and the new call would overwrite its KV cache) is an error,
+        not a deadlock."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise GenerationError(
+                f"{self.report.get('model', self.key.path)}: a stream on this model is still "
+                "open in this thread. Fix: read the stream to its end or close() it before "
+                "the next call on the same model"
+            )
+        with self.lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
+
+    def batch(self) -> DecodeBatch:
+        """The decode batch of this context (n_batch tokens), made on first use."""
+        if self._batch is None:
+            self._batch = DecodeBatch(int(self.llm.n_batch))
+        return self._batch
+
+    @property
+    def in_use(self) -> bool:
+        with self._state:
+            return self._users > 0
+
+    def acquire(self) -> bool:
+        """Count one more user; False when the model is closed or about to be."""
+        with self._state:
+            if self.closed or self._close_pending:
+                return False
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        """One user fewer; frees the model if a close was deferred until now."""
+        with self._state:
+            self._users -= 1
+            free = self._users == 0 and self._close_pending and not self.closed
+            if free:
+                self.closed = True
+        if free:
+            logger.info("freeing %s now that its last call has ended", self.key.path)
+            self._free()
 
     def close(self) -> None:
-        with self.lock:
-            if not self.closed:
-                self.closed = True
-                self.llm.close()
+        """Free the model now, or when its last user releases it."""
+        with self._state:
+            if self.closed:
+                return
+            if self._users:
+                self._close_pending = True
+                logger.info(
+                    "%s is in use (%d call(s)); freeing it when they end",
+                    self.key.path,
+                    self._users,
+                )
+                return
+            self.closed = True
+        self._free()
+
+    def _free(self) -> None:
+        if self._batch is not None:
+            self._batch.free()
+            self._batch = None
+        self.llm.close()
 
 
 def usable_n_ctx(llm: Any) -> int:

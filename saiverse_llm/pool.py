@@ -8,8 +8,9 @@ gets the same error without another load attempt (no reload storm) until the fil
 (new mtime/size -> new key) or the failure is forgotten via :meth:`ModelPool.unload`.
 
 The pool can be capped (``max_models``, LRU eviction; ``$SAIVERSE_LLM_MAX_MODELS`` for the
-process-wide pool, default 4). Evicting or unloading a model waits for the call that is
-using it (the model's own lock) before freeing it.
+process-wide pool, default 4). Eviction prefers idle models; a model that is evicted or
+unloaded while a call still uses it is freed when that call ends (its ``close()`` defers),
+never under it.
 """
 
 from __future__ import annotations
@@ -146,9 +147,14 @@ class ModelPool(Generic[T]):
         return None
 
     def _evict_over_cap(self) -> list[tuple[ModelKey, T]]:
+        """Least recently used first, idle models before models in use (a model whose
+        ``in_use`` is true is serving a call, e.g. a stream still being read). A model in
+        use that must go anyway is freed by its own ``close()`` when the call ends."""
         evicted: list[tuple[ModelKey, T]] = []
         while self.max_models is not None and len(self._models) > self.max_models:
-            evicted.append(self._models.popitem(last=False))
+            idle = [k for k, m in self._models.items() if not getattr(m, "in_use", False)]
+            key = idle[0] if idle else next(iter(self._models))
+            evicted.append((key, self._models.pop(key)))
         return evicted
 
     def attempts(self, key: ModelKey) -> int:

@@ -1,0 +1,165 @@
+"""The token-by-token generation loop: generate and generate_stream agree, characters split
+across tokens are never mangled, stop strings and max_tokens are exact.
+
+The tiny model has random weights: unconstrained, it often samples byte tokens that form
+incomplete or invalid UTF-8, which is what the agreement tests need. Exact texts are
+forced with a GBNF grammar (the text still comes out of llama.cpp's sampler, token by
+token, through the client's loop).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
+
+
+def forced(text: str) -> Any:
+    return llama_cpp.LlamaGrammar.from_string(
+        f"root ::= {json.dumps(text, ensure_ascii=False)}", verbose=False
+    )
+
+
+def both(client: Any, messages: list[dict[str, str]], **kwargs: Any) -> tuple[str, list[str]]:
+    whole = client.generate(messages, **kwargs)
+    chunks = list(client.generate_stream(messages, **kwargs))
+    return whole, chunks
+
+
+@pytest.mark.parametrize("seed", [3, 5, 11])
+@pytest.mark.parametrize("content", ["a", "こんにちは", "Tell me a story 🌸"])
+def test_stream_and_generate_give_the_same_text(
+    make_client: Callable[..., Any], tiny: Path, content: str, seed: int
+) -> None:
+    """Issue #11: with "a", max_tokens=96, temperature 0, seed 3, generate had two
+    Cyrillic letters at character 47 that the stream dropped (138 vs 136 characters)."""
+    client = make_client(tiny, context_length=512)
+    messages = [{"role": "user", "content": content}]
+    whole, chunks = both(client, messages, max_tokens=96, temperature=0.0, seed=seed)
+    assert "".join(chunks) == whole
+    assert all(chunks), "an empty chunk was yielded"
+
+
+def test_sampled_stream_matches_generate_for_the_same_seed(
+    make_client: Callable[..., Any], tiny: Path
+) -> None:
+    client = make_client(tiny, context_length=512)
+    messages = [{"role": "user", "content": "hello"}]
+    for seed in (1, 2, 3):
+        whole, chunks = both(client, messages, max_tokens=64, temperature=0.9, seed=seed)
+        assert "".join(chunks) == whole, f"seed {seed}"
+
+
+@pytest.mark.parametrize("text", ["東京は晴れ", "🌸😀 emoji", "Ünïcödé ß ж"])
+def test_characters_split_across_tokens_arrive_whole(
+    make_client: Callable[..., Any], tiny: Path, text: str
+) -> None:
+    client = make_client(tiny)
+    llm = client.llama if hasattr(client, "llama") else None
+    if llm is not None:  # the tiny vocab spells these with byte tokens: more tokens than chars
+        assert len(llm.tokenize(text.encode(), add_bos=False)) > len(text)
+    messages = [{"role": "user", "content": "x"}]
+    whole, chunks = both(client, messages, grammar=forced(text), max_tokens=64, seed=1)
+    assert whole == text
+    assert "".join(chunks) == text
+    assert not any("\ufffd" in c for c in chunks)
+
+
+STOP = "<<END>>"
+
+
+def test_stop_string_across_token_boundaries(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    client = make_client(tiny)
+    assert len(client.llama.tokenize(STOP.encode(), add_bos=False)) > 1  # spans tokens
+    messages = [{"role": "user", "content": "x"}]
+    g = f"alpha beta{STOP}gamma"
+    whole, chunks = both(client, messages, grammar=forced(g), stop=[STOP], max_tokens=64, seed=1)
+    assert whole == "alpha beta"
+    assert "".join(chunks) == "alpha beta"
+    assert not any("<" in c for c in chunks), chunks  # no part of the stop string leaks
+    assert client.consume_usage().completion_tokens < len(client.llama.tokenize(g.encode()))
+
+
+def test_stop_string_that_begins_the_reply(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    client = make_client(tiny)
+    messages = [{"role": "user", "content": "x"}]
+    whole, chunks = both(
+        client, messages, grammar=forced(f"{STOP} after"), stop=[STOP], max_tokens=64, seed=1
+    )
+    assert whole == ""
+    assert chunks == []
+
+
+@pytest.mark.parametrize("n", [1, 7, 96])
+def test_max_tokens_is_exact(
+    make_client: Callable[..., Any], tiny: Path, n: int, ours_only: None
+) -> None:
+    """With end-of-generation ignored, a reply is exactly max_tokens tokens, on both paths
+    and at any temperature (random byte tokens included)."""
+    client = make_client(tiny, context_length=512)
+    messages = [{"role": "user", "content": "count"}]
+    for temperature in (0.0, 1.0):
+        for stream in (False, True):
+            kwargs = {"max_tokens": n, "temperature": temperature, "seed": 4, "ignore_eos": True}
+            if stream:
+                "".join(client.generate_stream(messages, **kwargs))
+            else:
+                client.generate(messages, **kwargs)
+            usage = client.consume_usage()
+            assert usage.completion_tokens == n, (temperature, stream)
+
+
+def test_repeated_prompt_is_served_from_the_kv_cache_with_the_same_text(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None, fresh_pool: Any
+) -> None:
+    client = make_client(tiny, context_length=512, pool=fresh_pool)
+    messages = [{"role": "user", "content": "the same prompt twice"}]
+    first = client.generate(messages, max_tokens=48, temperature=0.0)
+    usage = client.consume_usage()
+    assert usage.cached_tokens == 0
+    second = client.generate(messages, max_tokens=48, temperature=0.0)
+    usage = client.consume_usage()
+    assert usage.cached_tokens == usage.prompt_tokens - 1  # all but the last prompt token
+    assert second == first
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_fast_sampling_routes_pick_the_same_tokens_as_llama_cpps_chain(
+    make_client: Callable[..., Any], gemma: Path, temperature: float, ours_only: None
+) -> None:
+    """Gemma's 262,144-token vocabulary takes the numpy routes (greedy argmax, exact top-k
+    then the rest of the chain); llama.cpp's own chain on the full vocabulary must pick the
+    same tokens for the same seed."""
+    from saiverse_llm.generation import Generation, ReplyBuilder, run_single
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    client = make_client(gemma, context_length=256, chat_format="gemma")
+    model = client.load()
+    prompt = client.format_prompt([{"role": "user", "content": "Write about Kyoto."}]).tokens
+
+    def run(route: str | None, seed: int) -> tuple[str, str]:
+        params = SamplingParams(temperature=temperature, top_p=0.9, seed=seed, ignore_eos=True)
+        sampler = Sampler(model.vocab, params, route=route)
+        gen = Generation(prompt, sampler, ReplyBuilder(model.vocab, max_tokens=24))
+        with model.generating():
+            model.llm.reset()  # the same (fresh) cache state for both routes
+            try:
+                return sampler.route, "".join(run_single(model, gen))
+            finally:
+                gen.close()
+
+    for seed in (1, 2, 3):
+        fast_route, fast = run(None, seed)
+        chain_route, chain = run("chain", seed)
+        assert fast_route == ("greedy" if temperature == 0.0 else "top-k")
+        assert chain_route == "chain"
+        assert fast == chain, f"seed {seed}"
