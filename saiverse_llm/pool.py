@@ -125,7 +125,7 @@ class ModelPool(Generic[T]):
                 raise error from exc
             with self._lock:
                 self._models[key] = model
-                evicted = self._evict_over_cap()
+                evicted = self._evict_over_cap(key)
         for old_key, old in evicted:
             logger.info("pool full (max %s models): unloading %s", self.max_models, old_key.path)
             old.close()
@@ -146,14 +146,16 @@ class ModelPool(Generic[T]):
             ) from failure
         return None
 
-    def _evict_over_cap(self) -> list[tuple[ModelKey, T]]:
+    def _evict_over_cap(self, keep: ModelKey) -> list[tuple[ModelKey, T]]:
         """Least recently used first, idle models before models in use (a model whose
-        ``in_use`` is true is serving a call, e.g. a stream still being read). A model in
-        use that must go anyway is freed by its own ``close()`` when the call ends."""
+        ``in_use`` is true is serving a call, e.g. a stream still being read); never
+        ``keep``, the model being handed out. A model in use that must go anyway is freed
+        by its own ``close()`` when the call ends."""
         evicted: list[tuple[ModelKey, T]] = []
         while self.max_models is not None and len(self._models) > self.max_models:
-            idle = [k for k, m in self._models.items() if not getattr(m, "in_use", False)]
-            key = idle[0] if idle else next(iter(self._models))
+            others = [k for k in self._models if k != keep]
+            idle = [k for k in others if not getattr(self._models[k], "in_use", False)]
+            key = (idle or others)[0]
             evicted.append((key, self._models.pop(key)))
         return evicted
 

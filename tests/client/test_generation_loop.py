@@ -149,7 +149,7 @@ def test_fast_sampling_routes_pick_the_same_tokens_as_llama_cpps_chain(
     def run(route: str | None, seed: int) -> tuple[str, str]:
         params = SamplingParams(temperature=temperature, top_p=0.9, seed=seed, ignore_eos=True)
         sampler = Sampler(model.vocab, params, route=route)
-        gen = Generation(prompt, sampler, ReplyBuilder(model.vocab, max_tokens=24))
+        gen = Generation(prompt, sampler, ReplyBuilder(model.vocab, max_tokens=12))
         with model.generating():
             model.llm.reset()  # the same (fresh) cache state for both routes
             try:
@@ -157,7 +157,7 @@ def test_fast_sampling_routes_pick_the_same_tokens_as_llama_cpps_chain(
             finally:
                 gen.close()
 
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         fast_route, fast = run(None, seed)
         chain_route, chain = run("chain", seed)
         assert fast_route == ("greedy" if temperature == 0.0 else "top-k")

@@ -109,3 +109,30 @@ def test_unload_forgets_a_remembered_failure(tmp_path: Path) -> None:
     pool.unload(f)
     assert pool.get(key(f), lambda: Fake("ok")).name == "ok"
     assert pool.attempts(key(f)) == 2
+
+
+class Busy(Fake):
+    in_use = True
+
+
+def test_eviction_prefers_idle_models_and_never_the_new_one(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x")
+    pool: ModelPool[Fake] = ModelPool(max_models=2)
+    busy = pool.get(key(f, 1), lambda: Busy("busy"))  # LRU, but a call is using it
+    idle = pool.get(key(f, 2), lambda: Fake("idle"))
+    new = pool.get(key(f, 3), lambda: Fake("new"))
+    assert idle.closed and not busy.closed and not new.closed
+    newer = pool.get(key(f, 4), lambda: Fake("newer"))
+    assert new.closed and not busy.closed and not newer.closed
+    assert len(pool) == 2
+
+
+def test_a_pool_of_one_hands_out_the_model_it_just_loaded(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x")
+    pool: ModelPool[Fake] = ModelPool(max_models=1)
+    busy = pool.get(key(f, 1), lambda: Busy("busy"))
+    new = pool.get(key(f, 2), lambda: Fake("new"))
+    assert busy.closed and not new.closed
+    assert pool.keys() == [key(f, 2)]
