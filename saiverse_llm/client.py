@@ -321,7 +321,12 @@ class LlamaCppClient:
         self, model: LoadedModel, messages: list[Message], tools: list[dict[str, Any]]
     ) -> PromptInfo:
         return render_prompt(
-            model.llm, model.template, messages, tools, source=str(self.model_path)
+            model.llm,
+            model.template,
+            messages,
+            tools,
+            source=str(self.model_path),
+            vocab=model.vocab,
         )
 
     def format_prompt(

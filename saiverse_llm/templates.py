@@ -1,13 +1,28 @@
 """Chat templates: which renderer a loaded model uses, and rendering messages into tokens.
 
 A model's template is the GGUF's own Jinja template (``tokenizer.chat_template``), or a
-llama-cpp-python ``chat_format`` named in the config. Models without a system role get the
-system text folded into the first user turn (:func:`~saiverse_llm.messages.fold_system_messages`).
+llama-cpp-python ``chat_format`` named in the config.
+
+Templates that refuse some turns: SAIVerse sends system (``host``) messages first and also
+in the middle of a history. Some templates raise on any system turn (Gemma 2), on one that
+is not first, or on two user turns in a row. :func:`render_prompt` then tries, in order,
+the messages as they are; later system turns as user turns wrapped in ``<system>`` tags
+(SAIVerse's own convention for providers without mid-history system turns); all system
+text folded into the first user turn (:func:`~saiverse_llm.messages.fold_system_messages`,
+what ``chat_format: "gemma"`` does). Same-role neighbours are merged in the last two.
+The first that renders is remembered for the model.
+
+Control tokens: only the template's own markers may become control tokens. Message text
+that the tokenizer would read as a control token (a user typing ``<|im_end|>`` or
+``<start_of_turn>``) is tokenized as plain text (:meth:`~saiverse_llm.vocab.Vocab.control_texts`),
+so no message can close its own turn and open a fake system turn.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +30,7 @@ from typing import Any
 from saiverse_llm.errors import GenerationError, TemplateError
 from saiverse_llm.messages import Message, fold_system_messages
 from saiverse_llm.tools import tool_system_prompt
+from saiverse_llm.vocab import Vocab
 
 logger = logging.getLogger("saiverse_llm")
 
@@ -29,14 +45,24 @@ _FORMAT_FUNCTIONS = {
 _NO_SYSTEM_ROLE = frozenset({"gemma"})
 
 
+#: How messages are adapted to a template, weakest first (see the module docstring).
+RENDER_MODES = ("as-is", "inline-system", "fold-system")
+
+
 @dataclass
 class ChatTemplate:
-    """How prompts are rendered for one loaded model."""
+    """How prompts are rendered for one loaded model. ``mode`` starts at "as-is" (or
+    "fold-system" for formats without a system role) and only ever moves forward."""
 
     name: str  # "gguf" or a llama-cpp-python chat_format name
     formatter: Callable[..., Any]
     renders_tools: bool
     system_role: bool
+    mode: str = "as-is"
+
+    def __post_init__(self) -> None:
+        if not self.system_role:
+            self.mode = "fold-system"
 
 
 def resolve_template(llm: Any, chat_format: str | None, architecture: str | None) -> ChatTemplate:
@@ -98,6 +124,87 @@ class PromptInfo:
 FORMAT_STOPS: dict[str, list[str]] = {"alpaca": ["\n### "]}
 
 
+def _merge_neighbours(messages: list[Message]) -> list[Message]:
+    """Join consecutive user (or assistant) turns without tool calls into one turn."""
+    out: list[Message] = []
+    for message in messages:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and prev["role"] == message["role"]
+            and message["role"] in ("user", "assistant")
+            and not prev.get("tool_calls")
+            and not message.get("tool_calls")
+        ):
+            joined = "\n\n".join(t for t in (prev["content"], message["content"]) if t)
+            out[-1] = {**prev, "content": joined}
+        else:
+            out.append(dict(message))
+    return out
+
+
+def adapt_messages(messages: list[Message], mode: str) -> list[Message]:
+    """``messages`` as the render ``mode`` hands them to a template."""
+    if mode == "as-is":
+        return [dict(m) for m in messages]
+    if mode == "inline-system":
+        out: list[Message] = []
+        for i, m in enumerate(messages):
+            if m["role"] == "system" and i > 0:
+                out.append({"role": "user", "content": f"<system>\n{m['content']}\n</system>"})
+            else:
+                out.append(dict(m))
+        return _merge_neighbours(out)
+    if mode == "fold-system":
+        return _merge_neighbours(fold_system_messages(messages))
+    raise ValueError(f"render mode: bad value {mode!r}; use one of {', '.join(RENDER_MODES)}")
+
+
+class _Protected:
+    """Control-token texts found in message content, swapped for sentinels while the
+    template renders and tokenized as plain text afterwards."""
+
+    def __init__(self, vocab: Vocab | None, messages: list[Message]) -> None:
+        self.table: dict[str, str] = {}
+        if vocab is None:
+            return
+        nonce = secrets.token_hex(4)
+        self._pattern = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
+        for message in messages:
+            content = message.get("content")
+            if not isinstance(content, str):
+                continue
+            for text in vocab.control_texts(content):
+                key = f"\ue000{nonce}:{len(self.table)}\ue001"
+                self.table[key] = text
+                content = content.replace(text, key)
+            message["content"] = content
+
+    def restore(self, text: str) -> str:
+        for key, original in self.table.items():
+            text = text.replace(key, original)
+        return text
+
+    def tokenize(self, llm: Any, text: str, *, add_bos: bool) -> list[int]:
+        """Template text with ``special=True``, protected texts with ``special=False``."""
+        if not self.table:
+            tokens: list[int] = llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+            return tokens
+        out: list[int] = []
+        pos = 0
+        for match in self._pattern.finditer(text):
+            if match.start() > pos or not out:
+                out += llm.tokenize(
+                    text[pos : match.start()].encode("utf-8"), add_bos=add_bos, special=True
+                )
+            add_bos = False
+            plain = self.table.get(match.group(0), match.group(0))
+            out += llm.tokenize(plain.encode("utf-8"), add_bos=False, special=False)
+            pos = match.end()
+        out += llm.tokenize(text[pos:].encode("utf-8"), add_bos=add_bos, special=True)
+        return out
+
+
 def render_prompt(
     llm: Any,
     template: ChatTemplate,
@@ -105,10 +212,14 @@ def render_prompt(
     tools: list[dict[str, Any]],
     *,
     source: str,
+    vocab: Vocab | None = None,
 ) -> PromptInfo:
     """Render ``messages`` (already normalised) through ``template`` and tokenize them.
 
-    ``source`` (the model file) names the template's owner in a :class:`TemplateError`."""
+    Tries the render modes from ``template.mode`` on (see the module docstring) and
+    remembers the first that works. With ``vocab``, message text is never tokenized into
+    control tokens. ``source`` (the model file) names the template's owner in a
+    :class:`TemplateError`."""
     msgs = [dict(m) for m in messages]
     if tools and not template.renders_tools:
         instructions = tool_system_prompt(tools)
@@ -116,24 +227,42 @@ def render_prompt(
             msgs[0]["content"] = f"{msgs[0]['content']}\n\n{instructions}".strip()
         else:
             msgs.insert(0, {"role": "system", "content": instructions})
-    if not template.system_role:
-        msgs = fold_system_messages(msgs)
-    try:
-        result = template.formatter(messages=msgs, tools=tools or None, tool_choice=None)
-    except Exception as exc:
+    protected = _Protected(vocab, msgs)
+    first_error: Exception | None = None
+    start = RENDER_MODES.index(template.mode)
+    for mode in RENDER_MODES[start:]:
+        try:
+            result = template.formatter(
+                messages=adapt_messages(msgs, mode), tools=tools or None, tool_choice=None
+            )
+        except Exception as exc:
+            first_error = first_error or exc
+            continue
+        if mode != template.mode:
+            logger.info(
+                "the chat template (%s) of %s refused the messages as they are (%s: %s); "
+                "rendering them with mode %r from now on",
+                template.name,
+                source,
+                type(first_error).__name__,
+                first_error,
+                mode,
+            )
+            template.mode = mode
+        break
+    else:
+        assert first_error is not None
         raise TemplateError(
             f"the chat template ({template.name}) of {source} rejected the "
-            f"messages: {type(exc).__name__}: {exc}"
-        ) from exc
-    text: str = result.prompt
-    tokens: list[int] = llm.tokenize(
-        text.encode("utf-8"), add_bos=not result.added_special, special=True
-    )
+            f"messages: {type(first_error).__name__}: {first_error}"
+        ) from first_error
+    rendered: str = result.prompt
+    tokens = protected.tokenize(llm, rendered, add_bos=not result.added_special)
     stop = result.stop
     stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
     stops += FORMAT_STOPS.get(template.name, [])
     return PromptInfo(
-        text=text,
+        text=protected.restore(rendered),
         tokens=tokens,
         stop=[s for s in stops if s],
         template=template.name,

@@ -242,3 +242,15 @@ def fresh_pool(is_ours: bool) -> Iterator[Any]:
     pool: ModelPool[Any] = ModelPool()
     yield pool
     pool.unload_all()
+
+
+@pytest.fixture(scope="session")
+def tiny_with_template(
+    tiny: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Path]:
+    """``tiny_with_template(name, template)``: a copy of the tiny model with that template."""
+
+    def make(name: str, template: str) -> Path:
+        return copy_with_template(tiny, tmp_path_factory.mktemp("tmpl") / f"{name}.gguf", template)
+
+    return make
