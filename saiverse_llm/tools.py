@@ -152,18 +152,30 @@ def _strip_fences(text: str) -> str:
     return fence.group(1) if fence else text
 
 
+def _drop_trailing_comma(out: list[str]) -> None:
+    """Remove a comma (and the whitespace after it) at the end of ``out``; only called
+    outside a string, where that tail is JSON structure, never string content."""
+    i = len(out)
+    while i and out[i - 1].isspace():
+        i -= 1
+    if i and out[i - 1] == ",":
+        del out[i - 1 :]
+
+
 def repair_json(text: str) -> str | None:
     """Return a repaired JSON text when the fix is mechanical, else None.
 
-    Fixes: code fences, trailing commas, unterminated final string, missing closing
-    brackets/braces at the end. Anything else (unquoted values, garbage) is not guessed."""
+    Fixes: code fences, trailing commas, an unterminated final string, missing closing
+    brackets/braces at the end. Never touches what is inside a string. Anything else
+    (unquoted keys or values, garbage) is not guessed."""
     candidate = _strip_fences(text)
-    candidate = re.sub(r",\s*([}\]])", r"\1", candidate)
+    out: list[str] = []
     stack: list[str] = []
     in_string = False
     escaped = False
     for ch in candidate:
         if in_string:
+            out.append(ch)
             if escaped:
                 escaped = False
             elif ch == "\\":
@@ -175,17 +187,25 @@ def repair_json(text: str) -> str | None:
             in_string = True
         elif ch in "{[":
             stack.append("}" if ch == "{" else "]")
-        elif ch in "}]" and (not stack or stack.pop() != ch):
-            return None
+        elif ch in "}]":
+            if not stack or stack.pop() != ch:
+                return None
+            _drop_trailing_comma(out)
+        out.append(ch)
     if in_string:
-        candidate += '"'
-    candidate = re.sub(r",\s*$", "", candidate)
-    candidate += "".join(reversed(stack))
+        if escaped:
+            out.pop()  # a lone backslash cut off at the end
+        out.append('"')
+    for closer in reversed(stack):
+        _drop_trailing_comma(out)
+        out.append(closer)
+    _drop_trailing_comma(out)
+    repaired = "".join(out)
     try:
-        json.loads(candidate)
+        json.loads(repaired)
     except json.JSONDecodeError:
         return None
-    return candidate
+    return repaired
 
 
 def _loads_object(text: str, what: str, raw: str) -> tuple[dict[str, Any], bool]:
@@ -244,37 +264,17 @@ def parse_call_json(text: str, *, known: Sequence[str] | None = None, index: int
 
 
 def parse_tool_calls(text: str, *, known: Sequence[str] | None = None) -> ParsedOutput:
-    """Split model output into content and ``<tool_call>`` blocks.
+    """Split model output into content and tool calls (what :class:`ToolCallStreamFilter`
+    gives for the same text, fed in one piece).
 
-    An unclosed final block (generation stopped before ``</tool_call>``) is still parsed.
-    A reply that is only a bare JSON object naming a known tool is taken as a call too
-    (Llama 3.x style)."""
-    content_parts: list[str] = []
-    calls: list[ToolCall] = []
-    pos = 0
-    while True:
-        start = text.find(OPEN_TAG, pos)
-        if start < 0:
-            content_parts.append(text[pos:])
-            break
-        content_parts.append(text[pos:start])
-        body_start = start + len(OPEN_TAG)
-        end = text.find(CLOSE_TAG, body_start)
-        body = text[body_start:] if end < 0 else text[body_start:end]
-        calls.append(parse_call_json(body, known=known, index=len(calls)))
-        if end < 0:
-            break
-        pos = end + len(CLOSE_TAG)
-    content = "".join(content_parts).strip()
-    if not calls and known and content.startswith("{") and content.endswith("}"):
-        try:
-            obj = json.loads(content)
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict) and obj.get("name") in known:
-            calls.append(parse_call_json(content, known=known))
-            content = ""
-    return ParsedOutput(content=content, tool_calls=calls)
+    ``<tool_call>`` blocks are calls; an unclosed final block (generation stopped before
+    ``</tool_call>``) is still parsed. With ``known`` tool names, a reply that starts with a
+    bare JSON object naming a known tool is a call too (Llama 3.x style, ``"arguments"``
+    or ``"parameters"``)."""
+    filt = ToolCallStreamFilter(known)
+    shown = filt.feed(text)
+    tail, calls = filt.finish()
+    return ParsedOutput(content=(shown + tail).strip(), tool_calls=calls)
 
 
 def _partial_tag_suffix(text: str) -> int:
@@ -285,12 +285,49 @@ def _partial_tag_suffix(text: str) -> int:
     return 0
 
 
-class ToolCallStreamFilter:
-    """Incremental version of :func:`parse_tool_calls` for streams.
+_SEPARATORS = " \t\r\n;"
+_NAME_RE = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
-    ``feed(chunk)`` returns the text that is safe to show now; text inside ``<tool_call>``
-    blocks and any trailing text that could still become ``<tool_call>`` is held back.
-    ``finish()`` returns the remaining text and parses the collected calls."""
+
+class _JsonScanner:
+    """Finds where a JSON object that starts a text ends, one chunk at a time."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def feed(self, chunk: str) -> int:
+        """Index in ``chunk`` just past the object's closing brace, or -1 if not yet."""
+        for i, ch in enumerate(chunk):
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    return i + 1
+        return -1
+
+
+class ToolCallStreamFilter:
+    """Tool calls out of a stream of text, holding back whatever might be a call.
+
+    ``feed(chunk)`` returns the text that is safe to show now; ``finish()`` returns the
+    remaining text and parses the collected calls (raises :class:`ToolCallError` for an
+    unusable one). Held back: text inside ``<tool_call>`` blocks, a trailing prefix of
+    ``<tool_call>``, and, with ``known`` tool names, a reply that starts with ``{`` until
+    its object is complete: a bare call (Llama 3.x: ``{"name": ..., "parameters": {...}}``,
+    optionally several separated by ``;`` or newlines) is a call, anything else is released
+    as text. Cost per chunk is linear in the chunk, not in the reply."""
 
     def __init__(self, known: Sequence[str] | None = None) -> None:
         self.known = list(known) if known is not None else None
@@ -298,17 +335,83 @@ class ToolCallStreamFilter:
         self._in_call = False
         self._call_buf = ""
         self._bodies: list[str] = []
+        self._bare_ok = bool(self.known)  # the reply may still start with a bare call
+        self._bare: _JsonScanner | None = None  # scanning a bare object
+        self._sep = ""  # held separators before a bare object (or a non-call object)
+        self._obj = ""  # held text of the bare object being scanned
+        self._bare_calls: list[str] = []
         self.raw = ""
 
     def feed(self, chunk: str) -> str:
         self.raw += chunk
+        if self._bare_ok:
+            chunk = self._feed_bare(chunk)
+            if self._bare_ok or not chunk:
+                return ""
+        return self._feed_tags(chunk)
+
+    # -- bare JSON at the start of the reply ---------------------------------------------
+
+    def _feed_bare(self, chunk: str) -> str:
+        """Hold a leading bare call; returns text to pass on once it is clear there is none."""
+        while chunk:
+            if self._bare is None:
+                stripped = chunk.lstrip(_SEPARATORS)
+                self._sep += chunk[: len(chunk) - len(stripped)]
+                chunk = stripped
+                if not chunk:
+                    return ""
+                if chunk[0] != "{":
+                    return self._end_bare(chunk)
+                self._bare = _JsonScanner()
+            end = self._bare.feed(chunk)
+            if end < 0:
+                self._obj += chunk
+                return ""
+            body, chunk = self._obj + chunk[:end], chunk[end:]
+            self._obj = ""
+            self._bare = None
+            if self._is_bare_call(body):
+                self._bare_calls.append(body)
+                self._sep = ""
+            else:
+                self._sep += body
+                return self._end_bare(chunk)
+        return ""
+
+    def _held_text(self) -> str:
+        """Held separators (and a non-call object): text, less separators after a call."""
+        held = self._sep.lstrip(_SEPARATORS) if self._bare_calls else self._sep
+        self._sep = ""
+        return held
+
+    def _is_bare_call(self, text: str) -> bool:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            return False
+        return (
+            isinstance(obj, dict)
+            and isinstance(obj.get("name"), str)
+            and obj["name"] in (self.known or [])
+        )
+
+    def _end_bare(self, rest: str) -> str:
+        """No (more) bare calls: what was held goes on as ordinary text."""
+        self._bare_ok = False
+        return self._held_text() + rest
+
+    # -- <tool_call> blocks ----------------------------------------------------------------
+
+    def _feed_tags(self, chunk: str) -> str:
         self._pending += chunk
         out: list[str] = []
         while self._pending:
             if self._in_call:
+                seen = max(0, len(self._call_buf) - len(CLOSE_TAG) + 1)
                 self._call_buf += self._pending
                 self._pending = ""
-                end = self._call_buf.find(CLOSE_TAG)
+                end = self._call_buf.find(CLOSE_TAG, seen)
                 if end < 0:
                     break
                 self._bodies.append(self._call_buf[:end])
@@ -330,21 +433,30 @@ class ToolCallStreamFilter:
 
     @property
     def in_call(self) -> bool:
-        return self._in_call or bool(self._bodies)
+        return self._in_call or bool(self._bodies) or bool(self._bare_calls)
 
     def finish(self) -> tuple[str, list[ToolCall]]:
         """Remaining safe text and the parsed tool calls (raises :class:`ToolCallError`)."""
         tail = ""
+        if self._bare_ok:
+            self._bare_ok = False
+            body, self._obj = self._obj, ""
+            if self._bare is not None:  # the reply ended inside a leading object
+                self._bare = None
+                match = _NAME_RE.search(body)
+                if match and self.known and match.group(1) in self.known:
+                    self._bare_calls.append(body)  # cut off: parsed (and repaired) below
+                    body = ""
+            tail = self._held_text() + body
         if self._in_call:
             self._bodies.append(self._call_buf)
         else:
-            tail = self._pending
+            tail += self._pending
         self._pending = ""
         self._call_buf = ""
         self._in_call = False
-        calls = [
-            parse_call_json(body, known=self.known, index=i) for i, body in enumerate(self._bodies)
-        ]
+        bodies = self._bare_calls + self._bodies
+        calls = [parse_call_json(body, known=self.known, index=i) for i, body in enumerate(bodies)]
         return tail, calls
 
 

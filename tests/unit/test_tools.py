@@ -131,3 +131,71 @@ def test_normalize_tools_shapes() -> None:
 def test_normalize_tools_rejects_bad_names() -> None:
     with pytest.raises(ToolDefinitionError, match=r"tools\[0\]\.function\.name"):
         normalize_tools([{"name": "has space"}])
+
+
+BARE = '{"name": "get_weather", "parameters": {"city": "京都"}}'
+
+
+def stream(text: str, size: int) -> tuple[str, list[tuple[str, dict[str, object]]]]:
+    filt = ToolCallStreamFilter(KNOWN)
+    shown = "".join(filt.feed(text[i : i + size]) for i in range(0, len(text), size))
+    tail, calls = filt.finish()
+    return shown + tail, [(c.name, c.arguments) for c in calls]
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_stream_holds_back_a_bare_json_call(size: int) -> None:
+    """Issue #11 item 4: the stream showed the call JSON as text and detected nothing."""
+    shown, calls = stream("\n" + BARE, size)
+    assert shown.strip() == ""
+    assert calls == [("get_weather", {"city": "京都"})]
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_stream_and_parse_agree_on_bare_json(size: int) -> None:
+    for text in (
+        BARE,
+        BARE + " そして説明です。",
+        BARE + ';\n{"name": "search", "arguments": {"q": "猫"}}',
+        '{"answer": 42} is the JSON you asked for',
+        '{"name": "not_a_tool", "arguments": {}}',
+        "plain text {with braces}",
+        '{"name": "get_weather", "arguments": {"city": "To',  # cut off by max_tokens
+    ):
+        shown, calls = stream(text, size)
+        parsed = parse_tool_calls(text, known=KNOWN)
+        assert shown.strip() == parsed.content, text
+        assert calls == [(c.name, c.arguments) for c in parsed.tool_calls], text
+
+
+def test_bare_json_that_is_not_a_call_is_text() -> None:
+    assert stream('{"answer": 42} ok', 2) == ('{"answer": 42} ok', [])
+    assert stream('  {"name": "not_a_tool"} x', 4) == ('  {"name": "not_a_tool"} x', [])
+
+
+def test_two_bare_calls_and_trailing_text() -> None:
+    shown, calls = stream(BARE + '; {"name": "search", "arguments": {"q": "x"}}\nDone.', 3)
+    assert calls == [("get_weather", {"city": "京都"}), ("search", {"q": "x"})]
+    assert shown == "Done."
+
+
+def test_a_cut_off_bare_call_is_repaired_not_shown() -> None:
+    shown, calls = stream('{"name": "get_weather", "arguments": {"city": "To', 4)
+    assert shown == ""
+    assert calls == [("get_weather", {"city": "To"})]
+
+
+def test_without_known_tools_json_is_just_text() -> None:
+    filt = ToolCallStreamFilter(None)
+    assert filt.feed(BARE) == BARE
+    assert filt.finish() == ("", [])
+
+
+def test_repair_json_never_changes_string_contents() -> None:
+    """Issue #11 item 6: '{"code": "d = {1: 2, }"' came back as "d = {1: 2}"."""
+    cut = '{"name": "run", "arguments": {"code": "d = {1: 2, }"'
+    assert repair_json(cut) == cut + "}}"
+    assert repair_json('{"a": "x, ]", "b": [1, 2,],}') == '{"a": "x, ]", "b": [1, 2]}'
+    assert repair_json('{"q": "say \\"hi,}\\"", }') == '{"q": "say \\"hi,}\\""}'
+    assert repair_json('{"path": "C:\\\\') == '{"path": "C:\\\\"}'
+    assert repair_json('{"a": "tab\\') == '{"a": "tab"}'
