@@ -47,7 +47,14 @@ from saiverse_llm.messages import Message, MessageError, normalize_messages
 from saiverse_llm.pool import Closable, ModelLoadError, ModelPool, default_pool
 from saiverse_llm.request import Reply, Request
 from saiverse_llm.sampling import Sampler, SamplingParams
-from saiverse_llm.schema import schema_grammar
+from saiverse_llm.schema import (
+    SchemaError,
+    SchemaMismatchError,
+    check_schema,
+    normalize_schema,
+    schema_grammar,
+    validate_reply,
+)
 from saiverse_llm.templates import PromptInfo, render_prompt
 from saiverse_llm.tools import (
     ToolCallStreamFilter,
@@ -67,6 +74,8 @@ __all__ = [
     "LlamaCppClient",
     "ModelLoadError",
     "RetryDivergedError",
+    "SchemaError",
+    "SchemaMismatchError",
     "TemplateError",
     "TransientError",
     "get_llm_client",
@@ -503,14 +512,18 @@ class LlamaCppClient:
                 stop = [value] if isinstance(value, str) else [str(s) for s in value]
             else:
                 logger.debug("%s: ignoring unsupported argument %r", self.model_name, name)
-        if response_schema is not None and not isinstance(response_schema, Mapping):
-            raise ValueError(
-                f"response_schema: bad value {response_schema!r}; pass a JSON-schema dict"
-            )
+        schema: dict[str, Any] | None = None
+        if response_schema is not None:
+            if not isinstance(response_schema, Mapping):
+                raise SchemaError(
+                    f"response_schema: bad value {response_schema!r}; pass a JSON-schema dict"
+                )
+            schema = normalize_schema(response_schema)
+            check_schema(schema)
         return Request(
             messages=normalize_messages(messages),
             tools=normalize_tools(tools),
-            response_schema=dict(response_schema) if response_schema is not None else None,
+            response_schema=schema,
             temperature=float(params["temperature"]),
             top_p=float(params["top_p"]),
             max_tokens=int(params["max_tokens"]),
@@ -523,7 +536,7 @@ class LlamaCppClient:
     def _can_fall_back(self, exc: BaseException) -> bool:
         if not self.fallback_on_error:
             return False
-        return not isinstance(exc, (MessageError, ToolDefinitionError, ConfigError))
+        return not isinstance(exc, (MessageError, ToolDefinitionError, ConfigError, SchemaError))
 
     def _get_fallback(self) -> Fallback:
         if self._fallback is None:
@@ -557,10 +570,11 @@ class LlamaCppClient:
                     f"{exc.msg}; reply: {text[:200]!r}"
                 ) from exc
             if not isinstance(value, dict):
-                raise GenerationError(
+                raise SchemaMismatchError(
                     f"{reply.answered_by}: response_schema reply is a {type(value).__name__}, "
                     "not a JSON object"
                 )
+            validate_reply(request.response_schema, value, model=reply.answered_by)
             return value
         if request.tools:
             return tool_result(reply.text, reply.tool_calls)

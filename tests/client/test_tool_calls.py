@@ -158,3 +158,93 @@ def test_response_schema_stream_yields_the_json(
     assert text.strip()
     data = json.loads(text)
     assert data["mood"] in {"happy", "sad"}
+
+
+BARE = '{"name": "get_weather", "parameters": {"city": "京都"}}'
+
+
+def test_bare_json_tool_call_streams_as_a_call_like_generate(
+    make_client: Callable[..., Any], tiny: Path
+) -> None:
+    """Issue #11 item 4 (Llama 3.x style): generate() returned a tool call while
+    generate_stream() showed the JSON as text and detected nothing."""
+    client = make_client(tiny)
+    out = client.generate(MESSAGES, tools=TOOLS, grammar=forced(BARE), max_tokens=200, seed=1)
+    chunks = list(
+        client.generate_stream(MESSAGES, tools=TOOLS, grammar=forced(BARE), max_tokens=200, seed=1)
+    )
+    detection = client.consume_tool_detection()
+    assert out["type"] == "tool_call" and out["tool_args"] == {"city": "京都"}
+    assert "get_weather" not in "".join(chunks)
+    assert detection is not None
+    assert (detection["type"], detection["tool_name"], detection["tool_args"]) == (
+        "tool_call",
+        "get_weather",
+        {"city": "京都"},
+    )
+
+
+def test_reply_starting_with_json_that_is_not_a_call_is_streamed_as_text(
+    make_client: Callable[..., Any], tiny: Path
+) -> None:
+    client = make_client(tiny)
+    text = '{"answer": 42} です'
+    out = client.generate(MESSAGES, tools=TOOLS, grammar=forced(text), max_tokens=64, seed=1)
+    streamed = "".join(
+        client.generate_stream(MESSAGES, tools=TOOLS, grammar=forced(text), max_tokens=64, seed=1)
+    )
+    assert out == {"type": "text", "content": text}
+    assert streamed == text
+    assert client.consume_tool_detection() is None
+
+
+REMOTE = {
+    "type": "object",
+    "properties": {
+        "mood": {"$ref": "https://example.org/schemas/mood.json"},
+        "reply": {"type": "string"},
+    },
+    "required": ["mood", "reply"],
+}
+
+
+def test_schema_with_a_remote_ref_fails_and_names_it(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    """Issue #11 item 5: the client logged a warning and returned {}."""
+    from saiverse_llm.schema import SchemaError
+
+    client = make_client(tiny)
+    for call in (client.generate, lambda *a, **k: "".join(client.generate_stream(*a, **k))):
+        with pytest.raises(SchemaError) as info:
+            call(MESSAGES, response_schema=REMOTE, max_tokens=300, seed=7, temperature=0.0)
+        message = str(info.value)
+        assert "response_schema.properties.mood.$ref" in message
+        assert "https://example.org/schemas/mood.json" in message and "Fix:" in message
+
+
+def test_a_reply_that_breaks_the_schema_is_an_error_not_a_dict(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    """The grammar is forced to a reply outside the schema's enum: validation catches it."""
+    from saiverse_llm.schema import SchemaMismatchError
+
+    client = make_client(tiny)
+    bad = forced('{"mood": "angry", "score": 1}')
+    with pytest.raises(SchemaMismatchError, match=r"\['mood'\].*angry"):
+        client.generate(MESSAGES, response_schema=SCHEMA, grammar=bad, max_tokens=64)
+    with pytest.raises(SchemaMismatchError):
+        "".join(
+            client.generate_stream(
+                MESSAGES, response_schema=SCHEMA, grammar=bad, max_tokens=64, seed=1
+            )
+        )
+
+
+def test_a_schema_reply_is_the_same_streamed_or_not(
+    make_client: Callable[..., Any], tiny: Path
+) -> None:
+    client = make_client(tiny)
+    out = client.generate(MESSAGES, response_schema=SCHEMA, max_tokens=64, seed=3)
+    text = "".join(client.generate_stream(MESSAGES, response_schema=SCHEMA, max_tokens=64, seed=3))
+    assert json.loads(text) == out
