@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sys
 import threading
 import time
@@ -21,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from saiverse_llm.errors import GenerationError
-from saiverse_llm.native import llama_cpp_module, native_log, parse_load_log, parse_memory_log
+from saiverse_llm.native import (
+    CapturedLog,
+    llama_cpp_module,
+    native_log,
+    parse_load_log,
+    parse_memory_log,
+)
 from saiverse_llm.pool import ModelKey, ModelLoadError
 from saiverse_llm.templates import ChatTemplate, resolve_template
 from saiverse_llm.vocab import Vocab
@@ -290,15 +298,6 @@ class LoadSpec:
         summary = check_gguf(path)
         n_ctx = self._resolve_n_ctx(summary)
         llama_cpp = llama_cpp_module()
-        logger.info(
-            "loading %s: path=%s n_ctx=%d n_gpu_layers=%d n_threads=%s chat_format=%s",
-            self.model_name,
-            path,
-            n_ctx,
-            self.n_gpu_layers,
-            self.n_threads,
-            self.chat_format,
-        )
         kwargs: dict[str, Any] = {
             "model_path": str(path),
             "n_ctx": n_ctx,
@@ -306,22 +305,25 @@ class LoadSpec:
             "verbose": False,
             **self.llama_kwargs,
         }
-        if self.n_threads is not None:
-            kwargs["n_threads"] = self.n_threads
-            kwargs.setdefault("n_threads_batch", self.n_threads)
+        n_threads = self.n_threads if self.n_threads is not None else default_n_threads()
+        kwargs.setdefault("n_threads", n_threads)
+        kwargs.setdefault("n_threads_batch", kwargs["n_threads"])
+        logger.info(
+            "loading %s: path=%s n_ctx=%d n_gpu_layers=%d n_threads=%d (%s) chat_format=%s",
+            self.model_name,
+            path,
+            n_ctx,
+            self.n_gpu_layers,
+            kwargs["n_threads"],
+            "config" if self.n_threads is not None else "default: physical cores",
+            self.chat_format,
+        )
         started = time.perf_counter()
         with native_log.capture() as lines:
             try:
                 llm = llama_cpp.Llama(**kwargs)
             except Exception as exc:
-                said = [ln.strip() for ln in lines if "error" in ln.lower() or "fail" in ln.lower()]
-                detail = f"; llama.cpp said: {' | '.join(said[-3:])}" if said else ""
-                raise ModelLoadError(
-                    f"llama.cpp could not load {path}{self._expansion_note()}: {exc}{detail}. "
-                    "Fix: check that the file is a complete GGUF for an architecture this "
-                    "llama-cpp-python build supports (see saiverse_log.txt)",
-                    path=str(path),
-                ) from exc
+                raise load_error(self, exc, lines, n_ctx=n_ctx) from exc
         elapsed = time.perf_counter() - started
         report = parse_load_log(lines)
         report["memory_mib"] = parse_memory_log(lines)
@@ -334,7 +336,11 @@ class LoadSpec:
                 "n_ctx": usable_n_ctx(llm),
                 "n_ctx_train": summary.context_length,
                 "n_gpu_layers_requested": self.n_gpu_layers,
-                "n_threads": llm.n_threads if hasattr(llm, "n_threads") else self.n_threads,
+                "n_threads": int(kwargs["n_threads"]),
+                "n_threads_batch": int(kwargs["n_threads_batch"]),
+                "n_threads_source": (
+                    "config" if self.n_threads is not None else "default (physical cores)"
+                ),
                 "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
                 "system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace"),
                 "llama_cpp_version": getattr(llama_cpp, "__version__", "?"),
@@ -375,3 +381,137 @@ class LoadSpec:
             template.name,
         )
         return LoadedModel(llm=llm, key=key, report=report, template=template)
+
+
+# --- threads ---------------------------------------------------------------------------
+
+
+def default_n_threads() -> int:
+    """Threads for a model whose config sets no ``n_threads``: the physical cores this
+    process may run on, as llama.cpp's own tools choose (``cpu_get_num_math``); hyper-
+    threads share a core's vector units and slow token generation down. Linux reads the
+    core siblings of each allowed CPU from sysfs; elsewhere llama.cpp's fallback is used
+    (logical CPUs, halved above 4). llama-cpp-python's own default is ``cpu_count // 2``
+    (1 thread on 2 cores)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores: set[str] = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topology / "thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.clear()
+            break
+    if cores:
+        return len(cores)
+    n = len(cpus) or os.cpu_count() or 4
+    return n if n <= 4 else n // 2
+
+
+# --- load failures ---------------------------------------------------------------------
+
+_ALLOC_SIZE_RE = re.compile(r"(?:failed to allocate|allocate) \w*\s*buffer of size (\d+)")
+_ALLOC_MIB_RE = re.compile(r"allocating ([\d.]+) MiB on device (\d+)")
+_MEMORY_RE = re.compile(
+    r"failed to allocate|out of memory|ErrorOutOfDeviceMemory|unable to allocate|"
+    r"cannot allocate|insufficient memory",
+    re.IGNORECASE,
+)
+#: Lines of llama.cpp's load log kept in a load error (the last ones, in order).
+MAX_NATIVE_LINES = 8
+
+
+class ModelMemoryError(ModelLoadError):
+    """Loading ran out of memory (host RAM or GPU memory). ``requested_bytes`` is the
+    allocation that failed (None when llama.cpp did not say), ``what`` what it was for."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        requested_bytes: int | None,
+        what: str,
+        n_ctx: int,
+        n_gpu_layers: int,
+    ) -> None:
+        super().__init__(message, path=path)
+        self.requested_bytes = requested_bytes
+        self.what = what
+        self.n_ctx = n_ctx
+        self.n_gpu_layers = n_gpu_layers
+
+
+def _native_detail(lines: CapturedLog) -> str:
+    said = list(dict.fromkeys(lines.problems))[-MAX_NATIVE_LINES:]
+    return f"; llama.cpp said: {' | '.join(s[:300] for s in said)}" if said else ""
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+def load_error(
+    spec: LoadSpec, exc: BaseException, lines: CapturedLog, *, n_ctx: int
+) -> ModelLoadError:
+    """The error for a failed ``Llama(...)``: :func:`memory_error` when llama.cpp ran out
+    of memory, else the file/architecture error, with llama.cpp's own warning and error
+    lines (the line that explains it, e.g. "tensor 'output.weight' has offset ...")."""
+    if any(_MEMORY_RE.search(line) for line in lines.problems):
+        return memory_error(spec, lines, n_ctx=n_ctx)
+    return ModelLoadError(
+        f"llama.cpp could not load {spec.path}{spec._expansion_note()}: {exc}"
+        f"{_native_detail(lines)}. Fix: check that the file is a complete GGUF for an "
+        "architecture this llama-cpp-python build supports (see saiverse_log.txt)",
+        path=str(spec.path),
+    )
+
+
+def memory_error(spec: LoadSpec, lines: CapturedLog, *, n_ctx: int) -> ModelMemoryError:
+    """Loading ran out of memory: say so, how much was asked for and for what, and what to
+    change (the guide's steps for memory errors: context_length, n_gpu_layers, a smaller
+    quantization). The one place this message is made; memory planning (``saiverse-llm
+    fit``) adds its estimate here."""
+    problems = lines.problems
+    requested: int | None = None
+    device = ""
+    for line in problems:
+        if m := _ALLOC_SIZE_RE.search(line):
+            requested = int(m.group(1))
+        elif m := _ALLOC_MIB_RE.search(line):
+            requested = int(float(m.group(1)) * 1024 * 1024)
+            device = f" on device {m.group(2)}"
+    text = " ".join(problems).lower()
+    if "kv cache" in text or "kv_cache" in text:
+        what = "the KV cache"
+    elif "compute" in text:
+        what = "the compute buffers"
+    elif "model buffer" in text or "load_tensors" in text or "weights" in text:
+        what = "the model weights"
+    else:
+        what = "a buffer"
+    asked = f" {_size(requested)}" if requested is not None else ""
+    where = f" in {spec.config_source}" if spec.config_source else ""
+    fixes = [f"lower context_length{where} (now {n_ctx}; the KV cache grows with it, e.g. 4096)"]
+    if spec.n_gpu_layers != 0:
+        fixes.append(
+            f"lower n_gpu_layers (now {spec.n_gpu_layers}) so that some layers stay in system "
+            "RAM when the GPU is full"
+        )
+    fixes.append("use a smaller quantization of the model (e.g. Q4_K_M instead of Q8_0)")
+    if what == "the model weights":
+        fixes.reverse()
+    return ModelMemoryError(
+        f"not enough memory to load {spec.model_name} ({spec.path}): llama.cpp could not "
+        f"allocate{asked} for {what}{device} (n_ctx={n_ctx}, n_gpu_layers={spec.n_gpu_layers})"
+        f"{_native_detail(lines)}. Fix: " + "; or ".join(fixes),
+        path=str(spec.path),
+        requested_bytes=requested,
+        what=what,
+        n_ctx=n_ctx,
+        n_gpu_layers=spec.n_gpu_layers,
+    )

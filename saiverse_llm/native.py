@@ -25,6 +25,15 @@ native_logger = logging.getLogger("saiverse_llm.llama_cpp")
 _NATIVE_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING}
 
 
+class CapturedLog(list[str]):
+    """The lines llama.cpp logged on one thread during a :meth:`NativeLog.capture`;
+    ``problems`` holds those it logged as warnings or errors, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[str] = []
+
+
 class NativeLog:
     """Process-wide llama.cpp log callback -> ``logging``, plus per-thread capture."""
 
@@ -55,16 +64,19 @@ class NativeLog:
         buf = getattr(local, "buf", "") + text
         while "\n" in buf:
             line, buf = buf.split("\n", 1)
-            capture: list[str] | None = getattr(local, "capture", None)
+            capture: CapturedLog | None = getattr(local, "capture", None)
             if capture is not None:
                 capture.append(line)
+                if level in (3, 4) and line.strip():
+                    capture.problems.append(line.strip())
             native_logger.log(_NATIVE_LEVELS.get(level, logging.ERROR), "%s", line)
         local.buf = buf
 
     @contextlib.contextmanager
-    def capture(self) -> Iterator[list[str]]:
+    def capture(self) -> Iterator[CapturedLog]:
+        """Collect what llama.cpp logs on this thread inside the ``with`` block."""
         previous = getattr(self._local, "capture", None)
-        lines: list[str] = []
+        lines = CapturedLog()
         self._local.capture = lines
         try:
             yield lines

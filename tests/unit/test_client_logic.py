@@ -96,3 +96,18 @@ def test_cpu_only_log() -> None:
         4,
         "CPU",
     )
+
+
+def test_missing_llama_cpp_points_to_llama_harness_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from saiverse_llm.native import llama_cpp_module
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp -> ImportError
+    with pytest.raises(ModelLoadError) as info:
+        llama_cpp_module()
+    message = str(info.value)
+    assert f"llama-harness install cpu --python {sys.executable}" in message
+    assert "Fix:" in message and "nox -s" not in message

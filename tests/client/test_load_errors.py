@@ -1,0 +1,79 @@
+"""What a failed load says (issue #11, items 7 and 8) and the thread default (issue #14)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
+
+
+def test_out_of_memory_says_so_with_the_size_and_what_to_change(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    """A KV cache far beyond memory: the error said "check that the file is a complete
+    GGUF". It must say memory ran out, how much was asked for, and what to change."""
+    client = make_client(tiny, context_length=400_000_000)
+    with pytest.raises(Exception) as info:
+        client.generate([{"role": "user", "content": "hi"}], max_tokens=4)
+    message = str(info.value)
+    assert "not enough memory" in message
+    assert "190.7 GiB" in message and "KV cache" in message  # 204,800,000,000 bytes
+    assert "context_length" in message and "quantization" in message
+    assert "complete GGUF" not in message
+    from saiverse_llm.loading import ModelMemoryError
+
+    assert isinstance(info.value, ModelMemoryError)
+    assert info.value.requested_bytes == 204_800_000_000
+    assert info.value.n_ctx == 400_000_000
+
+
+def overlapping_copy(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose output.weight data offset points into the previous tensor:
+    llama.cpp refuses it with "tensor 'output.weight' has offset ..., expected ..."."""
+    from saiverse_llm.gguf_file import read_gguf
+
+    data = bytearray(src.read_bytes())
+    info = read_gguf(src)
+    names = [t.name for t in info.tensors]
+    i = names.index("output.weight")
+    target, previous = info.tensors[i], info.tensors[i - 1]
+    name = target.name.encode()
+    pos = data.index(struct.pack("<Q", len(name)) + name, 0, info.data_offset)
+    at = pos + 8 + len(name) + 4 + 8 * len(target.dims) + 4
+    assert struct.unpack_from("<Q", data, at)[0] == target.offset
+    struct.pack_into("<Q", data, at, previous.offset)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_the_native_line_that_explains_a_failed_load_reaches_the_error(
+    make_client: Callable[..., Any], tiny: Path, tmp_path: Path, ours_only: None
+) -> None:
+    """The explaining line went only to saiverse_log.txt: the error kept the last three
+    lines with "error" or "fail" in them."""
+    bad = overlapping_copy(tiny, tmp_path / "overlap.gguf")
+    with pytest.raises(Exception) as info:
+        make_client(bad).generate([{"role": "user", "content": "hi"}], max_tokens=4)
+    message = str(info.value)
+    assert "output.weight" in message and "offset" in message, message
+
+
+def test_threads_default_to_the_physical_cores(
+    make_client: Callable[..., Any], tiny: Path, fresh_pool: Any, ours_only: None
+) -> None:
+    from saiverse_llm.loading import default_n_threads
+
+    client = make_client(tiny, n_threads=None, pool=fresh_pool)
+    report = client.load_report()
+    assert report["n_threads"] == report["n_threads_batch"] == default_n_threads()
+    assert report["n_threads_source"] == "default (physical cores)"
+    assert 1 <= report["n_threads"] <= len(os.sched_getaffinity(0))
+    assert report["n_threads"] >= max(1, (os.cpu_count() or 1) // 2)  # never fewer than
+    configured = make_client(tiny, n_threads=1, pool=fresh_pool).load_report()
+    assert (configured["n_threads"], configured["n_threads_source"]) == (1, "config")
