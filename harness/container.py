@@ -361,9 +361,10 @@ def container_command(session: str, inner: Sequence[str]) -> list[str]:
 
 
 def container_user() -> str | None:
-    """Run as the caller's uid:gid, so the mounted reports and models stay the caller's;
-    None (the image's unprivileged user, uid 10001) when the caller is root."""
-    if not hasattr(os, "getuid") or os.getuid() == 0:
+    """The caller's ``uid:gid``: the session writes into the mounted report and model folders
+    with the caller's rights, and what it writes stays the caller's. (A plain ``docker run``
+    of the image runs as its unprivileged user, uid 10001.) None where there are no uids."""
+    if not hasattr(os, "getuid"):
         return None
     return f"{os.getuid()}:{os.getgid()}"
 
