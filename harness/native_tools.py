@@ -66,6 +66,10 @@ class NativeToolsError(RuntimeError):
     """A tool cannot be built or found; the message names the cause, the log and the fix."""
 
 
+class UnknownToolError(NativeToolsError):
+    """The sdist's llama.cpp has no tool of that name (a usage error)."""
+
+
 @dataclass(frozen=True)
 class NativeTools:
     """Built tools of one wheel key: ``wheels/<key>/tools/{bin,lib}/`` plus ``tools.json``."""
@@ -87,8 +91,8 @@ class NativeTools:
         """The binary of ``tool``; NativeToolsError when this set lacks it."""
         if tool not in self.info.get("tools", {}):
             raise NativeToolsError(
-                f"{tool} is not among the built tools of {self.variant} ({', '.join(self.names)}); "
-                f"fix: native_tools.ensure({self.variant!r}, [{tool!r}]) or "
+                f"{tool} is not among the built tools of {self.variant} ({', '.join(self.names)}). "
+                f"Fix: native_tools.ensure({self.variant!r}, [{tool!r}]) or "
                 f"`llama-harness tools {self.variant} {tool}`"
             )
         return self.directory / "bin" / tool
@@ -126,9 +130,9 @@ def tool_dirs(source: Path, tools: Iterable[str]) -> dict[str, Path]:
     known = available(source)
     missing = [t for t in tools if t not in known]
     if missing:
-        raise NativeToolsError(
-            f"no llama.cpp tool named {', '.join(missing)} in {source / 'tools'}; "
-            f"fix: use one of {', '.join(sorted(known))}"
+        raise UnknownToolError(
+            f"no llama.cpp tool named {', '.join(missing)} in {source / 'tools'}. "
+            f"Fix: use one of {', '.join(sorted(known))}"
         )
     return {t: known[t] for t in tools}
 
@@ -187,7 +191,7 @@ def cmake_of(build_dir: Path) -> str:
         return m.group(1)
     found = shutil.which("cmake")
     if found is None:
-        raise NativeToolsError("cmake not found on PATH; fix: pip install cmake")
+        raise NativeToolsError("cmake not found on PATH. Fix: pip install cmake")
     return found
 
 
@@ -273,7 +277,7 @@ def _publish(
         raise
     found = cached(plan.key, built)
     if found is None:
-        raise NativeToolsError(f"{final}: published tools do not verify; fix: rerun with force")
+        raise NativeToolsError(f"{final}: published tools do not verify. Fix: rerun with --force")
     return found
 
 
@@ -290,8 +294,8 @@ def _check_loadable(folder: Path, tools: Sequence[str]) -> None:
         missing = [ln.strip() for ln in out.splitlines() if "not found" in ln]
         if missing:
             raise NativeToolsError(
-                f"{name}: shared libraries not found beside it: {'; '.join(missing)}; "
-                "fix: report this, the wheel's tree lacks them"
+                f"{name}: shared libraries not found beside it: {'; '.join(missing)}. "
+                "Fix: report this, the wheel's tree lacks them"
             )
 
 
@@ -361,7 +365,7 @@ def _build(plan: BuildPlan, dirs: Mapping[str, Path], tell: Say) -> NativeTools:
             raise NativeToolsError(
                 f"{name}: configuring the tools in {plan.build_dir} failed (exit {rc}).\n"
                 f"  last lines:\n{_tail(log_path)}\n  full log: {log_path}\n"
-                f"  fix: see the log; `llama-harness tools {name} --force` rebuilds the tree"
+                f"  Fix: see the log; `llama-harness tools {name} --force` rebuilds the tree"
             )
         bar.set_phase("compile")
         rc = _stream(compile_cmd, env=env, log=log, bar=bar)

@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name}\t{folder}")
             return 0
         tools = native_tools.ensure(variant, args.tool or ["llama-bench"], force=args.force)
-    except (native_tools.NativeToolsError, build.BuildError, VariantError) as exc:
+    except (native_tools.UnknownToolError, VariantError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (native_tools.NativeToolsError, build.BuildError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     wanted = args.tool or ["llama-bench"]

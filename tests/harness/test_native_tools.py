@@ -127,7 +127,7 @@ def test_available_lists_executables_only(tmp_path: Path) -> None:
     _plan, src = _toy(tmp_path)
     found = native_tools.available(src / "vendor" / "llama.cpp")
     assert list(found) == ["llama-hello"]  # llama-other has no executable; -impl is a library
-    with pytest.raises(native_tools.NativeToolsError, match="use one of llama-hello"):
+    with pytest.raises(native_tools.UnknownToolError, match=r"\. Fix: use one of llama-hello"):
         native_tools.tool_dirs(src / "vendor" / "llama.cpp", ["llama-bench"])
 
 
@@ -192,3 +192,11 @@ def test_env_puts_the_tools_libraries_first(tmp_path: Path) -> None:
     assert env[var] == os.pathsep.join([str(tmp_path / "lib"), "/x"])
     with pytest.raises(native_tools.NativeToolsError, match="llama-harness tools cpu llama-fit"):
         t.path("llama-fit-params")
+
+
+def test_cli_unknown_variant_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    assert main(["tools", "no-such-variant", "llama-bench"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown variant") and "Fix:" in err
