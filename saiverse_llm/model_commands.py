@@ -180,11 +180,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         },
     }
     log.info(
-        "check %s: backend=%s offloaded=%d/%d %.1f tok/s",
+        "check %s: backend=%s offloaded=%d/%d n_threads=%s %.1f tok/s",
         client.model_name,
         report["backend"],
         report["n_layers_offloaded"],
         report["n_layers_total"],
+        report.get("n_threads"),
         tokens / elapsed if elapsed > 0 else 0.0,
     )
     if args.json:
@@ -207,7 +208,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ("devices", devices),
         ("n_ctx", f"{report['n_ctx']} (trained {report['n_ctx_train']})"),
         ("chat template", str(report["chat_template"])),
-        ("n_threads", str(report["n_threads"])),
+        ("n_threads", _threads(report, args.n_threads)),
         ("load", f"{report['load_seconds']:.2f} s"),
         (
             "generation",
@@ -271,6 +272,14 @@ def _memory_text(memory: dict[str, Any]) -> str:
         f"{fit.gib(memory['compute_bytes'])})"
     )
     return f"{estimate}; {measured}"
+
+
+def _threads(report: dict[str, Any], override: int | None) -> str:
+    """``2 (batch 2; default (physical cores))``: the thread counts the model runs with."""
+    source = "--n-threads" if override is not None else report.get("n_threads_source")
+    batch = report.get("n_threads_batch")
+    detail = "; ".join(str(x) for x in (f"batch {batch}" if batch else None, source) if x)
+    return f"{report['n_threads']}" + (f" ({detail})" if detail else "")
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

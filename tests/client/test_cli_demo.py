@@ -61,4 +61,7 @@ def test_chat_and_check_print_the_configs_note(
     assert _run("check", "noted", "--dir", str(configs), "--tokens", "4") == 0
     captured = capsys.readouterr()
     assert captured.err.startswith(f"note: {note}\n")
-    assert re.search(r"n_threads\s*\S*\s*\d+", captured.out), captured.out
+    # the thread count it ran with, and where it came from (no n_threads in this config)
+    assert re.search(r"n_threads\W+\d+ \(batch \d+; default \(physical cores\)\)", captured.out)
+    assert _run("check", "noted", "--dir", str(configs), "--tokens", "2", "--n-threads", "1") == 0
+    assert re.search(r"n_threads\W+1 \(batch 1; --n-threads\)", capsys.readouterr().out)
