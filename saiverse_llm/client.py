@@ -31,7 +31,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from saiverse_llm.config import ConfigError, ModelConfig, expand_path
+from saiverse_llm.config import DEFAULT_CONTEXT_CAP, ConfigError, ModelConfig, expand_path
 from saiverse_llm.errors import (
     ContextOverflowError,
     GenerationError,
@@ -42,7 +42,7 @@ from saiverse_llm.errors import (
 )
 from saiverse_llm.fallback import Fallback, FallbackError, LocalGenerator, make_fallback
 from saiverse_llm.generation import Generation, ReplyBuilder, run_single, unseen
-from saiverse_llm.loading import DEFAULT_CONTEXT_CAP, LoadedModel, LoadSpec, usable_n_ctx
+from saiverse_llm.loading import LoadedModel, LoadSpec, usable_n_ctx
 from saiverse_llm.messages import Message, MessageError, normalize_messages
 from saiverse_llm.pool import Closable, ModelLoadError, ModelPool, default_pool
 from saiverse_llm.request import Reply, Request

@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "llama_cpp"
 
+#: n_ctx used when a config has no ``context_length``: the GGUF's trained context, capped
+#: here (a 128k-context model would otherwise reserve gigabytes of KV cache). Override per
+#: client (``context_cap=``) or process-wide with ``$SAIVERSE_LLM_CONTEXT_CAP``. The client
+#: (saiverse_llm.loading) and memory planning (saiverse_llm.fit) both read it from here.
+DEFAULT_CONTEXT_CAP = 8192
+
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_TOKENS = 2048

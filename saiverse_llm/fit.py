@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from saiverse_llm.config import ModelConfig
+from saiverse_llm.config import DEFAULT_CONTEXT_CAP, ModelConfig
 from saiverse_llm.gguf_file import GGUFArray, GGUFInfo, MetadataValue, read_gguf
 from saiverse_llm.quant_types import (
     FTYPE_NAMES,
@@ -886,8 +886,6 @@ def request_for(
     ``n_ctx`` defaults to the config's ``context_length``, else the GGUF's trained context
     capped at ``context_cap`` (the client's ``DEFAULT_CONTEXT_CAP``); ``n_gpu_layers`` to the
     config's (-1 for a path). Raises ``GGUFError``/:class:`FitError` for an unusable file."""
-    from saiverse_llm.loading import DEFAULT_CONTEXT_CAP
-
     if isinstance(model, ModelConfig):
         path: Path = model.model_path
         config_ctx = model.context_length

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saiverse_llm import fit
 from saiverse_llm.errors import GenerationError
 from saiverse_llm.native import (
     CapturedLog,
@@ -35,11 +36,6 @@ from saiverse_llm.templates import ChatTemplate, resolve_template
 from saiverse_llm.vocab import Vocab
 
 logger = logging.getLogger("saiverse_llm")
-
-#: n_ctx used when a config has no ``context_length``: the GGUF's trained context, capped
-#: here (a 128k-context model would otherwise reserve gigabytes of KV cache). Override per
-#: client (``context_cap=``) or process-wide with ``$SAIVERSE_LLM_CONTEXT_CAP``.
-DEFAULT_CONTEXT_CAP = 8192
 
 
 @dataclass
@@ -471,6 +467,22 @@ def load_error(
     )
 
 
+def _memory_plan(spec: LoadSpec, *, n_ctx: int, on_device: bool) -> str:
+    """saiverse-llm fit's advice for this load: planned against the free system memory when
+    the model runs on the CPU (n_gpu_layers=0, or a build without GPU offload), else what it
+    needs and what each remedy changes (the free VRAM is not known here)."""
+    try:
+        gpu = on_device or bool(llama_cpp_module().llama_supports_gpu_offload())
+    except (ModelLoadError, AttributeError):
+        gpu = on_device
+    return fit.advice(
+        spec.path,
+        n_ctx=n_ctx,
+        n_gpu_layers=spec.n_gpu_layers if gpu else 0,
+        llama_kwargs=spec.llama_kwargs,
+    )
+
+
 def memory_error(spec: LoadSpec, lines: CapturedLog, *, n_ctx: int) -> ModelMemoryError:
     """Loading ran out of memory: say so, how much was asked for and for what, and what to
     change (the guide's steps for memory errors: context_length, n_gpu_layers, a smaller
@@ -508,7 +520,10 @@ def memory_error(spec: LoadSpec, lines: CapturedLog, *, n_ctx: int) -> ModelMemo
     return ModelMemoryError(
         f"not enough memory to load {spec.model_name} ({spec.path}): llama.cpp could not "
         f"allocate{asked} for {what}{device} (n_ctx={n_ctx}, n_gpu_layers={spec.n_gpu_layers})"
-        f"{_native_detail(lines)}. Fix: " + "; or ".join(fixes),
+        f"{_native_detail(lines)}. Fix: "
+        + "; or ".join(fixes)
+        + ". Memory plan: "
+        + _memory_plan(spec, n_ctx=n_ctx, on_device=bool(device)),
         path=str(spec.path),
         requested_bytes=requested,
         what=what,

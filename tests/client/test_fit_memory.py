@@ -152,3 +152,20 @@ def test_device_buffers_of_a_gpu_load(
           f"{device_mib:.1f} MiB, free memory went down by {used / MIB:.1f} MiB")  # fmt: skip
     assert abs(split.device_bytes / MIB - device_mib) < 0.05 * device_mib
     client.unload()
+
+
+def test_out_of_memory_error_names_the_fit_advice(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    """shared/cases/08-kv-alloc-failure: the memory error (saiverse_llm.loading.memory_error)
+    carries saiverse-llm fit's plan: on the CPU, against the free RAM, with the context that
+    fits (never beyond the model's trained 2048)."""
+    from saiverse_llm.loading import ModelMemoryError
+
+    client = make_client(tiny, context_length=400_000_000, n_gpu_layers=0, pool=ModelPool())
+    with pytest.raises(ModelMemoryError) as info:
+        client.load_report()
+    message = str(info.value)
+    plan = message.split("Memory plan: ", 1)[1]
+    assert "KV cache 190.73 GiB" in plan and "free RAM" in plan
+    assert plan.endswith("Use context_length=2048.")
