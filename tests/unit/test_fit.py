@@ -351,6 +351,13 @@ def test_unsupported_architectures_say_so(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- the command
 
 
+@pytest.fixture(autouse=True)
+def _only_project_configs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Config lookups see the project's models/ only, never a user's own configs."""
+    monkeypatch.setenv("SAIVERSE_USER_DATA_DIR", str(tmp_path / "user-data"))
+    monkeypatch.delenv("SAIVERSE_MODELS_PATH", raising=False)
+
+
 def test_cli_json(
     seed_files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
