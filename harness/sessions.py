@@ -483,12 +483,7 @@ def run_bench_session(session: NoxSession, variant: Variant) -> None:
                 publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    wanted = os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "")
-    if software_device(variant) and wanted != "1":
-        # one more ~25-minute compile of ggml-vulkan for parity on a device that is not a GPU
-        session.log(f"{variant.name}: llama-bench parity skipped on a software Vulkan device "
-                    "(set LLAMA_HARNESS_LLAMA_BENCH=1 to build and run it anyway)")  # fmt: skip
-    elif wanted != "0":
+    if os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "1") != "0":
         # llama.cpp's own llama-bench, same sdist + CMAKE_ARGS + settings -> parity in the report
         session.run("python", "-m", "harness.cli", "llama-bench", "--variant", variant.name,
                     env=dict(env))  # fmt: skip
