@@ -129,10 +129,12 @@ def test_device_buffers_of_a_gpu_load(
             "no GPU offload in this build/machine (none is lent to this task): the "
             "device-memory comparison runs under nox -s test-cuda on a GPU machine"
         )
+    from llama_cpp import _ggml  # a submodule: `import llama_cpp` alone does not bind it
+
     from harness.buildinfo import _ggml_devices
 
     def free() -> int:
-        _regs, devices = _ggml_devices(llama_cpp._ggml.libggml)
+        _regs, devices = _ggml_devices(_ggml.libggml)
         return sum(d.memory_free for d in devices if d.type in ("GPU", "IGPU"))
 
     path = synth_models["gqa-q8_0"]
