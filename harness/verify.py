@@ -63,9 +63,15 @@ class Verification:
     def summary(self) -> str:
         backends = ", ".join(self.facts.get("compiled_backends", [])) or "none"
         if self.ok:
+            devices = [d for d in self.facts.get("devices", []) if not d.startswith("CPU:")]
+            shown = "; ".join(
+                d + (" = a software Vulkan device on the CPU, not a GPU" if _software(d) else "")
+                for d in devices
+            )
             return (
                 f"verified: the installed llama_cpp is a {self.variant} build "
                 f"(backends {backends}; {self.facts.get('system_info_head', '')})"
+                + (f"; devices: {shown}" if shown else "")
             )
         lines = [f"{self.variant}: the installed llama_cpp does NOT match the variant:"]
         for p in self.problems:
@@ -75,6 +81,12 @@ class Verification:
             if p.fix:
                 lines.append(f"    fix: {p.fix}")
         return "\n".join(lines)
+
+
+def _software(device: str) -> bool:
+    from harness.vulkan_devices import is_software_name
+
+    return is_software_name(device)
 
 
 def _fix_rebuild(variant: Variant) -> str:
@@ -240,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     variant = get_variant(args.variant)
-    result, _ = verify_python(variant, args.python, wheel=args.wheel)
+    result, _ = verify_python(variant, args.python, wheel=args.wheel, env=variant.runtime_env())
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
     return 0 if result.ok else 1
 

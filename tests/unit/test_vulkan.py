@@ -294,3 +294,16 @@ def test_doctor_names_llvmpipe_a_software_device_not_a_gpu() -> None:
     text = doctor.verdict(facts)
     assert text.startswith("VULKAN build, all 3/3 layers offloaded to llvmpipe")
     assert "software Vulkan device on the CPU: correct, but not a GPU" in text
+
+
+def test_verify_names_the_device_and_says_llvmpipe_is_not_a_gpu() -> None:
+    from harness.verify import Verification
+
+    result = Verification(variant="vulkan", gpu_present=True)
+    result.facts = {
+        "compiled_backends": ["CPU", "VULKAN"],
+        "devices": ["CPU:CPU (Intel Xeon)", "VULKAN:Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))"],
+    }
+    text = result.summary()
+    assert "devices: VULKAN:Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))" in text
+    assert "a software Vulkan device on the CPU, not a GPU" in text and "CPU:CPU" not in text
