@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         llm: Any = llama_cpp.Llama(
             model_path=args.model, n_ctx=args.n_ctx, n_batch=args.n_ctx, n_ubatch=args.n_ctx,
             n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
-            n_threads_batch=args.threads, logits_all=True, seed=0, verbose=True,
+            n_threads_batch=args.threads, seed=0, verbose=True,
         )  # fmt: skip
     load_s = time.perf_counter() - start
     offload = [m.groups() for m in map(_OFFLOAD_RE.search, log) if m]
@@ -80,21 +80,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     targets: list[int] = []
     rng = np.random.default_rng(1234) if args.noise else None
+    ctx = llm.ctx
+    # One batch per chunk with logits only for the scored positions, as llama-perplexity does
+    # (the output layer over a 262k vocabulary is most of the work on small models).
+    batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
     eval_s = 0.0
-    for c in range(n_chunks):
-        chunk = list(tokens[c * n_ctx : (c + 1) * n_ctx])
-        if add_bos:
-            chunk[0] = llm.token_bos()
-        llm.reset()
-        t0 = time.perf_counter()
-        with _capture_fd2():
-            llm.eval(chunk)
-        eval_s += time.perf_counter() - t0
-        rows = np.asarray(llm.scores[first : n_ctx - 1], dtype=np.float32)
-        if rng is not None:
-            rows = rows + rng.normal(0.0, args.noise, size=rows.shape).astype(np.float32)
-        out[c * per_chunk : (c + 1) * per_chunk] = rows
-        targets += chunk[first + 1 : n_ctx]
+    try:
+        for c in range(n_chunks):
+            chunk = list(tokens[c * n_ctx : (c + 1) * n_ctx])
+            if add_bos:
+                chunk[0] = llm.token_bos()
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            batch.n_tokens = n_ctx
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = first <= i < n_ctx - 1
+            t0 = time.perf_counter()
+            with _capture_fd2():
+                rc = llama_cpp.llama_decode(ctx, batch)
+                llama_cpp.llama_synchronize(ctx)
+            eval_s += time.perf_counter() - t0
+            if rc != 0:
+                raise SystemExit(f"error: llama_decode returned {rc} on chunk {c}")
+            for j in range(per_chunk):
+                ptr = llama_cpp.llama_get_logits_ith(ctx, first + j)
+                row = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+                if rng is not None:
+                    row = row + rng.normal(0.0, args.noise, size=n_vocab).astype(np.float32)
+                out[c * per_chunk + j] = row
+            targets += chunk[first + 1 : n_ctx]
+    finally:
+        llama_cpp.llama_batch_free(batch)
     out.flush()
     del out
     raw = llama_cpp.llama_print_system_info()
