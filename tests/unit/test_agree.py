@@ -134,3 +134,37 @@ def test_a_bad_thresholds_file_names_the_field(tmp_path: Path, text: str, where:
 
 def test_quant_type_names_the_gguf_file_type(tiny_gguf: Path) -> None:
     assert agree.quant_type(tiny_gguf) == "F32"
+
+
+@pytest.mark.parametrize(
+    ("qtype", "measured", "ok"),
+    [
+        # measured here against cpu (harness/agree-thresholds.yaml has the table)
+        ("F32", figures(kld_mean=4.3e-7, kld_p99=8.1e-7, kld_max=1.1e-6, ppl_ratio=0.99998), True),
+        (
+            "Q4_K_M",
+            figures(kld_mean=0.0054, kld_p99=0.024, kld_max=0.037, top1=0.9405, ppl_ratio=0.9934),
+            True,
+        ),
+        (
+            "Q4_K_M",
+            figures(kld_mean=0.0052, kld_p99=0.020, kld_max=0.029, top1=0.9405, ppl_ratio=0.9952),
+            True,
+        ),
+        # the self-test noise on tiny: sigma 0.1 and sigma 1
+        (
+            "F32",
+            figures(kld_mean=0.005, kld_p99=0.0058, kld_max=0.0059, top1=0.655, ppl_ratio=1.0158),
+            False,
+        ),
+        (
+            "F32",
+            figures(kld_mean=0.498, kld_p99=0.591, kld_max=0.605, top1=0.0198, ppl_ratio=1.83),
+            False,
+        ),
+    ],
+)
+def test_the_shipped_limits_pass_correct_builds_and_fail_wrong_ones(
+    qtype: str, measured: Figures, ok: bool
+) -> None:
+    assert (not load_limits(qtype).check(measured)) is ok
