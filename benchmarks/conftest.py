@@ -68,6 +68,7 @@ ROUNDS: dict[str, tuple[int, int]] = {
     "load_cold": (5, 1),
     "load_warm": (20, 2),
     "stream": (5, 1),
+    "stream_len": (3, 1),  # test_streaming: 128/512/2,048 tokens per round
     "chat": (5, 1),
 }
 

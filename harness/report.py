@@ -39,6 +39,9 @@ from saiverse_llm.atomic import atomic_output, atomic_write_json, atomic_write_t
 SCHEMA = "llama-harness-report/1"
 BASELINE_VARIANT = "cpu"
 PARITY_GOAL = 0.97
+#: Streaming goal (issue #11): generate_stream at >= this share of llama.cpp's eval rate.
+STREAM_GOAL = 0.95
+_STREAM_LEN_RE = re.compile(r"^stream(\d+)(_c|_ratio|_ttft)?$")
 
 BENCH_FILE = "bench.json"
 LLAMA_BENCH_FILE = "llama-bench.json"
@@ -75,6 +78,11 @@ _FIXED: dict[str, MetricSpec] = {
     "tg_bw_fraction": MetricSpec("tg / BW bound", "%", True, comparable=False),
 }
 _PATTERNS: list[tuple[re.Pattern[str], MetricSpec]] = [
+    # benchmarks/test_streaming.py: generate_stream at N tokens, in its own table
+    (re.compile(r"^stream\d+$"), MetricSpec("{m} t/s", "t/s", True)),
+    (re.compile(r"^stream\d+_c$"), MetricSpec("{m} (C-side eval)", "t/s", True)),
+    (re.compile(r"^stream\d+_ratio$"), MetricSpec("{m}", "x", True, comparable=False)),
+    (re.compile(r"^stream\d+_ttft$"), MetricSpec("{m}", "s", False)),
     (re.compile(r"^pp\d+$"), MetricSpec("{m}", "t/s", True)),
     (re.compile(r"^tg\d+$"), MetricSpec("{m}", "t/s", True)),
     (re.compile(r"^lb_(pp|tg)\d+$"), MetricSpec("llama-bench {s}", "t/s", True)),
@@ -982,7 +990,7 @@ def render_markdown(
         )
     lines.append("")
     for model in rs.models():
-        metrics = rs.metrics(model)
+        metrics = [m for m in rs.metrics(model) if not _STREAM_LEN_RE.match(m)]
         settings = _model_settings(rs, model)
         lines += [f"## {model}", ""]
         if settings:
@@ -1042,6 +1050,7 @@ def render_markdown(
                 f"{m.value:.3f}{flag} | {when} |"
             )
         lines.append("")
+    lines += render_streaming(rs)
     if rs.agreements:
         lines += render_agreements(rs.agreements)
     if regressions is not None:
@@ -1075,6 +1084,67 @@ def render_markdown(
             lines.append(f"![{c.stem}]({rel.as_posix()})")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_streaming(rs: ResultSet) -> list[str]:
+    """The streaming table (benchmarks/test_streaming.py): per variant, model and length,
+    generate_stream t/s, llama.cpp's eval rate in the same run, their ratio, llama-bench tg
+    of the same build, TTFT, threads and the load while it ran."""
+    rows = sorted(
+        {
+            (m.variant, m.model, int(match.group(1)))
+            for m in rs.measurements
+            if (match := _STREAM_LEN_RE.match(m.metric)) and match.group(2) is None
+        },
+        key=lambda r: (r[0] != rs.baseline, r[0], r[1], r[2]),
+    )
+    if not rows:
+        return []
+    lines = [
+        "## Streaming (generate_stream, temperature 0, exact length)",
+        "",
+        "Stream t/s: chunks received from the first to the last; C-side: llama.cpp's eval "
+        "rate (llama_perf_context) over the same window of the same run; ratio: the two "
+        f"divided per round (goal >= {STREAM_GOAL}, flat in length). llama-bench tg: the same "
+        "build and threads, from `llama-harness llama-bench`.",
+        "",
+        "| variant | model | tokens | stream t/s | C-side t/s | ratio | llama-bench tg | TTFT "
+        "| threads | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for var, model, n in rows:
+        stream = rs.get(var, model, f"stream{n}")
+        c_side = rs.get(var, model, f"stream{n}_c")
+        ratio = rs.get(var, model, f"stream{n}_ratio")
+        ttft = rs.get(var, model, f"stream{n}_ttft")
+        lb = rs.get(var, model, f"lb_tg{n}")
+        lb_label = f"tg{n}"
+        if lb is None:
+            lb_tests = sorted(
+                (m for m in rs.measurements if m.variant == var and m.model == model),
+                key=lambda m: _order_key(m.metric),
+            )
+            lb = next((m for m in lb_tests if re.match(r"^lb_tg\d+$", m.metric)), None)
+            lb_label = lb.metric[3:] if lb else ""
+        settings = stream.settings if stream else {}
+        loadavg = settings.get("loadavg")
+        load = f"{loadavg[0]:.2f}" if isinstance(loadavg, list) and loadavg else "-"
+        if row_busy(rs, var, model, (f"stream{n}",)):
+            load += " ⚠ busy"
+        ratio_text = "—"
+        if ratio is not None:
+            flag = "" if ratio.value >= STREAM_GOAL else " ⚠"
+            ratio_text = f"{ratio.value:.3f} ±{ratio.stddev:.3f}{flag}"
+        lines.append(
+            f"| {var} | {model} | {n} | "
+            f"{format_cell(stream, None) if stream else '—'} | "
+            f"{format_cell(c_side, None) if c_side else '—'} | {ratio_text} | "
+            f"{(format_cell(lb, None) + f' ({lb_label})') if lb else '—'} | "
+            f"{format_cell(ttft, None) if ttft else '—'} | "
+            f"{settings.get('n_threads', '-')} | {load} |"
+        )
+    lines.append("")
+    return lines
 
 
 def software_device(info: VariantInfo) -> bool:

@@ -458,12 +458,18 @@ class LlamaCppClient:
                     gen, prompt = self._generation(model, request, seed, self.chunk_hook)
                     produced = ""
                     try:
-                        for piece in run_single(model, gen):
-                            produced += piece
-                            new = unseen(produced, emitted)
-                            if new:
-                                emitted += new
-                                yield new
+                        if not emitted:  # the first attempt: nothing to compare with
+                            for piece in run_single(model, gen):
+                                emitted += piece
+                                yield piece
+                            produced = emitted
+                        else:
+                            for piece in run_single(model, gen):
+                                produced += piece
+                                new = unseen(produced, emitted)
+                                if new:
+                                    emitted += new
+                                    yield new
                     except GeneratorExit:
                         if on_cancel is not None:
                             partial = self._reply(gen, prompt, emitted, attempts)

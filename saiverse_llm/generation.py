@@ -78,6 +78,7 @@ class ReplyBuilder:
         self.ignore_eos = ignore_eos
         self.on_text = on_text
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._utf8_clean = True  # no partial character pending in the decoder
         self._pending = ""  # decoded text held back while a stop string may still complete
         self._raw: list[str] = []  # released model text (before the tool filter)
         self._pieces = 0
@@ -95,31 +96,40 @@ class ReplyBuilder:
         """Consume one sampled token; return the text that may be shown now."""
         if self.done:
             raise RuntimeError("ReplyBuilder.push after the reply is done")
-        if not self.ignore_eos and self.vocab.is_eog(token):
+        vocab = self.vocab
+        if not self.ignore_eos and vocab.is_eog(token):
             self.done, self.finish_reason = True, "stop"
             return ""
         self.n_tokens += 1
         out = ""
-        text = self._decoder.decode(self.vocab.piece(token))
+        text = vocab.text(token) if self._utf8_clean else None
+        if text is None:  # a byte token, or the middle of a character
+            text = self._decoder.decode(vocab.piece(token))
+            self._utf8_clean = not self._decoder.getstate()[0]
         if text:
             if self.on_text is not None:
                 self.on_text(self._pieces, text)
             self._pieces += 1
-            out = self._add(text)
+            out = self._add(text) if self.stops else self._release(text)
         if not self.done and self.n_tokens >= self.max_tokens:
             self.done, self.finish_reason = True, "length"
         return out
 
     def _add(self, text: str) -> str:
-        if not self.stops:
-            return self._release(text)
         window = self._pending + text
-        cut = min((i for i in (window.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut = -1
+        for stop in self.stops:
+            i = window.find(stop)
+            if i >= 0 and (cut < 0 or i < cut):
+                cut = i
         if cut >= 0:
             self._pending = ""
             self.done, self.finish_reason = True, "stop"
             return self._release(window[:cut])
-        split = max(0, len(window) - self._hold)
+        split = len(window) - self._hold
+        if split <= 0:
+            self._pending = window
+            return ""
         self._pending = window[split:]
         return self._release(window[:split])
 
@@ -136,6 +146,7 @@ class ReplyBuilder:
         if leftover:
             logger.debug("reply ended inside a UTF-8 character; dropped bytes %r", leftover)
         self._decoder.reset()
+        self._utf8_clean = True
         out = self._release(self._pending)
         self._pending = ""
         if self.tool_filter is not None:
@@ -247,23 +258,26 @@ def run_single(model: LoadedModel, gen: Generation) -> Iterator[str]:
     token_arr, pos_arr, logits_arr, raw = batch.token, batch.pos, batch.logits, batch.raw
     decode = llama_cpp.llama_decode
     input_ids = llm.input_ids
+    sample, push, reply = gen.sampler.sample, gen.reply.push, gen.reply
     logits_arr[0] = 1
+    pos = int(llm.n_tokens)
     while True:
-        text = gen.step(ctx, -1)
+        token = sample(ctx, -1)
+        gen.last_token = token
+        text = push(token)
         if text:
             yield text
-        if gen.done:
+        if reply.done:
             break
-        pos = int(llm.n_tokens)
-        token_arr[0] = gen.last_token
+        token_arr[0] = token
         pos_arr[0] = pos
-        logits_arr[0] = 1
         raw.n_tokens = 1
         rc = decode(ctx, raw)
         if rc:
             check_decode(rc)
-        input_ids[pos] = gen.last_token
-        llm.n_tokens = pos + 1
+        input_ids[pos] = token
+        pos += 1
+        llm.n_tokens = pos
     tail = gen.finish()
     if tail:
         yield tail

@@ -38,6 +38,22 @@ FAST_TOP_K_MIN_VOCAB = 8192
 _BLOCK = 256  # block size of the top-k threshold search
 
 
+_logits_fn: Any = None
+
+
+def _logits_address(ctx: Any, idx: int) -> int:
+    """``llama_get_logits_ith(ctx, idx)`` as a plain address (0 for NULL): a prototype of
+    our own returning ``void *`` skips building a ctypes pointer object per token."""
+    global _logits_fn
+    if _logits_fn is None:
+        import llama_cpp
+
+        prototype = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
+        _logits_fn = prototype(("llama_get_logits_ith", llama_cpp.llama_cpp._lib))
+    address: int | None = _logits_fn(ctx, idx)
+    return address or 0
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling settings of one request (llama-cpp-python's ``create_completion`` defaults).
@@ -157,15 +173,15 @@ class Sampler:
 
     def logits(self, ctx: Any, idx: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         """A numpy view (no copy) of the logits of output row ``idx`` of the last decode."""
-        ptr = self._lc.llama_get_logits_ith(ctx, idx)
-        if not ptr:
+        address = _logits_address(ctx, idx)
+        if not address:
             raise RuntimeError(f"llama_get_logits_ith returned NULL for output {idx}")
-        address = ctypes.addressof(ptr.contents)
         view = self._views.get(address)
         if view is None:
             if len(self._views) > 16:
                 self._views.clear()
-            view = np.ctypeslib.as_array(ptr, shape=(self.vocab.n_vocab,))
+            buf = (ctypes.c_float * self.vocab.n_vocab).from_address(address)
+            view = np.ctypeslib.as_array(buf)
             self._views[address] = view
         return view
 

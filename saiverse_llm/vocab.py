@@ -29,6 +29,7 @@ class Vocab:
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self._pieces: list[bytes | None] = [None] * self.n_vocab
+        self._texts: list[str | None] = [None] * self.n_vocab
         self._eog: dict[int, bool] = {}
         self._eog_ids: list[int] | None = None
         self._buf = ctypes.create_string_buffer(256)
@@ -49,6 +50,19 @@ class Vocab:
                 data = self._buf.raw[:n]
         self._pieces[token] = data
         return data
+
+    def text(self, token: int) -> str | None:
+        """The piece of ``token`` as text when it is complete UTF-8 on its own (most
+        tokens), else None (a byte token, or part of a character: decode incrementally)."""
+        cached = self._texts[token]
+        if cached is not None:
+            return cached
+        try:
+            text = self.piece(token).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        self._texts[token] = text
+        return text
 
     def is_eog(self, token: int) -> bool:
         """Whether ``token`` ends generation (EOS, EOT, ``<|im_end|>``, ...)."""

@@ -353,3 +353,33 @@ def test_latency_chart_fits_a_readme_with_units_per_panel(tmp_path: Path) -> Non
     assert lower == [55.0, 1.0] and upper == [80.0, 1.0]  # never below zero
     lower, _ = report.error_bars([55.0], [80.0], log=True)
     assert 55.0 - lower[0] > 0  # stays above the bottom of a log axis
+
+
+def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
+    """benchmarks/test_streaming.py: stream t/s next to the C-side eval rate of the same run,
+    the ratio (flagged below 0.95), llama-bench tg, TTFT, threads and load."""
+    root = tmp_path / "reports"
+    doc = bench_doc("cpu", "tiny", {"tg128": 100})
+    for n, (stream, c_side) in {128: (98.0, 100.0), 2048: (80.0, 100.0)}.items():
+        extra = {
+            **doc["benchmarks"][0]["extra_info"],
+            "metric": f"stream{n}",
+            "loadavg": [0.5, 0.4, 0.3],
+            "metrics": {
+                f"stream{n}": _metric(stream, 1.0, "t/s", True),
+                f"stream{n}_c": _metric(c_side, 1.0, "t/s", True),
+                f"stream{n}_ratio": _metric(stream / c_side, 0.01, "x", True),
+                f"stream{n}_ttft": _metric(0.012, 0.001, "s", False),
+            },
+        }
+        doc["benchmarks"].append({"name": f"test_stream_rate[{n}]", "extra_info": extra})
+    write_variant(root, "cpu", doc)
+    (root / "cpu" / "llama-bench.json").write_text(json.dumps(llama_bench_doc("tiny", 1000, 105)))
+    lines = report.render_markdown(report.collect(root)).splitlines()
+    tiny = lines[lines.index("## tiny") : lines.index("## Parity with llama-bench")]
+    assert not any("stream128" in line for line in tiny)  # not a column of the model table
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Streaming"))
+    rows = [line for line in lines[start:] if line.startswith("| cpu | tiny |")]
+    assert rows[0].startswith("| cpu | tiny | 128 | 98.0 ±1.0% | 100 ±1.0% | 0.980 ±0.010 |")
+    assert "105 ±1.0% (tg128)" in rows[0] and "| 2 | 0.50 |" in rows[0]
+    assert rows[1].startswith("| cpu | tiny | 2048 |") and "0.800 ±0.010 ⚠" in rows[1]

@@ -1,0 +1,145 @@
+"""Streaming at the decoder's speed: ``generate_stream`` tokens/s at 128, 512 and 2,048
+tokens, next to llama.cpp's own eval rate in the same run (issue #11).
+
+Each round starts a new conversation (the prompt is evaluated in full), streams exactly
+``n`` tokens (temperature 0, ``ignore_eos``: a random model's EOS cannot cut it short) and
+measures, at the consumer of the stream:
+
+* ``stream<n>``: tokens/s from the first chunk to the last (the steady streaming rate);
+* ``stream<n>_c``: llama.cpp's eval rate over the same window (``llama_perf_context``:
+  ``n_eval`` / ``t_eval``, counters reset when the first chunk arrives), i.e. what the
+  decoder alone would give;
+* ``stream<n>_ratio``: the two divided, per round (the share of the window spent decoding;
+  the target is >= 0.95 at every length, flat in length);
+* ``stream<n>_ttft``: time to the first chunk (prompt evaluation included).
+
+Both rates come from the same run, so competing work on the machine moves them together;
+the load is recorded with every result. llama-bench's tg for the same build and threads is
+in the report beside them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from benchlib import BenchEnv, BenchModel, latency_metric, mean_std, new_conversation
+
+from harness.llama_bench import BenchSettings
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
+
+from saiverse_llm.client import LlamaCppClient  # noqa: E402
+from saiverse_llm.pool import ModelPool  # noqa: E402
+
+LENGTHS = (128, 512, 2048)
+MESSAGES = [{"role": "user", "content": "Tell me a long story about a cat in Kyoto."}]
+SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def stream_client(
+    bench_model: BenchModel, settings: BenchSettings, bench_env: BenchEnv
+) -> Iterator[LlamaCppClient]:
+    pool: ModelPool[Any] = ModelPool(max_models=1)
+    client = LlamaCppClient(
+        str(bench_model.path),
+        context_length=max(LENGTHS) + 256,
+        n_gpu_layers=bench_env.n_gpu_layers,
+        fallback_on_error=False,
+        model=bench_model.name,
+        chat_format=bench_model.chat_format,
+        n_threads=settings.n_threads,
+        pool=pool,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        flash_attn=settings.flash_attn,
+    )
+    client.load()
+    try:
+        yield client
+    finally:
+        pool.unload_all()
+
+
+def _rate_metric(values: list[float], unit: str) -> dict[str, Any]:
+    avg, std = mean_std(values)
+    return {
+        "value": avg,
+        "stddev": std,
+        "unit": unit,
+        "higher_is_better": True,
+        "rounds": len(values),
+        "samples": values,
+    }
+
+
+@pytest.mark.parametrize("n_gen", LENGTHS)
+def test_stream_rate(
+    benchmark: Any,
+    rounds: Callable[[str], tuple[int, int]],
+    bench_model: BenchModel,
+    settings: BenchSettings,
+    stream_client: LlamaCppClient,
+    extra: Callable[..., dict[str, Any]],
+    n_gen: int,
+) -> None:
+    client = stream_client
+    llm = client.llama
+    n_rounds, warmup = rounds("stream_len")
+    runs: list[dict[str, float]] = []
+
+    def target() -> None:
+        t0 = time.perf_counter()
+        first = last = None
+        for _chunk in client.generate_stream(
+            MESSAGES, max_tokens=n_gen, temperature=0.0, seed=SEED, ignore_eos=True
+        ):
+            last = time.perf_counter()
+            if first is None:
+                first = last
+                llama_cpp.llama_perf_context_reset(llm.ctx)  # count the window only
+        usage = client.consume_usage()
+        llama_cpp.llama_synchronize(llm.ctx)
+        perf = llama_cpp.llama_perf_context(llm.ctx)
+        assert usage is not None and usage.completion_tokens == n_gen, usage
+        assert first is not None and last is not None and last > first
+        window = last - first
+        t_eval = float(perf.t_eval_ms) / 1000.0
+        runs.append(
+            {
+                "ttft": first - t0,
+                "stream": int(perf.n_eval) / window,
+                "c_side": int(perf.n_eval) / t_eval if t_eval > 0 else float("nan"),
+                "ratio": t_eval / window,
+                "n_eval": float(perf.n_eval),
+                "e2e": n_gen / (last - t0),
+            }
+        )
+
+    benchmark.pedantic(
+        target, setup=lambda: new_conversation(llm), rounds=n_rounds, warmup_rounds=warmup
+    )
+    kept = runs[warmup:] if len(runs) > warmup else runs
+    report = client.load_report()
+    extra(
+        bench_model,
+        metric=f"stream{n_gen}",
+        max_tokens=n_gen,
+        seed=SEED,
+        temperature=0.0,
+        ignore_eos=True,
+        n_ctx=report.get("n_ctx"),
+        chat_template=report.get("chat_template"),
+        sampler_route="greedy",
+        n_eval_window=[r["n_eval"] for r in kept],
+        e2e_tps=[r["e2e"] for r in kept],
+        metrics={
+            f"stream{n_gen}": _rate_metric([r["stream"] for r in kept], "t/s"),
+            f"stream{n_gen}_c": _rate_metric([r["c_side"] for r in kept], "t/s"),
+            f"stream{n_gen}_ratio": _rate_metric([r["ratio"] for r in kept], "x"),
+            f"stream{n_gen}_ttft": latency_metric([r["ttft"] for r in kept]),
+        },
+    )
