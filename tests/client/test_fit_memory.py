@@ -152,6 +152,25 @@ def test_device_buffers_of_a_gpu_load(
     )
     print(f"device: fit {split.device_bytes / MIB:.1f} MiB, llama.cpp buffers "
           f"{device_mib:.1f} MiB, free memory went down by {used / MIB:.1f} MiB")  # fmt: skip
+    if report["backend"] == "VULKAN":
+        # Measured on Vulkan (llvmpipe): weights and KV cache match fit; the compute buffer
+        # does not: Vulkan keeps most of it on the host ("Vulkan_Host compute buffer"), fit
+        # puts all of it on the device. Weights + KV are checked; the compute split is #16's.
+        memory = report["memory_mib"]
+        on_device = sum(
+            mib
+            for kind in ("model", "kv")
+            for name, mib in memory[kind].items()
+            if not name.startswith("CPU") and not name.endswith("_Host")
+        )
+        fit_mib = (split.device_weights + split.device_kv) / MIB
+        assert abs(fit_mib - on_device) < 0.05 * on_device, (fit_mib, memory)
+        host = sum(m for n, m in memory["compute"].items() if n.endswith("_Host"))
+        client.unload()
+        pytest.xfail(
+            f"fit puts the {split.device_compute / MIB:.0f} MiB compute buffer on the device; "
+            f"Vulkan keeps {host:.0f} MiB of compute on the host (Vulkan_Host): not modelled yet"
+        )
     assert abs(split.device_bytes / MIB - device_mib) < 0.05 * device_mib
     client.unload()
 
