@@ -641,7 +641,7 @@ def import_wheel(
     meta = wheel.parent / "build.json"
     digest = wheel_cache.sha256_file(wheel)
     if meta.is_file():
-        record = json.loads(meta.read_text())
+        record = _read_build_json(meta)
         if record.get("wheel") == wheel.name:
             if record.get("wheel_sha256") != digest:
                 raise BuildError(f"{wheel}: sha256 does not match {meta}; the file changed")
@@ -689,6 +689,24 @@ def import_wheel(
             ],
         },
     )
+
+
+def _read_build_json(meta: Path) -> dict[str, Any]:
+    """The ``build.json`` beside an imported wheel, checked to be a cache record."""
+    fix = (
+        "copy the build.json that `llama-harness build --wheel-out` wrote with the wheel, or "
+        "remove it and import with a VARIANT (`llama-harness build VARIANT --import WHEEL`)"
+    )
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise BuildError(f"{meta}: not a readable build.json ({exc}); fix: {fix}") from exc
+    if not isinstance(record, dict):
+        raise BuildError(f"{meta}: not a JSON object (a {type(record).__name__}); fix: {fix}")
+    for name, kind in (("wheel", str), ("wheel_sha256", str), ("key", str), ("inputs", dict)):
+        if name in record and not isinstance(record[name], kind):
+            raise BuildError(f"{meta}: field {name!r} is not a {kind.__name__}; fix: {fix}")
+    return record
 
 
 _STORE_FIELDS = {"schema", "key", "variant", "wheel", "wheel_sha256", "size", "cmake_args",

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
+from saiverse_llm.cli_errors import error_line_of
 
 DOCKER_DIR = paths.PROJECT_ROOT / "docker"
 DOCKERFILES = {"CPU": "Dockerfile.cpu", "BLAS": "Dockerfile.cpu", "CUDA": "Dockerfile.cuda"}
@@ -519,5 +520,5 @@ def run_session_in_container(variant: str, session: str, posargs: list[str]) -> 
             network_mode=network,
         )
     except ContainerError as exc:
-        _print(f"container mode: {exc}")
+        print(error_line_of(exc), file=sys.stderr)  # "error: container mode ... Fix: ..."
         return 2

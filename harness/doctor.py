@@ -8,7 +8,7 @@ count "offloaded N/M layers"). It then evaluates the cause catalogue
 (``harness/causes.yaml``) against the facts with one generic evaluator and reports a
 one-line verdict followed by the matched causes, their evidence, explanation and fix.
 
-Every output goes through :mod:`harness.redact`: secrets never appear.
+Every output goes through :mod:`saiverse_llm.redact`: secrets never appear.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import yaml
 
 from harness import build_log, buildinfo, legacy_flags
 from harness.buildinfo import BuildInfo, BuildInfoError
-from harness.redact import redact_obj, redact_text
+from saiverse_llm.redact import redact_obj, redact_text
 
 CAUSES_FILE = Path(__file__).with_name("causes.yaml")
 STEP_NAMES = build_log.STEP_LABELS

@@ -246,15 +246,36 @@ def _read_json(path: Path) -> Any:
             f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix: rerun the session "
             "that writes it or delete the file"
         ) from exc
+    except (RecursionError, ValueError) as exc:  # absurd nesting, 5000-digit numbers
+        raise ReportError(
+            f"{path}: not a readable JSON document ({type(exc).__name__}); fix: rerun the "
+            "session that writes it or delete the file"
+        ) from exc
 
 
 def _as_float(value: Any, *, path: Path, field_name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ReportError(
-            f"{path}: field {field_name!r} must be a number, got {value!r}; fix: rerun the "
-            "benchmark session that wrote this file"
+            f"{path}: field {field_name!r} must be a number, got {_shown(value)}; fix: rerun "
+            "the benchmark session that wrote this file"
         )
     return float(value)
+
+
+def _as_int(value: Any, *, path: Path, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ReportError(
+            f"{path}: field {field_name!r} must be a whole number, got {_shown(value)}; fix: "
+            "rerun the benchmark session that wrote this file"
+        )
+    if isinstance(value, float) and not value.is_integer():
+        raise ReportError(f"{path}: field {field_name!r} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _settings_from_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,8 +357,10 @@ def parse_bench_json(data: Any, *, path: Path, variant: str | None = None) -> Re
                         stddev=_as_float(
                             m.get("stddev", 0.0), path=path, field_name=f"{where}.stddev"
                         ),
-                        rounds=int(
-                            m.get("rounds", len(samples) if isinstance(samples, list) else 0)
+                        rounds=_as_int(
+                            m.get("rounds", len(samples) if isinstance(samples, list) else 0),
+                            path=path,
+                            field_name=f"{where}.rounds",
                         ),
                         unit=str(m.get("unit", spec.unit)),
                         higher_is_better=bool(m.get("higher_is_better", spec.higher_is_better)),
@@ -363,7 +386,11 @@ def parse_bench_json(data: Any, *, path: Path, variant: str | None = None) -> Re
                         path=path,
                         field_name=f"benchmarks[{i}].stats.stddev",
                     ),
-                    rounds=int(stats.get("rounds", 0)),
+                    rounds=_as_int(
+                        stats.get("rounds", 0),
+                        path=path,
+                        field_name=f"benchmarks[{i}].stats.rounds",
+                    ),
                     unit="s",
                     higher_is_better=False,
                     source="pytest-benchmark",
@@ -416,14 +443,20 @@ def parse_llama_bench_json(data: Any, *, path: Path, variant: str | None = None)
             if k in meta
         }
     for r, run in enumerate(runs):
+        if not isinstance(run, dict):
+            raise ReportError(
+                f"{path}: runs[{r}] is not an object (got {_shown(run)}); fix: rerun "
+                "`llama-harness llama-bench --variant VARIANT`"
+            )
         results = run.get("results")
         if not isinstance(results, list):
             raise ReportError(f"{path}: runs[{r}].results is not a list; fix: rerun llama-bench")
         for j, rec in enumerate(results):
             if not isinstance(rec, dict):
                 raise ReportError(f"{path}: runs[{r}].results[{j}] is not an object")
-            n_prompt = int(rec.get("n_prompt", 0))
-            n_gen = int(rec.get("n_gen", 0))
+            where = f"runs[{r}].results[{j}]"
+            n_prompt = _as_int(rec.get("n_prompt", 0), path=path, field_name=f"{where}.n_prompt")
+            n_gen = _as_int(rec.get("n_gen", 0), path=path, field_name=f"{where}.n_gen")
             if n_prompt > 0 and n_gen == 0:
                 test = f"pp{n_prompt}"
             elif n_gen > 0 and n_prompt == 0:
@@ -431,7 +464,6 @@ def parse_llama_bench_json(data: Any, *, path: Path, variant: str | None = None)
             else:
                 test = f"pp{n_prompt}_tg{n_gen}"
             model = run.get("model") or Path(str(rec.get("model_filename", "-"))).stem
-            where = f"runs[{r}].results[{j}]"
             samples = rec.get("samples_ts")
             rs.measurements.append(
                 Measurement(
@@ -480,6 +512,22 @@ def _merge(into: ResultSet, other: ResultSet) -> None:
     into.agreements.extend(other.agreements)
 
 
+def _parse_file(parse: Any, path: Path, variant: str) -> ResultSet:
+    """``parse`` of the JSON in ``path``; a shape the parser did not foresee is a ReportError
+    naming the file, never a traceback."""
+    data = _read_json(path)
+    try:
+        result: ResultSet = parse(data, path=path, variant=variant)
+    except ReportError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise ReportError(
+            f"{path}: malformed ({type(exc).__name__}: {exc}); fix: rerun the session that "
+            "writes it or delete the file"
+        ) from exc
+    return result
+
+
 def load_variant_dir(directory: Path) -> ResultSet:
     """Everything one variant's folder holds (bench.json, llama-bench.json, status.json)."""
     name = directory.name
@@ -502,11 +550,11 @@ def load_variant_dir(directory: Path) -> ResultSet:
             info.provenance["status_info"] = extra
     bench_path = directory / BENCH_FILE
     if bench_path.is_file():
-        _merge(rs, parse_bench_json(_read_json(bench_path), path=bench_path, variant=name))
+        _merge(rs, _parse_file(parse_bench_json, bench_path, name))
         info.files.append(str(bench_path))
     lb_path = directory / LLAMA_BENCH_FILE
     if lb_path.is_file():
-        _merge(rs, parse_llama_bench_json(_read_json(lb_path), path=lb_path, variant=name))
+        _merge(rs, _parse_file(parse_llama_bench_json, lb_path, name))
         info.files.append(str(lb_path))
     for agree_path in sorted(directory.glob(AGREE_GLOB)):
         data = _read_json(agree_path)

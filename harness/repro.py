@@ -36,8 +36,8 @@ from typing import Any
 import yaml
 
 from harness import doctor, paths
-from harness.redact import redact_text
 from saiverse_llm.atomic import atomic_copy, atomic_write_text
+from saiverse_llm.redact import redact_text
 
 REPRO_DIR = paths.PROJECT_ROOT / "repro"
 REQUIREMENTS = ("gpu", "no-gpu", "cpu-wheel", "cuda-wheel", "cmake", "nvcc", "vulkan-sdk")

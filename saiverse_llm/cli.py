@@ -19,18 +19,30 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from saiverse_llm import __version__, fit
+from saiverse_llm.cli_errors import (
+    ArgumentParser,
+    StderrHandler,
+    replace_cli_handlers,
+    run_cli,
+)
 from saiverse_llm.config import ConfigError, ModelConfig
 from saiverse_llm.fetch import register_fetch
 from saiverse_llm.fit_command import register_fit
 from saiverse_llm.gguf_file import GGUFError, read_gguf
-from saiverse_llm.model_commands import add_config_dir_argument, register_chat, register_check
+from saiverse_llm.model_commands import (
+    RUN_ERRORS,
+    add_config_dir_argument,
+    register_chat,
+    register_check,
+)
+from saiverse_llm.redact import RedactingFormatter
 from saiverse_llm.registry import (
     ModelNotFoundError,
     RegistryEntry,
@@ -87,21 +99,15 @@ def setup_logging(
     Calling it again replaces the handlers it installed before.
     """
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_saiverse_cli", False):
-            root.removeHandler(handler)
-            handler.close()
     level = log_level(debug or verbose)
     root.setLevel(level)
     logging.getLogger("saiverse_llm").setLevel(level)
     for chatty in ("httpx", "httpx2", "huggingface_hub"):  # one INFO line per HTTP request
         logging.getLogger(chatty).setLevel(level if level == logging.DEBUG else logging.WARNING)
 
-    stderr = logging.StreamHandler(sys.stderr)
+    stderr = StderrHandler("%(levelname)s: %(message)s")
     stderr.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    stderr.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    stderr._saiverse_cli = True  # type: ignore[attr-defined]
-    root.addHandler(stderr)
+    replace_cli_handlers(stderr)
 
     file = log_file_path(path)
     try:
@@ -119,9 +125,8 @@ def setup_logging(
         )
         return None
     file_handler.setLevel(level)
-    file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    file_handler._saiverse_cli = True  # type: ignore[attr-defined]
-    root.addHandler(file_handler)
+    file_handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    replace_cli_handlers(stderr, file_handler)
     return file
 
 
@@ -157,6 +162,9 @@ def dangling_fallbacks(entries: dict[str, RegistryEntry]) -> dict[str, str]:
     for key, entry in entries.items():
         target = entry.config.fallback_model if entry.config else None
         if target is None:
+            continue
+        if target == key:
+            result[key] = "fallback_model names this config itself (a failure would retry it)"
             continue
         other = entries.get(target)
         if other is None or not other.valid:
@@ -363,13 +371,14 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="saiverse-llm",
         description="The SAIVerse llama.cpp provider: model configs, checks and chat.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_common_options(parser, default_log_file=None, default_verbose=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Sub-command parsers are ArgumentParser (cli_errors) too: they inherit the error line.
+    sub = cast("Subparsers", parser.add_subparsers(dest="command", metavar="COMMAND"))
     for register in SUBCOMMANDS:
         register(sub)
     for command_parser in sub.choices.values():
@@ -407,28 +416,24 @@ def _add_common_options(
     )
 
 
+#: Errors the commands raise on purpose (messages name the file, the field and the fix), with
+#: their exit status: 2 for what the user gave (a config, a key, a value), 1 for failures.
+#: Anything else is an internal error (see saiverse_llm.cli_errors).
+KNOWN_ERRORS: dict[type[BaseException] | str, int] = {
+    ConfigError: 2,
+    ModelNotFoundError: 2,
+    GGUFError: 1,
+    **dict.fromkeys(RUN_ERRORS, 1),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
-    setup_logging(args.log_file, verbose=args.verbose, debug=args.debug)
-    try:
-        return func(args)
-    except (ConfigError, ModelNotFoundError) as exc:
-        log.debug("command failed", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # Output piped into `head` and the like: not an error.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+    """Run ``saiverse-llm``: error lines instead of tracebacks, exit 2 usage / 1 failure."""
+
+    def setup(args: argparse.Namespace) -> Path | None:
+        return setup_logging(args.log_file, verbose=args.verbose, debug=args.debug)
+
+    return run_cli(build_parser(), argv, known=KNOWN_ERRORS, logger=log, setup=setup)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from saiverse_llm.config import DEFAULT_CONTEXT_CAP, ConfigError, ModelConfig, expand_path
+from saiverse_llm.config import (
+    CONTEXT_LENGTH_RANGE,
+    DEFAULT_CONTEXT_CAP,
+    MAX_TOKENS_RANGE,
+    N_GPU_LAYERS_RANGE,
+    N_THREADS_RANGE,
+    SEED_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    ConfigError,
+    ModelConfig,
+    expand_path,
+)
 from saiverse_llm.errors import (
     ContextOverflowError,
     GenerationError,
@@ -64,6 +77,7 @@ from saiverse_llm.tools import (
     tool_result,
 )
 from saiverse_llm.usage import Usage, UsageSlot, UsageTotals
+from saiverse_llm.user_errors import ParameterError, env_int
 
 __all__ = [
     "DEFAULT_CONTEXT_CAP",
@@ -102,15 +116,22 @@ SAMPLING_KEYS = frozenset(
 
 
 def _context_cap_from_env() -> int:
-    raw = os.environ.get("SAIVERSE_LLM_CONTEXT_CAP", "").strip()
-    if not raw:
-        return DEFAULT_CONTEXT_CAP
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"$SAIVERSE_LLM_CONTEXT_CAP: bad value {raw!r}; set a positive integer")
+    cap = env_int(
+        "SAIVERSE_LLM_CONTEXT_CAP",
+        default=DEFAULT_CONTEXT_CAP,
+        bounds=CONTEXT_LENGTH_RANGE,
+        fix="set it to a whole number of tokens such as 8192, or unset it",
+    )
+    assert cap is not None
+    return cap
+
+
+def _check_int(name: str, value: object, bounds: tuple[int, int], fix: str) -> int:
+    """``value`` if it is an int within ``bounds`` (the C type it ends in, see
+    :mod:`saiverse_llm.config`), else :class:`ParameterError`."""
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ParameterError(f"{name}: bad value {value!r} (allowed: {low}..{high:,})", fix)
     return value
 
 
@@ -119,27 +140,26 @@ def _check_param(name: str, value: object) -> Any:
         "temperature": "use a number from 0.0 to 2.0",
         "top_p": "use a number from 0.0 to 1.0",
         "max_tokens": "use a positive integer",
-        "seed": "use a non-negative integer",
+        "seed": "use a non-negative integer (or leave it unset for a random seed)",
     }
     if name == "max_tokens":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"parameter max_tokens: bad value {value!r}; {fix[name]}")
-        return value
+        return _check_int("parameter max_tokens", value, MAX_TOKENS_RANGE, fix[name])
     if name == "ignore_eos":
         if not isinstance(value, bool):
-            raise ValueError(f"parameter ignore_eos: bad value {value!r}; use true or false")
+            raise ParameterError(f"parameter ignore_eos: bad value {value!r}", "use true or false")
         return value
     if name == "seed":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"parameter seed: bad value {value!r}; {fix[name]}")
-        return value
+        return _check_int("parameter seed", value, SEED_RANGE, fix[name])
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"parameter {name}: bad value {value!r}; {fix.get(name, 'use a number')}")
+        raise ParameterError(
+            f"parameter {name}: bad value {value!r}", fix.get(name, "use a number")
+        )
     number = float(value)
-    if name == "temperature" and not 0.0 <= number <= 2.0:
-        raise ValueError(f"parameter temperature: bad value {value!r}; {fix[name]}")
-    if name == "top_p" and not 0.0 <= number <= 1.0:
-        raise ValueError(f"parameter top_p: bad value {value!r}; {fix[name]}")
+    ranges = {"temperature": TEMPERATURE_RANGE, "top_p": TOP_P_RANGE}
+    if name in ranges and not ranges[name][0] <= number <= ranges[name][1]:
+        raise ParameterError(f"parameter {name}: bad value {value!r}", fix[name])
+    if not math.isfinite(number):
+        raise ParameterError(f"parameter {name}: bad value {value!r}", "use a finite number")
     if name == "top_k":
         return int(number)
     return number
@@ -200,19 +220,14 @@ class LlamaCppClient:
         except ConfigError as exc:
             self._path_error = exc
             self.model_path = Path(os.fspath(model_path))
-        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
-            raise ValueError(
-                f"n_gpu_layers: bad value {n_gpu_layers!r}; use -1 (all), 0 (CPU) or N layers"
-            )
-        if context_length is not None and (
-            isinstance(context_length, bool)
-            or not isinstance(context_length, int)
-            or context_length < 1
-        ):
-            raise ValueError(
-                f"context_length: bad value {context_length!r}; use a positive integer or None "
-                "(None reads the GGUF's trained context)"
-            )
+        _check_int("n_gpu_layers", n_gpu_layers, N_GPU_LAYERS_RANGE,
+                   "use -1 (all), 0 (CPU) or N layers")  # fmt: skip
+        if context_length is not None:
+            _check_int("context_length", context_length, CONTEXT_LENGTH_RANGE,
+                       "use a number of tokens, or None (the GGUF's trained context)")  # fmt: skip
+        if n_threads is not None:
+            _check_int("n_threads", n_threads, N_THREADS_RANGE,
+                       "use the number of physical cores, or None for the default")  # fmt: skip
         self.context_length = context_length
         self.n_gpu_layers = n_gpu_layers
         self.supports_images = supports_images

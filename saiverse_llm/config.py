@@ -35,7 +35,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,34 @@ DEFAULT_CONTEXT_CAP = 8192
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
 DEFAULT_MAX_TOKENS = 2048
+
+# Integer bounds: every integer a config (or a CLI flag) gives ends in a C field, and a value
+# outside that field's type would wrap silently in ctypes (2**32 GPU layers became 0, a
+# 2**32+512 context became 512). Sources, llama-cpp-python 0.3.36 (llama_cpp/llama_cpp.py)
+# and its vendored llama.cpp:
+#   n_gpu_layers   -> llama_model_params.n_gpu_layers      ctypes.c_int32
+#   context_length -> llama_context_params.n_ctx           ctypes.c_uint32
+#   n_threads      -> llama_context_params.n_threads       ctypes.c_int32; a sane bound is
+#                     GGML_MAX_N_THREADS = 512 (ggml/include/ggml.h), ggml's thread-pool limit
+#   max_tokens     -> compared with n_ctx by Llama.create_completion (so: c_uint32)
+#   seed           -> llama_sampler_init_dist(seed)        ctypes.c_uint32 (0xFFFFFFFF,
+#                     LLAMA_DEFAULT_SEED, means "random"; -1 is llama.cpp's spelling of it)
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+GGML_MAX_N_THREADS = 512
+N_GPU_LAYERS_RANGE = (-1, INT32_MAX)
+CONTEXT_LENGTH_RANGE = (1, UINT32_MAX)
+N_THREADS_RANGE = (1, GGML_MAX_N_THREADS)
+MAX_TOKENS_RANGE = (1, UINT32_MAX)
+SEED_RANGE = (0, UINT32_MAX)
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_RANGE = (0.0, 1.0)
+
+#: A model config is a small flat object: a larger file is refused before it is parsed.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Integer literals longer than this are kept as text (:class:`HugeNumber`): Python refuses
+#: to convert more than 4300 digits, and no field takes more than 10.
+_MAX_INT_DIGITS = 40
 
 KNOWN_KEYS = frozenset(
     {
@@ -137,7 +165,7 @@ class ConfigError(ValueError):
         where = str(self.file) if self.file is not None else "<model config>"
         head = f"{where}: {self.field}: " if self.field else f"{where}: "
         text = f"{head}{self.problem}"
-        if self.value is not None:
+        if self.value is not None and not self.problem.startswith(_show(self.value)):
             text += f" (got {_show(self.value)})"
         if self.fix:
             text += f". Fix: {self.fix}"
@@ -381,6 +409,17 @@ def load_config_file(path: Path | str) -> ModelConfig:
     """Read and validate one model config file; the key is the file name without ``.json``."""
     file = Path(path)
     try:
+        size = file.stat().st_size
+    except OSError:
+        size = 0
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"the file has {size:,} bytes; a model config is a small JSON object "
+            f"(at most {MAX_CONFIG_BYTES:,} bytes)",
+            file=file,
+            fix="check that this is the model config and not a model or a log saved as .json",
+        )
+    try:
         text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError as exc:
         raise ConfigError(
@@ -398,8 +437,26 @@ def load_config_file(path: Path | str) -> ModelConfig:
             file=file,
             fix="check the file's permissions",
         ) from exc
+    return parse_config_text(text, key=file.stem, source=file)
+
+
+def parse_config_text(text: str, *, key: str, source: Path | None = None) -> ModelConfig:
+    """Parse and validate the JSON ``text`` of the model config named ``key``.
+
+    Never raises anything but :class:`ConfigError`: integers of any length (kept as
+    :class:`HugeNumber`, then refused by the field that gets one), nesting of any depth, and
+    ``NaN``/``Infinity`` included.
+    """
+    file = source
     try:
-        data = json.loads(text, object_pairs_hook=_warn_duplicates(file))
+        data = json.loads(text, object_pairs_hook=_warn_duplicates(file), parse_int=_parse_int)
+    except RecursionError:
+        raise ConfigError(
+            "the JSON is nested too deeply to read (thousands of [ or { levels)",
+            file=file,
+            field="(json)",
+            fix="a model config is one flat object of settings; rewrite the file",
+        ) from None
     except json.JSONDecodeError as exc:
         lines = exc.doc.splitlines()
         line_text = lines[exc.lineno - 1].strip() if 0 < exc.lineno <= len(lines) else ""
@@ -413,10 +470,19 @@ def load_config_file(path: Path | str) -> ModelConfig:
                 "single quotes, a missing comma or quote, comments)"
             ),
         ) from exc
-    return parse_config(data, key=file.stem, source=file)
+    return parse_config(data, key=key, source=file)
 
 
-def _warn_duplicates(file: Path) -> Any:
+class HugeNumber(str):
+    """An integer literal too long to be a number of any field; its text is kept."""
+
+
+def _parse_int(text: str) -> int | HugeNumber:
+    digits = text.lstrip("-")
+    return HugeNumber(text) if len(digits) > _MAX_INT_DIGITS else int(text)
+
+
+def _warn_duplicates(file: Path | None) -> Any:
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for k, v in pairs:
@@ -480,14 +546,16 @@ def _parse(data: object, *, key: str, source: Path | None) -> ModelConfig:
     context_length = _optional_int(
         data,
         "context_length",
-        minimum=1,
+        bounds=CONTEXT_LENGTH_RANGE,
+        why="llama.cpp keeps n_ctx in a 32-bit unsigned field",
         fix="use a positive number of tokens such as 8192, or null to use the GGUF's own",
     )
     n_gpu_layers = _int(
         data,
         "n_gpu_layers",
         default=-1,
-        minimum=-1,
+        bounds=N_GPU_LAYERS_RANGE,
+        why="llama.cpp keeps n_gpu_layers in a 32-bit signed field",
         fix="use -1 (all layers on the GPU), 0 (CPU only) or a positive layer count like 32",
     )
     fallback_on_error = _bool(data, "fallback_on_error", default=True)
@@ -508,7 +576,11 @@ def _parse(data: object, *, key: str, source: Path | None) -> ModelConfig:
             ", ".join(sorted(KNOWN_CHAT_FORMATS)[:8]) + ", ...",
         )
     n_threads = _optional_int(
-        data, "n_threads", minimum=1, fix="use a positive thread count, or null for the default"
+        data,
+        "n_threads",
+        bounds=N_THREADS_RANGE,
+        why=f"ggml runs at most {GGML_MAX_N_THREADS} threads (GGML_MAX_N_THREADS)",
+        fix="use the number of physical cores (e.g. 8), or null for the default",
     )
     test_model = _optional_str(data, "test_model")
     note = _optional_str(data, "note")
@@ -553,7 +625,7 @@ def _required_str(data: Mapping[str, Any], name: str, *, example: str) -> str:
     if name not in data or data[name] is None:
         raise ConfigError("required field is missing", field=name, fix=f'add "{name}": "{example}"')
     value = data[name]
-    if not isinstance(value, str) or not value.strip():
+    if not _is_text(value) or not value.strip():
         raise ConfigError(
             "must be a non-empty string",
             field=name,
@@ -567,7 +639,7 @@ def _optional_str(data: Mapping[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not _is_text(value) or not value.strip():
         raise ConfigError(
             "must be a non-empty string or null",
             field=name,
@@ -591,25 +663,66 @@ def _bool(data: Mapping[str, Any], name: str, *, default: bool) -> bool:
     return value
 
 
-def _int(data: Mapping[str, Any], name: str, *, default: int, minimum: int, fix: str) -> int:
-    value = _optional_int(data, name, minimum=minimum, fix=fix)
+def _is_text(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and not isinstance(value, HugeNumber)
+
+
+def _int(
+    data: Mapping[str, Any],
+    name: str,
+    *,
+    default: int,
+    bounds: tuple[int, int],
+    why: str,
+    fix: str,
+) -> int:
+    value = _optional_int(data, name, bounds=bounds, why=why, fix=fix)
     return default if value is None else value
 
 
-def _optional_int(data: Mapping[str, Any], name: str, *, minimum: int, fix: str) -> int | None:
+def _optional_int(
+    data: Mapping[str, Any], name: str, *, bounds: tuple[int, int], why: str, fix: str
+) -> int | None:
     value = data.get(name)
     if value is None:
         return None
+    return _whole_number(value, name, bounds=bounds, why=why, fix=fix)
+
+
+def _whole_number(value: object, field: str, *, bounds: tuple[int, int], why: str, fix: str) -> int:
+    """``value`` as an int within ``bounds``, or a ConfigError saying what it is instead."""
+    low, high = bounds
+    if isinstance(value, HugeNumber):
+        digits = len(value.lstrip("-"))
+        raise ConfigError(
+            f"is a {digits:,}-digit number; it must be from {low:,} to {high:,} ({why})",
+            field=field,
+            value=f"{value[:12]}...",
+            fix=fix,
+        )
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            raise ConfigError(
+                f"{_number_text(value)} is a float, not a whole number",
+                field=field,
+                value=value,
+                fix=f"write {int(value)} (without the .0)",
+            )
+        raise ConfigError(
+            f"{_number_text(value)} is not a whole number", field=field, value=value, fix=fix
+        )
     if isinstance(value, bool) or not isinstance(value, int):
         hint = " (without quotes)" if isinstance(value, str) else ""
         raise ConfigError(
             f"must be a whole number{hint}, not {_json_type(value)}",
-            field=name,
+            field=field,
             value=value,
             fix=fix,
         )
-    if value < minimum:
-        raise ConfigError(f"must be >= {minimum}", field=name, value=value, fix=fix)
+    if not low <= value <= high:
+        raise ConfigError(
+            f"must be from {low:,} to {high:,} ({why})", field=field, value=value, fix=fix
+        )
     return value
 
 
@@ -737,8 +850,8 @@ def _parameters(raw: object, where: str) -> Parameters:
                 where,
                 name,
             )
-    temperature = _number_param(raw, "temperature", DEFAULT_TEMPERATURE, 0.0, 2.0)
-    top_p = _number_param(raw, "top_p", DEFAULT_TOP_P, 0.0, 1.0)
+    temperature = _number_param(raw, "temperature", DEFAULT_TEMPERATURE, *TEMPERATURE_RANGE)
+    top_p = _number_param(raw, "top_p", DEFAULT_TOP_P, *TOP_P_RANGE)
     max_tokens = _max_tokens_param(raw)
     return Parameters(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
 
@@ -765,12 +878,25 @@ def _number_param(
     if value is None:
         return default
     fix = f"use a number from {low} to {high} (default {default})"
+    if isinstance(value, HugeNumber):
+        raise ConfigError(
+            f"is a {len(value.lstrip('-')):,}-digit number, outside {low}-{high}",
+            field=fld,
+            value=f"{value[:12]}...",
+            fix=fix,
+        )
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(
             f"must be a number, not {_json_type(value)}", field=fld, value=value, fix=fix
         )
     number = float(value)
-    if not math.isfinite(number) or not low <= number <= high:
+    if not math.isfinite(number):
+        raise ConfigError(
+            f"{_number_text(number)} is not a finite number (JSON has no NaN or Infinity)",
+            field=fld,
+            fix=fix,
+        )
+    if not low <= number <= high:
         raise ConfigError(f"is outside {low}-{high}", field=fld, value=value, fix=fix)
     _check_spec_range(spec, name, number)
     return number
@@ -780,15 +906,15 @@ def _max_tokens_param(raw: Mapping[str, Any]) -> int:
     value, fld, spec = _param_value(raw, "max_tokens")
     if value is None:
         return DEFAULT_MAX_TOKENS
-    fix = f"use a positive whole number of tokens (default {DEFAULT_MAX_TOKENS})"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(
-            f"must be a whole number, not {_json_type(value)}", field=fld, value=value, fix=fix
-        )
-    if value < 1:
-        raise ConfigError("must be >= 1", field=fld, value=value, fix=fix)
-    _check_spec_range(spec, "max_tokens", float(value))
-    return value
+    number = _whole_number(
+        value,
+        fld,
+        bounds=MAX_TOKENS_RANGE,
+        why="llama.cpp counts tokens in 32-bit unsigned n_ctx",
+        fix=f"use a positive whole number of tokens (default {DEFAULT_MAX_TOKENS})",
+    )
+    _check_spec_range(spec, "max_tokens", float(number))
+    return number
 
 
 def _check_spec_range(spec: Mapping[str, Any], name: str, number: float) -> None:
@@ -813,7 +939,7 @@ def _json_type(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | HugeNumber):
         return "a number"
     if isinstance(value, str):
         return "a string"
@@ -824,7 +950,19 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+def _number_text(value: float) -> str:
+    """A float as JSON-ish text: 8192.0, NaN, Infinity, -Infinity."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
 def _show(value: object, limit: int = 80) -> str:
     """``value`` as JSON text, shortened to ``limit`` characters."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (RecursionError, ValueError):
+        text = f"<{_json_type(value)}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -18,11 +18,19 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from saiverse_llm import fit
+from saiverse_llm.cli_errors import float_arg, int_arg
 from saiverse_llm.client import GenerationError, LlamaCppClient, get_llm_client
-from saiverse_llm.config import ModelConfig
+from saiverse_llm.config import (
+    MAX_TOKENS_RANGE,
+    N_GPU_LAYERS_RANGE,
+    N_THREADS_RANGE,
+    SEED_RANGE,
+    TEMPERATURE_RANGE,
+    ModelConfig,
+)
 from saiverse_llm.fallback import FallbackError
 from saiverse_llm.messages import MessageError
-from saiverse_llm.pool import ModelLoadError
+from saiverse_llm.pool import ModelLoadError, max_models_from_env
 from saiverse_llm.registry import search_dirs
 from saiverse_llm.tables import message_console, print_table
 from saiverse_llm.tools import ToolCallError
@@ -37,7 +45,7 @@ DEFAULT_CHECK_PROMPT = "Hello! Please introduce yourself in one sentence."
 #: demo answers in seconds, and a rambling model cannot print 2,048 tokens.
 CHAT_MAX_TOKENS = 256
 
-#: What a model command reports as "error: ..." with exit status 1.
+#: What a model command raises as "error: ..." with exit status 1 (see saiverse_llm.cli).
 RUN_ERRORS = (ModelLoadError, FallbackError, GenerationError, ToolCallError, MessageError)
 
 
@@ -59,13 +67,17 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     add_config_dir_argument(parser)
     parser.add_argument(
         "--n-gpu-layers",
-        type=int,
+        type=int_arg(*N_GPU_LAYERS_RANGE),
         default=None,
         metavar="N",
         help="override the config's n_gpu_layers (-1 all, 0 CPU only)",
     )
     parser.add_argument(
-        "--n-threads", type=int, default=None, metavar="N", help="override n_threads"
+        "--n-threads",
+        type=int_arg(*N_THREADS_RANGE),
+        default=None,
+        metavar="N",
+        help=f"override n_threads (1..{N_THREADS_RANGE[1]})",
     )
 
 
@@ -81,7 +93,11 @@ def register_check(sub: Subparsers) -> None:
     )
     _model_args(parser)
     parser.add_argument(
-        "--tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)"
+        "--tokens",
+        type=int_arg(*MAX_TOKENS_RANGE),
+        default=32,
+        metavar="N",
+        help="tokens to generate (default 32)",
     )
     parser.add_argument("--prompt", default=DEFAULT_CHECK_PROMPT, help="the prompt to time")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -103,19 +119,33 @@ def register_chat(sub: Subparsers) -> None:
     parser.add_argument("--system", default=None, help="a system message")
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=int_arg(*MAX_TOKENS_RANGE),
         default=None,
         metavar="N",
         help=f"reply length limit (default: the config's max_tokens, at most {CHAT_MAX_TOKENS})",
     )
-    parser.add_argument("--temperature", type=float, default=None, metavar="T")
-    parser.add_argument("--seed", type=int, default=None, metavar="N")
+    parser.add_argument(
+        "--temperature",
+        type=float_arg(*TEMPERATURE_RANGE),
+        default=None,
+        metavar="T",
+        help=f"sampling temperature, {TEMPERATURE_RANGE[0]}..{TEMPERATURE_RANGE[1]}",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int_arg(-1, SEED_RANGE[1], extra={"random": -1}),
+        default=None,
+        metavar="N",
+        help="sampling seed; -1 or 'random' for a random one (llama.cpp's convention)",
+    )
     parser.add_argument("--no-fallback", action="store_true", help="never use a fallback model")
     parser.set_defaults(func=cmd_chat)
 
 
 def client_for(model: str, dirs: Sequence[Path] = (), **overrides: Any) -> LlamaCppClient:
     """A client for a config key or a ``.gguf`` path, with ``overrides`` applied."""
+    max_models_from_env()  # a bad $SAIVERSE_LLM_MAX_MODELS is an error line even when the
+    # process-wide pool already exists (it reads the variable once)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     path = Path(model).expanduser()
     if model.endswith(".gguf") or path.is_file():
@@ -149,22 +179,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         n_threads=args.n_threads,
     )
     console = message_console(err=True)
-    try:
-        with console.status(f"loading {client.model_name} ({client.model_path}) ..."):
-            report = client.load_report()
-        with console.status(f"generating {args.tokens} tokens ..."):
-            started = time.perf_counter()
-            reply = client.generate(
-                [{"role": "user", "content": args.prompt}],
-                max_tokens=args.tokens,
-                temperature=0.0,
-                seed=0,
-            )
-            elapsed = time.perf_counter() - started
-    except RUN_ERRORS as exc:
-        log.info("check %s failed: %s", args.model, exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with console.status(f"loading {client.model_name} ({client.model_path}) ..."):
+        report = client.load_report()
+    with console.status(f"generating {args.tokens} tokens ..."):
+        started = time.perf_counter()
+        reply = client.generate(
+            [{"role": "user", "content": args.prompt}],
+            max_tokens=args.tokens,
+            temperature=0.0,
+            seed=0,
+        )
+        elapsed = time.perf_counter() - started
     usage = client.consume_usage()
     tokens = usage.completion_tokens if usage else 0
     memory = _memory(client, report)
@@ -296,17 +321,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if max_tokens is None:
         configured = config.parameters.max_tokens if config is not None else CHAT_MAX_TOKENS
         max_tokens = min(configured, CHAT_MAX_TOKENS)
+    seed = None if args.seed in (-1, SEED_RANGE[1]) else args.seed  # random, as llama.cpp
     try:
         for chunk in client.generate_stream(
-            messages, temperature=args.temperature, max_tokens=max_tokens, seed=args.seed
+            messages, temperature=args.temperature, max_tokens=max_tokens, seed=seed
         ):
             sys.stdout.write(chunk)
             sys.stdout.flush()
-    except RUN_ERRORS as exc:
-        log.info("chat %s failed: %s", args.model, exc)
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 1
-    sys.stdout.write("\n")
+    finally:
+        sys.stdout.write("\n")  # an error line then starts on a line of its own
     usage = client.consume_usage()
     if usage is not None:
         note = f" (fallback for {usage.model}: {usage.fallback_reason})" if usage.fallback else ""

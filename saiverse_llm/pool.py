@@ -16,13 +16,14 @@ never under it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
+
+from saiverse_llm.user_errors import env_int
 
 logger = logging.getLogger("saiverse_llm.pool")
 
@@ -211,20 +212,16 @@ _default_lock = threading.Lock()
 
 
 def max_models_from_env() -> int | None:
-    raw = os.environ.get("SAIVERSE_LLM_MAX_MODELS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_MODELS
-    if raw.lower() in {"0", "none", "unlimited"}:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"$SAIVERSE_LLM_MAX_MODELS: bad value {raw!r}; set a positive integer or 'none'"
-        ) from None
-    if value < 1:
-        raise ValueError(f"$SAIVERSE_LLM_MAX_MODELS: bad value {raw!r}; must be >= 1")
-    return value
+    """``$SAIVERSE_LLM_MAX_MODELS``: a positive count, ``none``/``0``/``unlimited`` for no cap,
+    unset for :data:`DEFAULT_MAX_MODELS`; anything else raises
+    :class:`~saiverse_llm.user_errors.SettingError` (a ``ValueError``)."""
+    return env_int(
+        "SAIVERSE_LLM_MAX_MODELS",
+        default=DEFAULT_MAX_MODELS,
+        bounds=(1, 1024),
+        none_words=frozenset({"0", "none", "unlimited"}),
+        fix="set it to how many models may stay loaded at once (e.g. 2), or 'none' for no cap",
+    )
 
 
 def default_pool() -> ModelPool[Closable]:

@@ -149,6 +149,14 @@ def _load_entry(key: str, path: Path, overrides: tuple[Path, ...]) -> RegistryEn
     except ConfigError as exc:
         log.warning("invalid model config: %s", exc)
         return RegistryEntry(key=key, path=path, error=exc, overrides=overrides)
+    except Exception as exc:  # a bug in the checks must not hide the other configs
+        log.error("unexpected error reading the model config %s", path, exc_info=True)
+        error = ConfigError(
+            f"could not be checked ({type(exc).__name__}: {exc})",
+            file=path,
+            fix="this is a bug in saiverse_llm: report it with the file and the log",
+        )
+        return RegistryEntry(key=key, path=path, error=error, overrides=overrides)
     return RegistryEntry(key=key, path=path, config=config, overrides=overrides)
 
 

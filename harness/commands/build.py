@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from harness.build import BuildError, build_wheel, import_wheel, prepare
-from harness.variants import VariantError, get_variant
+from harness.build import build_wheel, import_wheel, prepare
+from harness.variants import get_variant
 from saiverse_llm.atomic import atomic_copy
+from saiverse_llm.user_errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,24 +48,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        variant = get_variant(args.variant) if args.variant else None
-        if args.import_wheel is not None:
-            entry = import_wheel(args.import_wheel.expanduser().resolve(), variant)
-            wheel, key, cached = entry.wheel, entry.key, True
-            print(f"imported {args.import_wheel} as {entry.variant} (key {key[:12]})")
-        else:
-            if variant is None:
-                print("error: give a VARIANT (see `llama-harness variants`)")
-                return 2
-            if args.print_key:
-                print(prepare(variant).key)
-                return 0
-            built = build_wheel(variant, force=args.force, progress=not args.no_progress)
-            wheel, key, cached = built.wheel, built.key, built.cached
-    except (BuildError, VariantError) as exc:
-        print(f"error: {exc}")
-        return 1
+    # Problems are raised (BuildError, VariantError, UsageError): harness.cli prints the one
+    # error line on stderr, so stdout holds only the result (a path, or --json).
+    variant = get_variant(args.variant) if args.variant else None
+    if args.import_wheel is not None:
+        entry = import_wheel(args.import_wheel.expanduser().resolve(), variant)
+        wheel, key, cached = entry.wheel, entry.key, True
+        print(f"imported {args.import_wheel} as {entry.variant} (key {key[:12]})", file=sys.stderr)
+    else:
+        if variant is None:
+            raise UsageError("no VARIANT given", "name one: `llama-harness variants` lists them")
+        if args.print_key:
+            print(prepare(variant).key)
+            return 0
+        built = build_wheel(variant, force=args.force, progress=not args.no_progress)
+        wheel, key, cached = built.wheel, built.key, built.cached
     if args.wheel_out:
         args.wheel_out.mkdir(parents=True, exist_ok=True)
         meta = wheel.parent / "build.json"

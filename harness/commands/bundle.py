@@ -15,19 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from harness import bundle
+from saiverse_llm.cli_errors import ArgumentParser
 from saiverse_llm.tables import message_console
+from saiverse_llm.user_errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
     """'64MiB', '64M', '67108864' -> bytes (binary units)."""
-    match = _SIZE.match(text)
+    match = _SIZE.match(text) if len(text) < 40 else None
     if not match:
-        raise argparse.ArgumentTypeError(f"--max-size {text!r}: expected e.g. 64MiB or 67108864")
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a size. Fix: write e.g. 64MiB or 67108864"
+        )
     unit = (match.group(2) or "B").upper()[0]
     factor = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]
-    return int(float(match.group(1)) * factor)
+    size = float(match.group(1)) * factor
+    if not 1 <= size <= 1 << 50:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range. Fix: give a size from 1 byte to 1024TiB, e.g. 64MiB"
+        )
+    return int(size)
 
 
 def register(subparsers: Any) -> None:
@@ -111,8 +120,9 @@ def register(subparsers: Any) -> None:
 def _make(args: argparse.Namespace) -> int:
     console = message_console(err=True)
     if not args.variant or not args.output:
-        console.print("bundle: --variant and -o FILE are required (or use `bundle run FILE`)")
-        return 2
+        raise UsageError(
+            "bundle needs --variant and -o FILE", "give both (or use `bundle run FILE`)"
+        )
     spec = bundle.BundleSpec(
         variant=args.variant,
         output=args.output,
@@ -125,17 +135,13 @@ def _make(args: argparse.Namespace) -> int:
         project_extras=args.extras,
         max_size=args.max_size,
     )
-    try:
-        with console.status("bundle") as status:
+    with console.status("bundle") as status:
 
-            def step(message: str) -> None:
-                console.log(message)
-                status.update(message)
+        def step(message: str) -> None:
+            console.log(message)
+            status.update(message)
 
-            report = bundle.build_bundle(spec, step=step)
-    except (bundle.BundleError, OSError, ValueError, RuntimeError) as exc:
-        console.print(f"[red]bundle failed:[/red] {exc}")
-        return 1
+        report = bundle.build_bundle(spec, step=step)
     if report.slim is not None:
         console.print(
             f"wheel slimmed: {bundle.human_size(report.slim.original_size)} -> "
@@ -154,7 +160,7 @@ RUN_DESCRIPTION = (
 
 
 def _run_options() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="llama-harness bundle run",
         usage="%(prog)s FILE [--workdir DIR] [--reports DIR] [--no-isolate] -- SESSION [ARGS...]",
         description=RUN_DESCRIPTION,
@@ -183,19 +189,11 @@ def _run(args: argparse.Namespace) -> int:
         isolate_network=not options.no_isolate,
         reports=options.reports,
     )
-    try:
-        return bundle.run_bundle(spec)
-    except bundle.BundleError as exc:
-        message_console(err=True).print(f"[red]bundle run failed:[/red] {exc}")
-        return 1
+    return bundle.run_bundle(spec)
 
 
 def _slim(args: argparse.Namespace) -> int:
-    try:
-        result = bundle.slim_wheel(args.wheel, args.output_dir)
-    except bundle.BundleError as exc:
-        message_console(err=True).print(f"[red]slim failed:[/red] {exc}")
-        return 1
+    result = bundle.slim_wheel(args.wheel, args.output_dir)
     message_console(err=True).print(
         f"{bundle.human_size(result.original_size)} -> {bundle.human_size(result.size)}; "
         f"libraries kept: {', '.join(result.kept_libs)}"

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from harness import container, images
+from saiverse_llm.user_errors import UsageError, UserError
 
 
 def register(subparsers: Any) -> None:
@@ -48,15 +49,15 @@ def register(subparsers: Any) -> None:
     )
     pin.add_argument("--check", action="store_true", help="report only; exit 1 when stale")
     pin.set_defaults(func=_pin)
-    parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
+    parser.set_defaults(func=_no_action)
+
+
+def _no_action(args: argparse.Namespace) -> int:
+    raise UsageError("container needs an ACTION", "one of check, build, run, pin (see --help)")
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        client = container.connect()
-    except container.ContainerError as exc:
-        print(f"engine: {exc}")
-        return 1
+    client = container.connect()
     version = client.version()
     print(f"engine: Docker {version.get('Version')} (API {version.get('ApiVersion')}) answers")
     nvidia = container.has_nvidia_runtime(client)
@@ -68,13 +69,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    try:
-        wheel = container.split_posargs(["--wheel", args.wheel] if args.wheel else []).wheel
-        plan = container.plan_image(args.variant)
-        tag = container.ensure_image(container.connect(), plan, wheel=wheel)
-    except container.ContainerError as exc:
-        print(f"container build: {exc}")
-        return 1
+    wheel = container.split_posargs(["--wheel", args.wheel] if args.wheel else []).wheel
+    plan = container.plan_image(args.variant)
+    tag = container.ensure_image(container.connect(), plan, wheel=wheel)
     print(tag)
     return 0
 
@@ -88,19 +85,16 @@ def _pin(args: argparse.Namespace) -> int:
 
     from saiverse_llm.atomic import atomic_write_text
 
-    try:
-        client = container.connect()
-    except container.ContainerError as exc:
-        print(f"error: {exc}")
-        return 1
+    client = container.connect()  # ContainerError: the error line of harness.cli
     stale = 0
     for role, pin in images.PINS.items():
         try:
             digest = str(client.images.get_registry_data(pin.tag).id)
         except APIError as exc:
-            print(f"error: {role}: cannot resolve {pin.tag} ({exc}). Fix: run where the engine "
-                  "reaches the registry (docker login for private registries)")  # fmt: skip
-            return 1
+            raise UserError(
+                f"{role}: cannot resolve {pin.tag} ({exc})",
+                "run where the engine reaches the registry (docker login for private ones)",
+            ) from exc
         if digest == pin.digest:
             print(f"{role}: {pin.tag} is current ({digest[:19]}...)")
             continue

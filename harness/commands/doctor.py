@@ -11,7 +11,10 @@ from typing import Any
 from harness import paths
 from harness.doctor import DoctorOptions, render_json, render_markdown, render_text, run_doctor
 from saiverse_llm.atomic import atomic_write_text
+from saiverse_llm.cli_errors import int_arg, split_fix
+from saiverse_llm.config import N_GPU_LAYERS_RANGE
 from saiverse_llm.tables import message_console
+from saiverse_llm.user_errors import UsageError
 
 
 def variant_python(variant: str) -> Path:
@@ -32,12 +35,12 @@ def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
         try:
             loaded = json.loads(args.kwargs)
         except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"--kwargs: bad JSON {args.kwargs!r} ({exc}); fix: e.g. --kwargs "
-                "'{\"n_gpu_layers\": -1}'"
+            raise UsageError(
+                f"--kwargs: bad JSON {args.kwargs!r} ({exc})",
+                "e.g. --kwargs '{\"n_gpu_layers\": -1}'",
             ) from exc
         if not isinstance(loaded, dict):
-            raise ValueError(f"--kwargs: {args.kwargs!r} is not a JSON object; fix: use {{...}}")
+            raise UsageError(f"--kwargs: {args.kwargs!r} is not a JSON object", "use {...}")
         kwargs = loaded
     if args.n_gpu_layers is not None:
         kwargs = dict(kwargs or {})
@@ -46,32 +49,30 @@ def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _read_log(path: Path) -> str:
-    """A --log file's text (undecodable bytes replaced); ValueError names the fix."""
+    """A --log file's text (undecodable bytes replaced); a UsageError names the fix."""
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise ValueError(
-            f"--log {path}: cannot read it ({exc.strerror or exc}). Fix: pass the file "
-            "you saved the pip / build / run-time output to, e.g. pip install -v ... 2>&1 | tee "
-            "pip-install.log"
+        raise UsageError(
+            f"--log {path}: cannot read it ({exc.strerror or exc})",
+            "pass the file you saved the pip / build / run-time output to, e.g. "
+            "pip install -v ... 2>&1 | tee pip-install.log",
         ) from exc
 
 
 def run(args: argparse.Namespace) -> int:
     err = message_console(err=True)
     try:
-        if args.variant:
-            python = str(variant_python(args.variant))
-        else:
-            python = args.python or sys.executable
-        kwargs = _kwargs(args)
-        logs = [_read_log(Path(p)) for p in args.log]
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        err.print(f"[red]doctor:[/red] {exc}")
-        return 2
+        python = (
+            str(variant_python(args.variant)) if args.variant else args.python or sys.executable
+        )
+    except FileNotFoundError as exc:
+        what, fix = split_fix(str(exc))
+        raise UsageError(what, fix or "pass --python PATH") from exc
+    kwargs = _kwargs(args)
+    logs = [_read_log(Path(p)) for p in args.log]
     if args.model is not None and not args.model.is_file():
-        err.print(f"[red]doctor:[/red] --model {args.model}: no such file; fix: pass a GGUF file")
-        return 2
+        raise UsageError(f"--model {args.model}: no such file", "pass a GGUF file")
     options = DoctorOptions(
         python=python,
         probe=args.probe,
@@ -122,9 +123,13 @@ def register(subparsers: Any) -> None:
         help="load a small model with n_gpu_layers=-1 and 0 and compare (default: on)",
     )
     parser.add_argument("--model", type=Path, help="GGUF for the probe (default: test model tiny)")
-    parser.add_argument("--tokens", type=int, default=16, help="tokens per probe run (16)")
     parser.add_argument(
-        "--n-gpu-layers", type=int, help="the n_gpu_layers your code passes to Llama()"
+        "--tokens", type=int_arg(1, 4096), default=16, help="tokens per probe run (16)"
+    )
+    parser.add_argument(
+        "--n-gpu-layers",
+        type=int_arg(*N_GPU_LAYERS_RANGE),
+        help="the n_gpu_layers your code passes to Llama()",
     )
     parser.add_argument(
         "--kwargs", help="your Llama() keyword arguments as JSON, e.g. '{\"n_gpu_layer\": -1}'"

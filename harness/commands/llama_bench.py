@@ -7,7 +7,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+from saiverse_llm.cli_errors import float_arg, int_arg
+from saiverse_llm.config import N_GPU_LAYERS_RANGE, N_THREADS_RANGE
 from saiverse_llm.tables import message_console
+from saiverse_llm.user_errors import SettingError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,11 +31,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=os.environ.get("LLAMA_HARNESS_MODELS", "tiny,gemma-3-270m"),
         help="comma list of test-model names (default: $LLAMA_HARNESS_MODELS or tiny,gemma-3-270m)",
     )
-    p.add_argument("--threads", type=int, default=None, help="-t (default: usable cores)")
-    p.add_argument("--reps", type=int, default=None, help="-r repetitions (default: 5)")
+    p.add_argument(
+        "--threads",
+        type=int_arg(*N_THREADS_RANGE),
+        default=None,
+        help="-t (default: usable cores)",
+    )
+    p.add_argument(
+        "--reps", type=int_arg(1, 10_000), default=None, help="-r repetitions (default: 5)"
+    )
     p.add_argument(
         "--n-gpu-layers",
-        type=int,
+        type=int_arg(*N_GPU_LAYERS_RANGE),
         default=None,
         help="-ngl (default: $LLAMA_HARNESS_N_GPU_LAYERS, else -1 for GPU variants, 0 otherwise)",
     )
@@ -72,35 +82,37 @@ def run(args: argparse.Namespace) -> int:
     from harness import llama_bench
 
     console = message_console(err=True)
-    try:
-        settings = llama_bench.BenchSettings.from_env()
-        if args.threads is not None:
-            settings = dataclasses.replace(settings, n_threads=args.threads)
-        if args.reps is not None:
-            settings = dataclasses.replace(settings, reps=args.reps)
-        b = llama_bench.build(args.variant, force=args.force, say=console.print)
-        console.print(f"llama-bench: {b.path(llama_bench.TOOL)} (wheel key {b.key[:12]})")
-        if args.build_only:
-            return 0
-        from harness.test_models import ensure_model
+    settings = llama_bench.BenchSettings.from_env()
+    if args.threads is not None:
+        settings = dataclasses.replace(settings, n_threads=args.threads)
+    if args.reps is not None:
+        settings = dataclasses.replace(settings, reps=args.reps)
+    b = llama_bench.build(args.variant, force=args.force, say=console.print)
+    console.print(f"llama-bench: {b.path(llama_bench.TOOL)} (wheel key {b.key[:12]})")
+    if args.build_only:
+        return 0
+    from harness.test_models import ensure_model
 
-        names = [n.strip() for n in args.models.split(",") if n.strip()]
-        models = {n: ensure_model(n, progress=True, offline=True) for n in names}
-        ngl = _gpu_layers(args.variant, args.n_gpu_layers)
-        isolation, wait = None, None
-        if args.isolate:
-            from harness import machine_load
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    models = {n: ensure_model(n, progress=True, offline=True) for n in names}
+    ngl = _gpu_layers(args.variant, args.n_gpu_layers)
+    isolation, wait = None, None
+    if args.isolate:
+        from harness import machine_load
 
-            isolation = machine_load.isolate()
-            wait = float(os.environ.get("LLAMA_HARNESS_ISOLATE_WAIT", "") or 120)
-            console.print(f"isolate: {isolation}; waiting up to {wait:.0f} s for quiet per model")
-        doc = llama_bench.run_models(
-            args.variant, models, settings, n_gpu_layers=ngl, b=b, say=console.print,
-            isolate_wait=wait, isolation=isolation,
-        )  # fmt: skip
-    except (llama_bench.LlamaBenchError, ValueError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 1
+        isolation = machine_load.isolate()
+        raw = os.environ.get("LLAMA_HARNESS_ISOLATE_WAIT", "").strip() or "120"
+        try:
+            wait = float_arg(0, 86400)(raw)
+        except argparse.ArgumentTypeError as exc:
+            raise SettingError(
+                "LLAMA_HARNESS_ISOLATE_WAIT", raw, "is not a number of seconds", "e.g. 120"
+            ) from exc
+        console.print(f"isolate: {isolation}; waiting up to {wait:.0f} s for quiet per model")
+    doc = llama_bench.run_models(
+        args.variant, models, settings, n_gpu_layers=ngl, b=b, say=console.print,
+        isolate_wait=wait, isolation=isolation,
+    )  # fmt: skip
     out = args.output or llama_bench.results_path(args.variant)
     llama_bench.write_results(doc, out)
     for r in doc["runs"]:

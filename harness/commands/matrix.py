@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from harness.ci_matrix import (
-    CIMatrix,
-    MatrixError,
-    compute_matrix,
-    format_github_outputs,
-    retired,
-)
+from harness.ci_matrix import CIMatrix, compute_matrix, format_github_outputs, retired
+from saiverse_llm.user_errors import UsageError
 
 
 def register(subparsers: Any) -> None:
@@ -58,28 +52,16 @@ def run(args: argparse.Namespace) -> int:
         if notice is None:
             print(f"runner label {args.check_label!r}: not retired")
             return 0
-        print(
-            f"error: runner label {args.check_label!r}: GitHub retired these runners on "
-            f"{notice.retired} ({notice.source}), a job on it never starts. "
-            f"Fix: use {notice.use!r}",
-            file=sys.stderr,
+        raise UsageError(
+            f"runner label {args.check_label!r}: GitHub retired these runners on "
+            f"{notice.retired} ({notice.source}), a job on it never starts",
+            f"use {notice.use!r}",
         )
-        return 2
-    try:
-        matrix = load_matrix()
-    except (MatrixError, ValueError, OSError) as exc:
-        print(f"llama-harness matrix: {exc}", file=sys.stderr)
-        return 2
+    matrix = load_matrix()  # MatrixError / VariantError: the error line of harness.cli
     if args.github_output is not None:
         text = format_github_outputs(matrix.github_outputs())
-        try:
-            with args.github_output.open("a", encoding="utf-8") as fh:
-                fh.write(text)
-        except OSError as exc:
-            print(
-                f"llama-harness matrix: cannot write {args.github_output}: {exc}", file=sys.stderr
-            )
-            return 2
+        with args.github_output.open("a", encoding="utf-8") as fh:
+            fh.write(text)
     if args.json:
         print(json.dumps(matrix.to_json(), indent=2))
     else:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from saiverse_llm.cli_errors import error_line_of, int_arg
 from saiverse_llm.tables import message_console
+from saiverse_llm.user_errors import UsageError, UserError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,8 +25,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--manifest", type=Path, default=None, help="another test-model manifest (YAML)")
 
     def show_help(args: argparse.Namespace) -> int:
-        p.print_help()
-        return 2
+        raise UsageError("models needs an ACTION", "one of list, fetch, path, synth (see --help)")
 
     p.set_defaults(func=show_help)
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
@@ -76,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="base shape (default: tiny; 1b is ~1 GB f16, 2b ~2 GB f16)",
     )
     synth.add_argument("-o", "--output", type=Path, required=True, help="the .gguf to write")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument(
+        "--seed", type=int_arg(0, 2**32 - 1), default=0, help="random seed (default: 0)"
+    )
     for name, helptext in (
         ("n-embd", "embedding width"),
         ("n-layer", "number of blocks"),
@@ -85,7 +89,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("n-head-kv", "key/value heads (GQA when < n-head)"),
         ("n-ctx", "training context length written to the GGUF"),
     ):
-        synth.add_argument(f"--{name}", type=int, default=None, help=f"override the {helptext}")
+        synth.add_argument(
+            f"--{name}", type=int_arg(1, 2**31 - 1), default=None, help=f"override the {helptext}"
+        )
     synth.add_argument(
         "--dtype",
         choices=["f32", "f16", "q8_0"],
@@ -100,14 +106,10 @@ def run_list(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from harness.test_models import ManifestError, load_manifest, verified_local
+    from harness.test_models import load_manifest, verified_local
     from saiverse_llm.tables import print_table
 
-    try:
-        models = load_manifest(args.manifest)
-    except ManifestError as exc:
-        message_console(err=True).print(f"[red]error:[/] {exc}")
-        return 1
+    models = load_manifest(args.manifest)
     table = Table(title="test models")
     for col in ("name", "file", "size", "license", "chat format", "sources", "local"):
         table.add_column(col)
@@ -141,9 +143,9 @@ def run_fetch(args: argparse.Namespace) -> int:
                 manifest=args.manifest,
                 say=lambda msg: err.print(f"[yellow]warning:[/] {msg}"),
             )
-        except (ManifestError, ModelFetchError) as exc:
-            err.print(f"[red]error:[/] {exc}")
-            status = 1
+        except (ManifestError, ModelFetchError) as exc:  # report it, go on with the next
+            print(error_line_of(exc), file=sys.stderr)
+            status = 2 if isinstance(exc, ManifestError) else 1
             continue
         print(path)
     return status
@@ -151,19 +153,14 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_path(args: argparse.Namespace) -> int:
 
-    from harness.test_models import ManifestError, ModelFetchError, local_path
+    from harness.test_models import local_path
 
-    err = message_console(err=True, highlight=False)
-    try:
-        path = local_path(args.name, args.manifest)
-    except (ManifestError, ModelFetchError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return 1
+    path = local_path(args.name, args.manifest)
     if path is None:
-        err.print(
-            f"{args.name}: no verified local copy; run `llama-harness models fetch {args.name}`"
+        raise UserError(
+            f"{args.name}: no verified local copy",
+            f"run `llama-harness models fetch {args.name}`",
         )
-        return 1
     print(path)
     return 0
 
@@ -173,7 +170,6 @@ def run_synth(args: argparse.Namespace) -> int:
     from harness.synth import SynthError, resolve_spec, synthesize
     from saiverse_llm.download import progress_bars, sha256_file
 
-    err = message_console(err=True, highlight=False)
     shape = {
         "n_embd": args.n_embd,
         "n_layer": args.n_layer,
@@ -185,25 +181,21 @@ def run_synth(args: argparse.Namespace) -> int:
     }
     try:
         resolve_spec(args.preset, **shape)  # bad options fail before any progress bar
-        with progress_bars(not args.quiet) as bars:
-            task = bars.add_task(f"synth {args.output.name}", total=None) if bars else None
-
-            def report(done: int, total: int) -> None:
-                if bars is not None and task is not None:
-                    bars.update(task, completed=done, total=total)
-
-            path = synthesize(
-                args.output,
-                preset=args.preset,
-                seed=args.seed,
-                progress=report,
-                **shape,
-            )
     except SynthError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        return 2
-    except OSError as exc:
-        err.print(f"[red]error:[/] cannot write {args.output}: {exc}")
-        return 1
+        raise UsageError(str(exc), "see `llama-harness models synth --help`") from exc
+    with progress_bars(not args.quiet) as bars:
+        task = bars.add_task(f"synth {args.output.name}", total=None) if bars else None
+
+        def report(done: int, total: int) -> None:
+            if bars is not None and task is not None:
+                bars.update(task, completed=done, total=total)
+
+        path = synthesize(
+            args.output,
+            preset=args.preset,
+            seed=args.seed,
+            progress=report,
+            **shape,
+        )
     print(f"{path}  {path.stat().st_size} bytes  sha256 {sha256_file(path)}")
     return 0

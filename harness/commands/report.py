@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from harness import paths
+from saiverse_llm.cli_errors import float_arg
 from saiverse_llm.tables import message_console
 
 
@@ -46,13 +47,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--threshold",
         metavar="PCT",
-        type=float,
+        type=float_arg(0.0, 1000.0),
         default=5.0,
         help="regression threshold in percent for --compare (default: 5)",
     )
     p.add_argument(
         "--sigmas",
-        type=float,
+        type=float_arg(0.0, 100.0),
         default=2.0,
         help="with --compare, a change must also exceed this many combined stddevs of the two "
         "runs to count (default: 2; 0 = threshold only)",
@@ -71,31 +72,24 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from harness.report import ReportError, write_report
+    from harness.report import write_report
     from saiverse_llm.tables import is_terminal
 
     console = message_console(err=True)
     reports: Path = args.reports or paths.reports_dir()
     out: Path = args.output or reports / "report"
-    if args.threshold < 0:
-        console.print(f"[red]--threshold must be >= 0, got {args.threshold}[/red]")
-        return 2
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    try:
-        with console.status(f"collecting results from {reports}"):
-            result = write_report(
-                reports,
-                out,
-                baseline=args.compare,
-                threshold_pct=args.threshold,
-                charts=not args.no_charts,
-                step_summary=Path(summary) if summary else None,
-                baseline_variant=args.baseline,
-                min_sigmas=args.sigmas,
-            )
-    except ReportError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    with console.status(f"collecting results from {reports}"):
+        result = write_report(
+            reports,
+            out,
+            baseline=args.compare,
+            threshold_pct=args.threshold,
+            charts=not args.no_charts,
+            step_summary=Path(summary) if summary else None,
+            baseline_variant=args.baseline,
+            min_sigmas=args.sigmas,
+        )
     if is_terminal(sys.stdout):
         Console().print(Markdown(result.text))
     else:  # CI logs, files: the Markdown itself, full width (rich would cut it to 80 columns)

@@ -9,23 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from harness import repro
-from harness.redact import redact_text
+from saiverse_llm.redact import redact_text
 from saiverse_llm.tables import message_console
+from saiverse_llm.user_errors import UsageError
 
 
 def run(args: argparse.Namespace) -> int:
     err = message_console(err=True, highlight=False)
-    try:
-        if args.all:
-            cases = repro.load_cases(args.dir)
-        elif args.cases:
-            cases = [repro.load_case(p) for p in args.cases]
-        else:
-            err.print("[red]repro:[/red] name CASE.yaml file(s) or --all; see --help")
-            return 2
-    except repro.CaseError as exc:
-        err.print(f"[red]repro:[/red] {exc}")
-        return 2
+    if args.all:
+        cases = repro.load_cases(args.dir)
+    elif args.cases:
+        cases = [repro.load_case(p) for p in args.cases]
+    else:
+        raise UsageError("no replay case given", "name CASE.yaml file(s) or --all")
     results = []
     for case in cases:
         with err.status(f"replaying {case.id} ...") as status:
@@ -37,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 result = repro.replay(case, fix=args.fix, keep=args.keep, say=say)
             except repro.ReplayError as exc:
-                err.print(f"[red]repro {case.id}:[/red]", end=" ")
-                err.print(redact_text(str(exc)), markup=False)
-                return 2
+                raise UsageError(f"repro {case.id}: {exc}", "see the message") from exc
         results.append(result)
         if not args.json:
             sys.stdout.write(repro.render(result))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,24 +29,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from harness import build, native_tools
-    from harness.variants import VariantError, get_variant
+    from harness.variants import get_variant
 
-    try:
-        variant = get_variant(args.variant)
-        if args.list:
-            plan = build.prepare(variant)
-            for name, folder in native_tools.available(
-                plan.source / "vendor" / "llama.cpp"
-            ).items():
-                print(f"{name}\t{folder}")
-            return 0
-        tools = native_tools.ensure(variant, args.tool or ["llama-bench"], force=args.force)
-    except (native_tools.UnknownToolError, VariantError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (native_tools.NativeToolsError, build.BuildError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    variant = get_variant(args.variant)
+    if args.list:
+        plan = build.prepare(variant)
+        for name, folder in native_tools.available(plan.source / "vendor" / "llama.cpp").items():
+            print(f"{name}\t{folder}")
+        return 0
+    tools = native_tools.ensure(variant, args.tool or ["llama-bench"], force=args.force)
     wanted = args.tool or ["llama-bench"]
     if args.json:
         doc = {

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness import doctor
-from harness.redact import MASK, is_secret_name, redact_env, redact_obj, redact_text
+from saiverse_llm.redact import MASK, is_secret_name, redact_env, redact_obj, redact_text
 
 SECRETS = {
     "GEMINI_API_KEY": "AIzaSyD-gemini-secret-value-0123456789abcd",
@@ -75,6 +75,96 @@ def test_free_text_secrets(text: str, secret: str) -> None:
     out = redact_text(text, env={})
     assert secret not in out
     assert MASK in out
+
+
+#: (text containing a secret, the secret). Every shape here was seen in real logs, commands,
+#: configs or error messages; each must be masked wherever either CLI prints or logs it.
+SECRET_SHAPES: list[tuple[str, str]] = [
+    # environment-style assignments
+    ("export HF_TOKEN=hf_abc123def456ghi789jkl", "hf_abc123def456ghi789jkl"),
+    ('export MY_PASSWORD="correct horse battery staple"', "horse battery"),
+    ("export GEMINI_API_KEY='my secret with space'", "secret with"),
+    ("DB_PASSWORD=hunter2hunter2 ./run.sh", "hunter2hunter2"),
+    ("CMAKE_ARGS=-DGGML_CUDA=on -DLICENSE_TOKEN=zz9911aa", "zz9911aa"),
+    ("CMAKE_ARGS=-DLICENSE_TOKEN=zz9911aa", "zz9911aa"),
+    ("set PGPASSWORD=pgS3cretValue", "pgS3cretValue"),
+    ("//registry.npmjs.org/:_authToken=npmtok3nvalue", "npmtok3nvalue"),
+    # headers, hyphenated names included
+    ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload", "eyJhbGciOiJIUzI1NiJ9"),
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+    ('curl -H "Proxy-Authorization: Token abcdef0123456789"', "abcdef0123456789"),
+    ('curl -H "X-Api-Key: zzzsecretzzz" https://api.example', "zzzsecretzzz"),
+    ('curl -H "PRIVATE-TOKEN: glpat-abcdefghijklmnop1234" https://gitlab.example', "glpat-abc"),
+    ('wget --header="x-api-key: s3cr3tvalue" https://x', "s3cr3tvalue"),
+    ("x-goog-api-key: googsecretvalue99", "googsecretvalue99"),
+    ("Cookie: session=abc123; csrftoken=def456", "abc123"),
+    # URLs
+    ("pip install --index-url https://alice:s3cretpw@pypi.example/simple x", "s3cretpw"),
+    ("Looking in indexes: https://user:pa55word@pypi.example.com/simple", "pa55word"),
+    ("HEAD https://alice:hunter2hunter2@127.0.0.1:9/org/repo/resolve/main/m.gguf", "hunter2hu"),
+    ("git clone https://ghp_abcdefghijklmnopqrstuvwxyz012345@github.com/x", "ghp_abcdefghij"),
+    ("redis://:r3disPassw0rd@cache.local:6379/0", "r3disPassw0rd"),
+    ("postgres://app:pgpass123@db.local/app", "pgpass123"),
+    ("pip install -i https://pypi.example/simple?token=abc123def456", "abc123def456"),
+    ("GET https://hub.example/x.gguf?download=1&access_token=qwerty12345 -> 401", "qwerty12345"),
+    ("https://store.example/blob?sv=2022&sig=AbCdEf0123456789%3D", "AbCdEf0123456789"),
+    ("https://bucket.s3.example/x?X-Amz-Signature=deadbeefcafef00d", "deadbeefcafef00d"),
+    ("https://maps.example/api?key=AIzaSyA1234567890abcdefghijklmnopqrstuv", "AIzaSyA12345"),
+    # command-line flags
+    ("llama-harness models fetch --token hf_QwErTyUiOpAsDfGhJkLz", "hf_QwErTyUiOpAsDfGhJkLz"),
+    ("mytool --api-key plainsecret42 --verbose", "plainsecret42"),
+    ('mytool --password "two words"', "two words"),
+    ("mytool --token=tok3n-v4lue", "tok3n-v4lue"),
+    # structured data
+    ('{"db_password": "p4ssw0rd!"}', "p4ssw0rd!"),
+    ("{'api_key': 'pyReprSecret1'}", "pyReprSecret1"),
+    ("password: yamlSecret99", "yamlSecret99"),
+    ('client_secret = "tomlSecretValue"', "tomlSecretValue"),
+    # well-known token shapes, anywhere in text
+    ("Using token hf_ABCDEFGHIJKLMNOPQRSTUVWX for download", "hf_ABCDEFGHIJKLMNOP"),
+    ("key AIzaSyD-gemini-secret-value-0123456789abcd used", "AIzaSyD-gemini"),
+    ("openai sk-proj-abcdefghijklmnopqrstuvwxyz012345", "sk-proj-abcdef"),
+    ("anthropic sk-ant-api03-abcdefghijklmnopqrstuvwx", "sk-ant-api03"),
+    ("github_pat_11ABCDEFG0123456789_abcdefghijklmnop", "github_pat_11ABC"),
+    ("slack xoxb-123456789012-abcdefghijkl", "xoxb-1234567"),
+    ("aws AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI"),
+    ("twine upload -p pypi-AgEIcHlwaS5vcmcCJGFiY2RlZmdoLWlqa2wtbW5vcC1xcnN0", "pypi-AgEIcHlw"),
+    ("stripe sk_live_abcdefghijklmnop1234", "sk_live_abcdef"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXZhbHVl", "eyJzdWIiOiIx"),
+    ("google ya29.a0AfH6SMBabcdefghijklmnopqrstu", "ya29.a0AfH6SMB"),
+    (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA\n"
+        "-----END OPENSSH PRIVATE KEY-----",
+        "b3BlbnNzaC1rZXktdjEAAAA",
+    ),
+]
+
+
+def test_the_table_has_at_least_30_shapes() -> None:
+    assert len(SECRET_SHAPES) >= 30
+
+
+@pytest.mark.parametrize(("text", "secret"), SECRET_SHAPES)
+def test_secret_shapes_are_masked(text: str, secret: str) -> None:
+    out = redact_text(text, env={})
+    assert secret not in out, out
+    assert MASK in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "time to first token: 0.52 s",
+        "tg128: 45.2 tokens/s, pp512: 512.0 tokens/s, TTFT 0.12 s",
+        "n_gpu_layers=-1 n_ctx=4096 max_tokens=2048 top_p=0.9",
+        "https://huggingface.co/google/gemma-3-270m/resolve/main/model.gguf?download=true",
+        "llama_model_load: loaded meta data with 34 key-value pairs",
+        "KEYBOARD_LAYOUT=us TOKENIZERS_PARALLELISM=false PWD=/root",
+    ],
+)
+def test_ordinary_output_is_left_alone(text: str) -> None:
+    assert redact_text(text, env={}) == text
 
 
 def test_harmless_text_is_unchanged() -> None:
