@@ -266,11 +266,36 @@ class OneLineFormatter(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_START = re.compile(r"^(?:\x1b\[[0-9;]*m)*error:(?:\x1b\[[0-9;]*m)*\s*", re.IGNORECASE)
+
+
+def normalize_error_line(line: str, default_fix: str) -> str:
+    """A stderr line a command printed itself as ``error: ...`` in the one format:
+    ``error: <what>. Fix: <fix>`` (a ``; fix:`` or ``(fix: ...)`` part becomes the Fix; a
+    line without one gets ``default_fix``). Other lines pass unchanged. This is how commands
+    that print their own error lines (new ones included) keep the CLIs' format."""
+    start = _ERROR_START.match(line)
+    if start is None:
+        return line
+    body = _ANSI.sub("", line[start.end() :]).strip()
+    if not body:
+        return line
+    if ". Fix: " in body:
+        return "error: " + body
+    what, fix = split_fix(body)
+    return error_line(what, fix or default_fix)
+
+
 @contextlib.contextmanager
-def redacted_output() -> Iterator[None]:
-    """Route stdout and stderr through :class:`RedactingStream` for the block."""
+def redacted_output(default_fix: dict[str, str] | None = None) -> Iterator[None]:
+    """Route stdout and stderr through :class:`RedactingStream` for the block; stderr lines
+    that start with ``error:`` are put in the one format (:func:`normalize_error_line`, with
+    ``default_fix["fix"]`` as read at each line)."""
+    fix = default_fix if default_fix is not None else {"fix": "see the command's --help"}
     saved = sys.stdout, sys.stderr
-    out, err = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    out = RedactingStream(sys.stdout)
+    err = RedactingStream(sys.stderr, lambda line: normalize_error_line(line, fix["fix"]))
     sys.stdout, sys.stderr = out, err
     try:
         yield
@@ -295,7 +320,8 @@ def run_cli(
     ``setup(args)`` runs first (logging) and returns the log file named in internal-error
     lines. ``SystemExit`` raised by a command passes through.
     """
-    with redacted_output():
+    default_fix = {"fix": f"see `{parser.prog} --help`"}
+    with redacted_output(default_fix):
         try:
             args = parser.parse_args(argv)
         except SystemExit as exc:  # --help, --version, or an argparse error (already printed)
@@ -306,6 +332,9 @@ def run_cli(
         if func is None:
             parser.print_help()
             return 2
+        command = getattr(args, "command", None)
+        if command:
+            default_fix["fix"] = f"see `{parser.prog} {command} --help`"
         log_file: Path | None = None
         try:
             if setup is not None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 MASK = "***REDACTED***"
@@ -200,14 +200,17 @@ class RedactingStream:
     else (``fileno``, ``isatty``, ``encoding``, ``buffer``...) is ``raw``'s own.
     """
 
-    def __init__(self, raw: TextIO) -> None:
+    def __init__(self, raw: TextIO, line_hook: Callable[[str], str] | None = None) -> None:
         self.raw = raw
+        self.line_hook = line_hook  # applied to every complete line (see cli_errors)
         self._pending = ""
 
     def write(self, text: str) -> int:
         self._pending += text
         if "\n" in self._pending:
             done, _, self._pending = self._pending.rpartition("\n")
+            if self.line_hook is not None:
+                done = "\n".join(self.line_hook(line) for line in done.split("\n"))
             self.raw.write(redact_text(done + "\n"))
         return len(text)
 
