@@ -55,7 +55,7 @@ KNOWN_ERRORS: dict[type[BaseException] | str, int] = {
     "harness.test_models.ModelFetchError": 1,
     "harness.synth.SynthError": 1,
     "harness.repro.ReplayError": 1,
-    "harness.report.ReportError": 1,
+    "harness.report.ReportError": 2,  # a results file or folder given is wrong
     "saiverse_llm.gguf_file.GGUFError": 1,
     "saiverse_llm.pool.ModelLoadError": 1,
 }

@@ -53,6 +53,9 @@ _NOT_SECRET = {
     "TOKENIZERS_PARALLELISM",
     "KEY_ID",
     "KEYS",
+    # a bare "key" names a config key, a dict key, a cache key... ("?key=" in a URL is caught
+    # by _QUERY_RE, and Google's AIza keys by their shape)
+    "KEY",
 }
 
 # scheme://user:pass@  scheme://token@  scheme://:pass@
@@ -76,6 +79,11 @@ _FLAG_RE = re.compile(
 _HEADER_RE = re.compile(
     r"(?i)(?P<head>\b(?:proxy-)?authorization|\bcookie|\bset-cookie)(?P<sep>\s*[:=]\s*)"
     r"(?P<value>[^\r\n\"']+)"
+)
+# URL query parameters that carry a credential even under a generic name.
+_QUERY_RE = re.compile(
+    r"(?i)(?P<head>[?&;](?:key|api_?key|token|access_?token|auth|sig|signature|pass(?:word)?)=)"
+    r"(?P<value>[^&\s\"'#<>]+)"
 )
 _BEARER_RE = re.compile(r"(?i)\b(?P<kind>bearer|basic)\s+(?P<value>[A-Za-z0-9._~+/=-]{8,})")
 _TOKEN_SHAPES = re.compile(
@@ -152,6 +160,7 @@ def redact_text(text: str, env: Mapping[str, str] | None = None) -> str:
     text = _URL_CRED_RE.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
     text = _HEADER_RE.sub(lambda m: f"{m.group('head')}{m.group('sep')}{MASK}", text)
     text = _BEARER_RE.sub(lambda m: f"{m.group('kind')} {MASK}", text)
+    text = _QUERY_RE.sub(lambda m: f"{m.group('head')}{MASK}", text)
     text = _redact_pairs(text)
     return _TOKEN_SHAPES.sub(MASK, text)
 

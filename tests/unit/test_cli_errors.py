@@ -325,7 +325,7 @@ def test_report_with_malformed_inputs(
     code, out, err = run(
         capsys, "llama-harness", ["report", "--reports", str(tmp_path / "reports"), "--no-charts"]
     )
-    last = assert_error_line(code, out, err, expect=1)
+    last = assert_error_line(code, out, err, expect=2)
     assert name in last
 
 

@@ -31,7 +31,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     # Drop the handlers main() installed on the captured streams; restore the levels.
     for handler in list(root.handlers):
-        if getattr(handler, "_saiverse_cli", False):
+        if getattr(handler, "cli_handler", False):
             root.removeHandler(handler)
             handler.close()
     root.setLevel(levels[0])
@@ -254,7 +254,7 @@ def test_unwritable_log_file_falls_back_to_stderr(
 def test_setup_logging_is_idempotent(env: Path) -> None:
     setup_logging(env / "a.txt")
     setup_logging(env / "b.txt")
-    ours = [h for h in logging.getLogger().handlers if getattr(h, "_saiverse_cli", False)]
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "cli_handler", False)]
     assert len(ours) == 2  # one stderr + one file handler, not four
 
 

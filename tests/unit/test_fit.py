@@ -377,9 +377,8 @@ def test_cli_json(
 
 def test_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     log = str(tmp_path / "log.txt")
-    with pytest.raises(SystemExit) as exc:
-        main(["fit", "x.gguf", "--vram", "lots", "--log-file", log])
-    assert exc.value.code == 2
+    # argparse errors are an error line and status 2 (saiverse_llm.cli_errors), not SystemExit
+    assert main(["fit", "x.gguf", "--vram", "lots", "--log-file", log]) == 2
     assert "not a memory size" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "missing.gguf"), "--vram", "8", "--log-file", log]) == 1
     assert "error:" in capsys.readouterr().err

@@ -16,7 +16,7 @@ def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     saved = (root.level, logging.getLogger("saiverse_llm").level)
     yield
-    for handler in [h for h in root.handlers if getattr(h, "_saiverse_cli", False)]:
+    for handler in [h for h in root.handlers if getattr(h, "cli_handler", False)]:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(saved[0])
@@ -53,7 +53,7 @@ def _file_level() -> int:
     files = [
         h
         for h in logging.getLogger().handlers
-        if getattr(h, "_saiverse_cli", False) and isinstance(h, logging.FileHandler)
+        if getattr(h, "cli_handler", False) and isinstance(h, logging.FileHandler)
     ]
     assert len(files) == 1
     return files[0].level

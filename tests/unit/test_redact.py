@@ -110,6 +110,7 @@ SECRET_SHAPES: list[tuple[str, str]] = [
     ("https://store.example/blob?sv=2022&sig=AbCdEf0123456789%3D", "AbCdEf0123456789"),
     ("https://bucket.s3.example/x?X-Amz-Signature=deadbeefcafef00d", "deadbeefcafef00d"),
     ("https://maps.example/api?key=AIzaSyA1234567890abcdefghijklmnopqrstuv", "AIzaSyA12345"),
+    ("https://api.example/v1/x?key=plainQueryKey77&fmt=json", "plainQueryKey77"),
     # command-line flags
     ("llama-harness models fetch --token hf_QwErTyUiOpAsDfGhJkLz", "hf_QwErTyUiOpAsDfGhJkLz"),
     ("mytool --api-key plainsecret42 --verbose", "plainsecret42"),
@@ -161,6 +162,8 @@ def test_secret_shapes_are_masked(text: str, secret: str) -> None:
         "https://huggingface.co/google/gemma-3-270m/resolve/main/model.gguf?download=true",
         "llama_model_load: loaded meta data with 34 key-value pairs",
         "KEYBOARD_LAYOUT=us TOKENIZERS_PARALLELISM=false PWD=/root",
+        '{"key": "gemma-3-270m", "valid": true}',  # saiverse-llm list --json
+        "cache hit key=921936e3f401 (wheel key 921936e3f401)",
     ],
 )
 def test_ordinary_output_is_left_alone(text: str) -> None:
