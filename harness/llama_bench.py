@@ -27,6 +27,7 @@ from typing import Any
 from harness import native_tools, paths
 from harness.native_tools import NativeTools
 from saiverse_llm.atomic import atomic_write_json
+from saiverse_llm.redact import redact_obj
 
 TOOL = "llama-bench"
 ENV_THREADS = "LLAMA_HARNESS_N_THREADS"
@@ -224,8 +225,8 @@ def run_models(
 
 
 def write_results(doc: Mapping[str, Any], path: Path) -> Path:
-    """Write ``doc`` atomically (temp file beside it, then rename)."""
-    return atomic_write_json(path, doc, ensure_ascii=True)
+    """Write ``doc`` atomically (temp file beside it, then rename), secrets redacted."""
+    return atomic_write_json(path, redact_obj(doc), ensure_ascii=True)
 
 
 def results_path(variant: str) -> Path:

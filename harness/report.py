@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from saiverse_llm.atomic import atomic_output, atomic_write_json, atomic_write_text
+from saiverse_llm.redact import redact_obj, redact_text
 
 SCHEMA = "llama-harness-report/1"
 BASELINE_VARIANT = "cpu"
@@ -1521,6 +1522,7 @@ def write_report(
     )
     md_path = out_dir / "report.md"
     json_path = out_dir / "report.json"
+    text = redact_text(text)  # the inputs may carry secrets (command lines, URLs, env values)
     atomic_write_text(md_path, text)
     doc = to_json(
         rs,
@@ -1530,7 +1532,7 @@ def write_report(
         baseline=str(baseline) if baseline else None,
         charts=chart_paths,
     )
-    atomic_write_json(json_path, doc, default=str, ensure_ascii=True)
+    atomic_write_json(json_path, redact_obj(doc), default=str, ensure_ascii=True)
     if step_summary is not None:
         with step_summary.open("a", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -35,6 +35,7 @@ from saiverse_llm.atomic import (
     publish,
     temp_path_beside,
 )
+from saiverse_llm.redact import redact_obj
 
 if TYPE_CHECKING:  # nox is only needed by the noxfile that calls these helpers
     from nox import Session as NoxSession
@@ -187,7 +188,7 @@ def write_status(variant: str, session: str, status: str, message: str, **detail
             "sessions": sessions,
         }
     )
-    return atomic_write_json(path, data, sort_keys=True, default=str, ensure_ascii=True)
+    return atomic_write_json(path, redact_obj(data), sort_keys=True, default=str, ensure_ascii=True)
 
 
 # --------------------------------------------------------------------------- steps

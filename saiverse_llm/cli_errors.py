@@ -52,7 +52,7 @@ __all__ = [
 #: subclasses count.
 Known = Mapping[type[BaseException] | str, int]
 
-_FIX_RE = re.compile(r"(?:^|[.;:,]\s+|\n\s*|\s+-\s+|\s+\()fix:\s*", re.IGNORECASE)
+_FIX_RE = re.compile(r"(?:(?:^|[.;:,]\s+|\n\s*|\s+-\s+|\s+\()(?i:fix):\s*)|(?:\n\s*Fix\s+(?=\S))")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -201,10 +201,11 @@ def _describe(
 
 
 def error_line_of(exc: BaseException) -> str:
-    """The error line of a known error raised by a command, for commands that report several
-    problems and go on (e.g. ``models fetch A B``); the exit status is theirs to choose."""
-    _, what, fix, _ = _describe(exc, {type(exc): 1}, None)
-    return error_line(what, fix)
+    """The error line of a known error raised by a command (after its context lines, if the
+    message has several), for commands that report several problems and go on (e.g.
+    ``models fetch A B``); the exit status is theirs to choose."""
+    _, what, fix, context = _describe(exc, {type(exc): 1}, None)
+    return "\n".join([*(redact_text(f"  {line}") for line in context), error_line(what, fix)])
 
 
 def report_error(

@@ -21,14 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GGUF_MAGIC = b"GGUF"
+GGUF_VERSION = 3  # the newest version llama.cpp reads
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
+ALIGNMENT_KEY = "general.alignment"
 MAX_DIMS = 4  # GGML_MAX_DIMS
+GGML_MAX_NAME = 64  # tensor names are shorter (ggml/include/ggml.h)
+GGUF_MAX_STRING_LENGTH = 1024 * 1024 * 1024  # ggml/src/gguf.cpp
+GGUF_MAX_ARRAY_ELEMENTS = 1024 * 1024 * 1024
+_INT64_MAX = 2**63 - 1
+_SIZE_MAX = 2**64 - 1
 _MAX_STRING_KEPT = 256 * 1024  # longer string values are summarised, not kept
 _MAX_ARRAY_KEPT = 64  # arrays up to this length keep their values
 
 #: ggml tensor types: id -> (name, block size in elements, bytes per block).
-#: Mirrors gguf-py's ``GGML_QUANT_SIZES`` (gguf 0.19, llama.cpp 2026).
+#: The type traits of the vendored ggml (ggml/src/ggml.c, GGML_TYPE_COUNT = 43); ids missing
+#: here (4, 5, 31-33, 36-38) were removed and llama.cpp refuses them too. The differential
+#: test checks this table against the build's ggml_blck_size/ggml_type_size.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
     0: ("F32", 1, 4),
     1: ("F16", 1, 2),
@@ -37,7 +46,7 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     6: ("Q5_0", 32, 22),
     7: ("Q5_1", 32, 24),
     8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 40),
+    9: ("Q8_1", 32, 36),
     10: ("Q2_K", 256, 84),
     11: ("Q3_K", 256, 110),
     12: ("Q4_K", 256, 144),
@@ -64,6 +73,7 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     39: ("MXFP4", 32, 17),
     40: ("NVFP4", 64, 36),
     41: ("Q1_0", 128, 18),
+    42: ("Q2_0", 64, 18),
 }
 
 # GGUF metadata value types: id -> (name, struct format or None for string/array)
@@ -82,7 +92,7 @@ _VALUE_TYPES: dict[int, tuple[str, str | None]] = {
     11: ("INT64", "<q"),
     12: ("FLOAT64", "<d"),
 }
-_STRING, _ARRAY = 8, 9
+_UINT32, _BOOL, _STRING, _ARRAY = 4, 7, 8, 9
 
 Scalar = int | float | bool | str
 
@@ -282,6 +292,15 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         raise GGUFError(p, f"cannot be read ({exc})", "check the disk and the path") from exc
 
 
+def parse_gguf(data: bytes, name: str | os.PathLike[str] = "<memory>") -> GGUFInfo:
+    """:func:`read_gguf` on bytes already in memory (a header-only GGUF, a download being
+    checked); ``name`` is used in messages. Raises :class:`GGUFError`."""
+    path = Path(name)
+    if not data:
+        raise GGUFError(path, "empty (0 bytes)", _REDOWNLOAD)
+    return _parse(path, data, len(data))
+
+
 def _parse(path: Path, buf: mmap.mmap | bytes, size: int) -> GGUFInfo:
     magic = bytes(buf[:4])
     if magic != GGUF_MAGIC:
@@ -306,11 +325,15 @@ def _parse(path: Path, buf: mmap.mmap | bytes, size: int) -> GGUFInfo:
 
 
 def _parse_body(path: Path, r: _Reader, size: int) -> GGUFInfo:
+    """The checks of llama.cpp's ``gguf_init_from_file`` (ggml/src/gguf.cpp), in its order,
+    plus the loader's "tensor data is not within the file bounds" check
+    (src/llama-model-loader.h): a file passes exactly when llama.cpp would load its tensors.
+    ``tests/unit/test_gguf_differential.py`` compares the two on a corpus of broken files."""
     version = r.u32()
-    if version not in SUPPORTED_VERSIONS:
+    if version == 0 or version & 0xFFFF == 0 or version == 1 or version > GGUF_VERSION:
         if version == 1:
             fix = "GGUF v1 files are no longer read by llama.cpp: re-convert the model"
-        elif version > 0xFFFF and struct.unpack("<I", struct.pack(">I", version))[0] in (2, 3):
+        elif version > 0xFFFF and version & 0xFFFF == 0:
             fix = "this is a big-endian GGUF: use the little-endian file"
         else:
             fix = "the header is corrupt or the file is from an unknown writer: " + _REDOWNLOAD
@@ -320,6 +343,7 @@ def _parse_body(path: Path, r: _Reader, size: int) -> GGUFInfo:
             f"{', '.join(map(str, SUPPORTED_VERSIONS))})",
             fix,
         )
+    # Both counts are int64 in llama.cpp: a value with the top bit set is negative.
     tensor_count = r.u64()
     kv_count = r.u64()
     # Each KV needs at least 13 bytes and each tensor entry 25: counts above the file size
@@ -334,82 +358,117 @@ def _parse_body(path: Path, r: _Reader, size: int) -> GGUFInfo:
         )
 
     r.section = "metadata"
-    metadata: dict[str, MetadataValue] = {}
-    for i in range(kv_count):
-        key_bytes = r.string_bytes()
-        try:
-            key = key_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            raise GGUFError(
-                path, f"metadata key #{i} is not UTF-8 ({key_bytes[:40]!r})", _REDOWNLOAD
-            ) from None
-        if key in metadata:
-            raise GGUFError(path, f"duplicate metadata key {key!r}", "re-convert the model")
-        r.section = f"metadata value {key!r}"
-        metadata[key] = _read_value(path, r, key)
-        r.section = "metadata"
+    metadata, value_types = _read_metadata(path, r, kv_count)
 
     alignment = DEFAULT_ALIGNMENT
-    if "general.alignment" in metadata:
-        raw = metadata["general.alignment"]
-        if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0 or raw & (raw - 1):
+    if ALIGNMENT_KEY in metadata:
+        raw = metadata[ALIGNMENT_KEY]
+        if value_types[ALIGNMENT_KEY] != _UINT32:
             raise GGUFError(
                 path,
-                f"general.alignment is {raw!r}; it must be a power of two",
+                f"{ALIGNMENT_KEY} is stored as {_type_label(value_types[ALIGNMENT_KEY], raw)}; "
+                "llama.cpp requires UINT32",
+                "re-convert the model (the writer stored the alignment with the wrong type)",
+            )
+        assert isinstance(raw, int)
+        if raw == 0 or raw & (raw - 1):
+            raise GGUFError(
+                path,
+                f"{ALIGNMENT_KEY} is {raw}; it must be a power of two",
                 "re-convert the model",
             )
         alignment = raw
 
     r.section = "tensor table"
     infos: list[tuple[str, tuple[int, ...], int, int]] = []
-    seen: set[str] = set()
+    seen_names: set[bytes] = set()
     for i in range(tensor_count):
-        raw_name = r.string_bytes()
-        name = raw_name.decode("utf-8", errors="replace")
-        if name in seen:
-            raise GGUFError(path, f"duplicate tensor name {name!r}", "re-convert the model")
-        seen.add(name)
-        n_dims = r.u32()
-        if n_dims < 1 or n_dims > MAX_DIMS:
+        raw_name = _string(r)
+        name = _text(raw_name)
+        if len(raw_name) >= GGML_MAX_NAME:
             raise GGUFError(
                 path,
-                f"tensor #{i} {name!r} has {n_dims} dimensions (1..{MAX_DIMS} allowed)",
+                f"tensor #{i} name is {len(raw_name)} bytes; llama.cpp allows at most "
+                f"{GGML_MAX_NAME - 1} (GGML_MAX_NAME)",
+                "re-convert the model with shorter tensor names",
+            )
+        if raw_name in seen_names:
+            raise GGUFError(path, f"duplicate tensor name {name!r}", "re-convert the model")
+        seen_names.add(raw_name)
+        n_dims = r.u32()
+        if n_dims > MAX_DIMS:
+            raise GGUFError(
+                path,
+                f"tensor #{i} {name!r} has {n_dims} dimensions (at most {MAX_DIMS})",
                 "the tensor table is corrupt: " + _REDOWNLOAD,
             )
         dims = tuple(r.u64() for _ in range(n_dims))
+        if any(d > _INT64_MAX for d in dims):
+            raise GGUFError(
+                path,
+                f"tensor {name!r} has a negative dimension {tuple(_signed64(d) for d in dims)}",
+                "the tensor table is corrupt: " + _REDOWNLOAD,
+            )
+        if _element_count_overflows(dims):
+            raise GGUFError(
+                path,
+                f"tensor {name!r} shape {dims} has more elements than fit in 64 bits",
+                "the tensor table is corrupt: " + _REDOWNLOAD,
+            )
         type_id = r.u32()
-        offset = r.u64()
-        infos.append((name, dims, type_id, offset))
-
-    data_offset = r.pos + (-r.pos % alignment)
-    tensors: list[TensorInfo] = []
-    for name, dims, type_id, offset in infos:
         if type_id not in GGML_TYPES:
             raise GGUFError(
                 path,
-                f"tensor {name!r} has unknown ggml type {type_id}",
+                f"tensor {name!r} has unknown ggml type {_signed32(type_id)}",
                 "the file is corrupt or needs a newer llama.cpp: update llama-cpp-python or "
                 "re-download the file",
             )
         type_name, block, type_size = GGML_TYPES[type_id]
-        if any(d <= 0 for d in dims):
-            raise GGUFError(
-                path, f"tensor {name!r} has a zero or negative dimension {dims}", _REDOWNLOAD
-            )
-        if dims[0] % block:
+        row = dims[0] if dims else 1
+        if row % block:
             raise GGUFError(
                 path,
-                f"tensor {name!r} ({type_name}) row length {dims[0]} is not a multiple of the "
+                f"tensor {name!r} ({type_name}) row length {row} is not a multiple of the "
                 f"block size {block}",
                 "the tensor table is corrupt: " + _REDOWNLOAD,
             )
-        if offset % alignment:
+        elements = math.prod(dims)
+        if elements // block > _SIZE_MAX // type_size:
             raise GGUFError(
                 path,
-                f"tensor {name!r} data offset {offset} is not aligned to {alignment} bytes",
+                f"tensor {name!r} shape {dims} is larger than 2**64 bytes",
                 "the tensor table is corrupt: " + _REDOWNLOAD,
             )
+        offset = r.u64()
+        infos.append((name, dims, type_id, offset))
+
+    data_offset = r.pos + (-r.pos % alignment)
+    if tensor_count and data_offset > size:
+        raise GGUFError(
+            path,
+            f"truncated: tensor data should start at byte {data_offset} but the file has "
+            f"{size} bytes",
+            _REDOWNLOAD,
+        )
+    tensors: list[TensorInfo] = []
+    expected = 0  # llama.cpp: each tensor starts where the previous one's padded data ends
+    for name, dims, type_id, offset in infos:
+        type_name, block, type_size = GGML_TYPES[type_id]
         nbytes = math.prod(dims) // block * type_size
+        if offset != expected:
+            where = "overlaps the tensor before it" if offset < expected else "leaves a gap"
+            raise GGUFError(
+                path,
+                f"tensor {name!r} data offset {offset} {where} (llama.cpp requires {expected}: "
+                "tensors are stored one after the other, each padded to the alignment)",
+                "the tensor table is corrupt or hand-edited: " + _REDOWNLOAD,
+            )
+        if nbytes > _SIZE_MAX - (alignment - 1):
+            raise GGUFError(path, f"tensor {name!r} is too large to pad", _REDOWNLOAD)
+        padded = nbytes + (-nbytes % alignment)
+        if _SIZE_MAX - expected < padded:
+            raise GGUFError(path, "the tensor data adds up to more than 2**64 bytes", _REDOWNLOAD)
+        expected += padded
         start = data_offset + offset
         end = start + nbytes
         if end > size:
@@ -430,13 +489,6 @@ def _parse_body(path: Path, r: _Reader, size: int) -> GGUFInfo:
                 start=start,
                 end=end,
             )
-        )
-    if tensor_count and data_offset > size:
-        raise GGUFError(
-            path,
-            f"truncated: tensor data should start at byte {data_offset} but the file has "
-            f"{size} bytes",
-            _REDOWNLOAD,
         )
 
     arch = metadata.get("general.architecture")
@@ -468,9 +520,119 @@ def _parse_body(path: Path, r: _Reader, size: int) -> GGUFInfo:
     )
 
 
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+#: Scalar value types read in place (all but STRING and ARRAY): type -> (Struct, width).
+_SCALARS = {
+    vtype: (struct.Struct(fmt), struct.calcsize(fmt))
+    for vtype, (_name, fmt) in _VALUE_TYPES.items()
+    if fmt is not None
+}
+
+
+def _read_metadata(
+    path: Path, r: _Reader, kv_count: int
+) -> tuple[dict[str, MetadataValue], dict[str, int]]:
+    """The key/value section: (values, value types) by key. Keys may be any bytes, as in
+    llama.cpp (decoded with ``surrogateescape``, so distinct bytes stay distinct keys); an
+    empty or repeated key is an error. Numbers are read in place: millions of entries take
+    seconds, not minutes."""
+    metadata: dict[str, MetadataValue] = {}
+    value_types: dict[str, int] = {}
+    buf, size = r.buf, r.size
+    u64, u32, scalars = _U64.unpack_from, _U32.unpack_from, _SCALARS
+    pos = r.pos
+    try:
+        for i in range(kv_count):
+            if pos + 8 > size:
+                raise _Truncated("metadata", pos + 8)
+            (n,) = u64(buf, pos)
+            pos += 8
+            if n > GGUF_MAX_STRING_LENGTH or pos + n > size:
+                raise _Truncated("metadata", pos + n)
+            key = bytes(buf[pos : pos + n]).decode("utf-8", errors="surrogateescape")
+            pos += n
+            if not key:
+                raise GGUFError(path, f"metadata key #{i} is empty", "re-convert the model")
+            if key in metadata:
+                raise GGUFError(
+                    path, f"duplicate metadata key {_shown(key)!r}", "re-convert the model"
+                )
+            if pos + 4 > size:
+                raise _Truncated(f"metadata value {_shown(key)!r}", pos + 4)
+            (vtype,) = u32(buf, pos)
+            scalar = scalars.get(vtype)
+            if scalar is not None:
+                reader, width = scalar
+                if pos + 4 + width > size:
+                    raise _Truncated(f"metadata value {_shown(key)!r}", pos + 4 + width)
+                (value,) = reader.unpack_from(buf, pos + 4)
+                metadata[key] = bool(value) if vtype == _BOOL else value
+                value_types[key] = vtype
+                pos += 4 + width
+                continue
+            r.pos = pos
+            r.section = f"metadata value {_shown(key)!r}"
+            value_types[key], metadata[key] = _read_value(path, r, _shown(key))
+            pos = r.pos
+    finally:
+        r.pos = pos
+        r.section = "metadata"
+    return metadata, value_types
+
+
+def _shown(key: str) -> str:
+    """A metadata key for messages (undecodable bytes replaced)."""
+    return key.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def _element_count_overflows(dims: tuple[int, ...]) -> bool:
+    """llama.cpp's check, as written: the running product from ne[0], each later dimension
+    above 1 must keep it within int64 (a zero first dimension never overflows)."""
+    ne = (*dims, *(1,) * (MAX_DIMS - len(dims)))
+    current = ne[0]
+    for d in ne[1:]:
+        if d > 1:
+            if _INT64_MAX // d < current:
+                return True
+            current *= d
+    return False
+
+
+def _text(raw: bytes) -> str:
+    """Bytes from the file as printable text (invalid UTF-8 replaced)."""
+    return raw.decode("utf-8", errors="replace")
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value > _INT64_MAX else value
+
+
+def _signed32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _type_label(vtype: int, value: object) -> str:
+    name = _VALUE_TYPES[vtype][0]
+    return f"ARRAY of {value.item_type}" if isinstance(value, GGUFArray) else name
+
+
+def _string(r: _Reader) -> bytes:
+    """A GGUF string: u64 length (at most GGUF_MAX_STRING_LENGTH, 1 GiB) and its bytes."""
+    n = r.u64()
+    if n > GGUF_MAX_STRING_LENGTH:
+        raise _Truncated(f"{r.section} (a string of {n} bytes, over llama.cpp's 1 GiB)", r.pos + n)
+    r.need(n)
+    data = bytes(r.buf[r.pos : r.pos + n])
+    r.pos += n
+    return data
+
+
 def _read_scalar(path: Path, r: _Reader, vtype: int, key: str) -> Scalar:
     if vtype == _STRING:
         n = r.u64()
+        if n > GGUF_MAX_STRING_LENGTH:
+            raise _Truncated(f"metadata value {key!r} (a string over 1 GiB)", r.pos + n)
         r.need(n)
         if n > _MAX_STRING_KEPT:
             r.pos += n
@@ -481,32 +643,35 @@ def _read_scalar(path: Path, r: _Reader, vtype: int, key: str) -> Scalar:
     _, fmt = _VALUE_TYPES[vtype]
     assert fmt is not None
     value = r.unpack(fmt, struct.calcsize(fmt))
-    if vtype == 7 and value not in (0, 1, True, False):  # pragma: no cover - struct gives bool
-        raise GGUFError(path, f"metadata {key!r} has a bad BOOL value", _REDOWNLOAD)
+    if vtype == _BOOL:
+        return bool(value)  # llama.cpp: any non-zero byte is true
     return value
 
 
 def _value_type(path: Path, r: _Reader, key: str, *, in_array: bool = False) -> int:
     vtype = r.u32()
-    if vtype not in _VALUE_TYPES:
+    if vtype not in _VALUE_TYPES or (in_array and vtype == _ARRAY):
         where = "array item type" if in_array else "value type"
         raise GGUFError(
             path,
-            f"metadata {key!r} has unknown {where} {vtype}",
+            f"metadata {key!r} has unknown {where} {_signed32(vtype)}",
             "the metadata is corrupt: " + _REDOWNLOAD,
         )
     return vtype
 
 
-def _read_value(path: Path, r: _Reader, key: str) -> MetadataValue:
+def _read_value(path: Path, r: _Reader, key: str) -> tuple[int, MetadataValue]:
+    """(value type, value) of one metadata entry; arrays report their item type."""
     vtype = _value_type(path, r, key)
     if vtype != _ARRAY:
-        return _read_scalar(path, r, vtype, key)
+        return vtype, _read_scalar(path, r, vtype, key)
     item = _value_type(path, r, key, in_array=True)
     count = r.u64()
     item_name, fmt = _VALUE_TYPES[item]
-    if item == _ARRAY:
-        raise GGUFError(path, f"metadata {key!r} is a nested array", "re-convert the model")
+    if count > GGUF_MAX_ARRAY_ELEMENTS:
+        raise _Truncated(
+            f"metadata array {key!r} ({count} items, over llama.cpp's 2**30)", r.pos + count
+        )
     if fmt is not None:
         width = struct.calcsize(fmt)
         if count > (r.size - r.pos) // width:
@@ -516,23 +681,27 @@ def _read_value(path: Path, r: _Reader, key: str) -> MetadataValue:
         if count <= _MAX_ARRAY_KEPT:
             values = struct.unpack_from(f"<{count}{fmt[1]}", r.buf, r.pos)
             r.pos += count * width
-            return GGUFArray(item_name, count, tuple(values))
+            if item == _BOOL:
+                values = tuple(bool(v) for v in values)
+            return _ARRAY, GGUFArray(item_name, count, tuple(values))
         r.pos += count * width
-        return GGUFArray(item_name, count)
+        return _ARRAY, GGUFArray(item_name, count)
     # array of strings: each needs at least its 8-byte length
     if count > (r.size - r.pos) // 8:
         raise _Truncated(f"metadata array {key!r} ({count} strings)", r.pos + count * 8)
     if count <= _MAX_ARRAY_KEPT:
         strings = tuple(_read_scalar(path, r, _STRING, key) for _ in range(count))
-        return GGUFArray(item_name, count, strings)
+        return _ARRAY, GGUFArray(item_name, count, strings)
     buf, pos, size = r.buf, r.pos, r.size
     unpack = struct.Struct("<Q").unpack_from
     for _ in range(count):
         if pos + 8 > size:
             raise _Truncated(f"metadata array {key!r}", pos + 8)
         (n,) = unpack(buf, pos)
+        if n > GGUF_MAX_STRING_LENGTH:
+            raise _Truncated(f"metadata array {key!r} (a string over 1 GiB)", pos + 8 + n)
         pos += 8 + n
         if pos > size:
             raise _Truncated(f"metadata array {key!r}", pos)
     r.pos = pos
-    return GGUFArray(item_name, count)
+    return _ARRAY, GGUFArray(item_name, count)

@@ -108,13 +108,20 @@ _NUMBER_RE = re.compile(r"[+-]?\d+(?:\.\d+)?(?:e[+-]?\d+)?%?", re.IGNORECASE)
 _MIN_SECRET_LEN = 4
 
 
+# "<what>_KEY" names that identify something rather than unlock it (the harness's cache keys).
+_KEY_NOT_SECRET = re.compile(
+    r"^(?:BUILD|WHEEL|CACHE|TREE|SORT|PRIMARY|FOREIGN|PUBLIC|GROUP|PARTITION|IDEMPOTENCY)_KEY$",
+    re.IGNORECASE,
+)
+
+
 def is_secret_name(name: str) -> bool:
     """True for names (environment variables, keys, headers, flags) whose values are secret.
 
     Hyphens and dots count as underscores: ``X-Api-Key`` and ``PRIVATE-TOKEN`` are secret.
     """
     bare = re.sub(r"[-.\s]+", "_", name.strip().lstrip("-").strip("\"'")).strip("_")
-    if not bare or bare.upper() in _NOT_SECRET:
+    if not bare or bare.upper() in _NOT_SECRET or _KEY_NOT_SECRET.match(bare):
         return False
     return bool(_SECRET_NAME_RE.search(bare))
 

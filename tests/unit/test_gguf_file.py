@@ -75,6 +75,8 @@ def test_reads_gemma_without_chat_template(gemma_gguf: Path) -> None:
 def test_quant_table_matches_gguf_package() -> None:
     gguf = pytest.importorskip("gguf")
     for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
+        if qtype.name == "Q8_1":  # gguf-py 0.19 says 40 bytes; ggml's block_q8_1 is 36, and
+            continue  # the build is the authority (test_gguf_differential checks against it)
         assert GGML_TYPES[int(qtype)][1:] == (block, size), qtype.name
         assert GGML_TYPES[int(qtype)][0] == qtype.name
 
@@ -185,13 +187,21 @@ def test_last_byte_missing(tmp_path: Path, tiny_bytes: bytes) -> None:
 
 
 def test_tensor_beyond_eof(tmp_path: Path, tiny_bytes: bytes) -> None:
+    info = read_gguf(write(tmp_path, tiny_bytes))
+    last = max(info.tensors, key=lambda t: t.end)
+    data = tiny_bytes[: last.end - 1]  # the last tensor's final byte is missing
+    with pytest.raises(GGUFError) as err:
+        read_gguf(write(tmp_path, data))
+    assert f"tensor {last.name!r} ends at byte {last.end}" in str(err.value)
+    assert f"the file has {len(data)} bytes" in str(err.value)
+
+
+def test_tensor_offset_past_the_end_is_a_gap(tmp_path: Path, tiny_bytes: bytes) -> None:
     data = bytearray(tiny_bytes)
     _, offset_at, _ = entry_fields(tiny_bytes, "blk.0.attn_q.weight")
     struct.pack_into("<Q", data, offset_at, 2**32)  # aligned, far past the end
-    with pytest.raises(GGUFError) as err:
+    with pytest.raises(GGUFError, match=r"'blk\.0\.attn_q\.weight' data offset 4294967296 leaves"):
         read_gguf(write(tmp_path, bytes(data)))
-    assert "tensor 'blk.0.attn_q.weight' ends at byte" in str(err.value)
-    assert f"the file has {len(tiny_bytes)} bytes" in str(err.value)
 
 
 def test_unknown_tensor_type(tmp_path: Path, tiny_bytes: bytes) -> None:
@@ -209,7 +219,7 @@ def test_misaligned_tensor_offset(tmp_path: Path, tiny_bytes: bytes) -> None:
     _, offset_at, _ = entry_fields(tiny_bytes, "output.weight")
     (offset,) = struct.unpack_from("<Q", data, offset_at)
     struct.pack_into("<Q", data, offset_at, offset + 4)
-    with pytest.raises(GGUFError, match=r"data offset \d+ is not aligned to 32 bytes"):
+    with pytest.raises(GGUFError, match=r"data offset \d+ leaves a gap \(llama.cpp requires"):
         read_gguf(write(tmp_path, bytes(data)))
 
 
@@ -217,7 +227,7 @@ def test_too_many_dimensions(tmp_path: Path, tiny_bytes: bytes) -> None:
     data = bytearray(tiny_bytes)
     pos = tensor_entry_offset(tiny_bytes, "output_norm.weight") + 8 + len("output_norm.weight")
     struct.pack_into("<I", data, pos, 9)
-    with pytest.raises(GGUFError, match=r"has 9 dimensions \(1\.\.4 allowed\)"):
+    with pytest.raises(GGUFError, match=r"has 9 dimensions \(at most 4\)"):
         read_gguf(write(tmp_path, bytes(data)))
 
 

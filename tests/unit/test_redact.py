@@ -43,6 +43,11 @@ PUBLIC = {"PATH": "/usr/local/bin:/usr/bin", "CMAKE_ARGS": "-DGGML_CUDA=on", "HO
         ("MONKEY", False),
         ("tokens", False),
         ("max_tokens", False),
+        ("build_key", False),
+        ("wheel_key", False),
+        ("key", False),
+        ("X-Api-Key", True),
+        ("PRIVATE-TOKEN", True),
     ],
 )
 def test_secret_names(name: str, secret: bool) -> None:
