@@ -80,8 +80,8 @@ _FIXED: dict[str, MetricSpec] = {
 }
 _PATTERNS: list[tuple[re.Pattern[str], MetricSpec]] = [
     # benchmarks/test_streaming.py: generate_stream at N tokens, in its own table
-    (re.compile(r"^stream\d+$"), MetricSpec("{m} t/s", "t/s", True)),
-    (re.compile(r"^stream\d+_c$"), MetricSpec("{m} (C-side eval)", "t/s", True)),
+    (re.compile(r"^stream\d+$"), MetricSpec("{m}", "t/s", True)),
+    (re.compile(r"^stream\d+_c$"), MetricSpec("{m} C-side eval", "t/s", True)),
     (re.compile(r"^stream\d+_ratio$"), MetricSpec("{m}", "x", True, comparable=False)),
     (re.compile(r"^stream\d+_ttft$"), MetricSpec("{m}", "s", False)),
     (re.compile(r"^pp\d+$"), MetricSpec("{m}", "t/s", True)),
