@@ -21,10 +21,12 @@ from saiverse_llm.fallback import (
     GeminiFallback,
     LocalModelFallback,
 )
+from saiverse_llm.loading import ModelMemoryError
 from saiverse_llm.messages import MessageError, normalize_messages
 from saiverse_llm.pool import ModelLoadError, ModelPool, default_pool
+from saiverse_llm.schema import SchemaError, SchemaMismatchError
 from saiverse_llm.tools import ToolCall, ToolCallError
-from saiverse_llm.usage import Usage
+from saiverse_llm.usage import Usage, UsageTotals
 
 __version__ = "0.1.0"
 
@@ -50,13 +52,17 @@ __all__ = [
     "LocalModelFallback",
     "MessageError",
     "ModelLoadError",
+    "ModelMemoryError",
     "ModelPool",
     "RetryDivergedError",
+    "SchemaError",
+    "SchemaMismatchError",
     "TemplateError",
     "ToolCall",
     "ToolCallError",
     "TransientError",
     "Usage",
+    "UsageTotals",
     "__version__",
     "default_pool",
     "get_llm_client",

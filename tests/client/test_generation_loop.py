@@ -163,3 +163,20 @@ def test_fast_sampling_routes_pick_the_same_tokens_as_llama_cpps_chain(
         assert fast_route == ("greedy" if temperature == 0.0 else "top-k")
         assert chain_route == "chain"
         assert fast == chain, f"seed {seed}"
+
+
+def test_a_call_under_an_open_stream_in_the_same_thread_is_an_error(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    """The second call would overwrite the open stream's KV cache (and a re-entrant lock
+    let it): a clear error instead, and the stream still finishes with its own text."""
+    from saiverse_llm.errors import GenerationError
+
+    client = make_client(tiny, context_length=512)
+    kwargs: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "seed": 2}
+    alone = client.generate([{"role": "user", "content": "hello"}], **kwargs)
+    stream = client.generate_stream([{"role": "user", "content": "hello"}], **kwargs)
+    first = next(stream)
+    with pytest.raises(GenerationError, match="still open in this thread"):
+        client.generate([{"role": "user", "content": "other"}], max_tokens=4)
+    assert first + "".join(stream) == alone

@@ -122,3 +122,40 @@ def test_max_tokens_holds_even_when_byte_tokens_form_broken_utf8(
         assert tokens_of(client.consume_usage())[1] <= 3, f"seed {seed}"
         "".join(client.generate_stream(MESSAGES, max_tokens=3, seed=seed, temperature=1.0))
         assert tokens_of(client.consume_usage())[1] <= 3, f"seed {seed} (stream)"
+
+
+def test_usage_is_per_call_and_total_usage_sums(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    """Issue #14: after two calls consume_usage() gave one record. Defined: per call, the
+    last call's record (as SAIVerse's UsageInfo); the sum is total_usage()."""
+    client = make_client(tiny)
+    client.generate(MESSAGES, grammar=forced("one two"), max_tokens=16, seed=1)
+    first = client.consume_usage()
+    client.generate(MESSAGES, grammar=forced("x"), max_tokens=16, seed=1)
+    "".join(client.generate_stream(MESSAGES, grammar=forced("three four"), max_tokens=16))
+    last = client.consume_usage()
+    assert last.completion_tokens > 0 and client.consume_usage() is None
+    # SAIVerse's UsageInfo attributes, as its usage tracker reads them
+    assert (last.input_tokens, last.output_tokens) == (last.prompt_tokens, last.completion_tokens)
+    assert (last.cache_write_tokens, last.cache_ttl) == (0, "")
+    assert last.timestamp >= first.timestamp and last.model == first.model
+    totals = client.total_usage()
+    assert totals.calls == 3
+    assert totals.completion_tokens > first.completion_tokens + last.completion_tokens
+
+
+def test_a_stream_closed_early_records_what_it_used(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None
+) -> None:
+    client = make_client(tiny)
+    stream = client.generate_stream(
+        MESSAGES, max_tokens=64, seed=1, temperature=0.0, ignore_eos=True
+    )
+    next(stream)
+    stream.close()
+    usage = client.consume_usage()
+    assert usage is not None and usage.finish_reason == "cancelled"
+    assert 1 <= usage.completion_tokens < 64
+    client.generate(MESSAGES, max_tokens=4, seed=1)  # the model is free again
+    assert client.consume_usage().finish_reason in ("stop", "length")
