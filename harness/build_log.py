@@ -19,13 +19,22 @@ log.defines log.nvcc_version log.cuda_archs log.unsupported_arch log.unsupported
 log.arch_min_cuda log.arch_fallback log.host_compiler log.host_compiler_limit
 log.cmake_version log.cmake_required log.vulkan_missing log.vulkan_version log.offloaded
 log.offload_total log.runtime_gpu_backends log.gpu_devices_found log.cuda_init_error log.wsl
-log.llama_version log.gpu_compute_caps log.required_cuda
+log.llama_version log.gpu_compute_caps log.required_cuda log.gpu_backend_failed
+log.oom_request log.rocm_gfx log.rocm_gfx_override log.vulkan_devices
+log.vulkan_software_only
+
+Logs arrive as users saved them: :func:`read_log` reads a file (a binary file, an empty one
+or a directory is a :class:`LogError`; one larger than :data:`MAX_LOG_BYTES` is read as its
+head and tail, the middle replaced by one marker line) and :func:`clean` drops terminal colour
+codes, carriage returns and NUL bytes before anything is matched.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from harness import legacy_flags, toolchain
@@ -80,7 +89,11 @@ _ERRORS: tuple[tuple[str | None, re.Pattern[str]], ...] = tuple(
         ("runtime", r"CUDA error|failed to initialize CUDA|no CUDA-capable device|error loading "
                     r"model|failed to load model|no kernel image is available|Illegal "
                     r"instruction|Segmentation fault|ErrorIncompatibleDriver|No devices found|"
-                    r"GGML_ASSERT|no backends are loaded"),
+                    r"GGML_ASSERT|no backends are loaded|rocBLAS error|hipErrorNoBinaryForGpu|"
+                    r"cudaMalloc failed|ErrorOutOfDeviceMemory|(failed|unable) to allocate \w+ "
+                    r"buffer|failed to allocate buffer for kv cache|failed to initialize (the )?"
+                    r"\w+ backend|ggml_metal_init: error|Failed to create llama_context|Aborted "
+                    r"\(core dumped\)"),
     )
 )  # fmt: skip
 # pip / scikit-build-core summary lines: a build failed (and, for the last two, where).
@@ -103,6 +116,16 @@ _CONFIGURED_BACKEND_RE = re.compile(r"-- Including (\w+) backend")
 _NOT_GPU = ("CPU", "BLAS", "RPC")
 
 
+# Any marker or error: most lines of a build log are neither, and one search skips them.
+_ANY_RE = re.compile(
+    "|".join(f"(?:{r.pattern})" for _, r in (*_STEP_MARKERS, *_ERRORS)), re.IGNORECASE
+)
+_KIND_RES = tuple(
+    (step, re.compile(marker.pattern, re.IGNORECASE | re.MULTILINE))
+    for step, marker in _STEP_MARKERS
+)
+
+
 def _first_error(lines: list[str]) -> tuple[str | None, int | None]:
     """(step, index) of the first real error line.
 
@@ -112,6 +135,8 @@ def _first_error(lines: list[str]) -> tuple[str | None, int | None]:
     """
     step: str | None = None
     for i, line in enumerate(lines):
+        if not _ANY_RE.search(line):
+            continue
         for name, marker in _STEP_MARKERS:
             if marker.search(line):
                 if not (step in ("import", "runtime") and name in ("compile", "link")):
@@ -125,19 +150,46 @@ def _first_error(lines: list[str]) -> tuple[str | None, int | None]:
     return None, None
 
 
+_MAX_REASON = 240
+_SPECIFIC_ERROR_RE = re.compile(r"(^|\s)(#?error\b|fatal\b)", re.IGNORECASE)
+
+
+def _cmake_message(lines: list[str], index: int) -> str:
+    """The message under a "CMake Error at ...:" header: its indented lines joined into one
+    (CMake wraps a message over several lines), up to the blank line, "Call Stack" or the
+    next unindented line. A long message that holds a compiler error line is that line
+    ("... failed." then "host_config.h:143:2: error: #error -- unsupported GNU version!")."""
+    header = lines[index]
+    indent = len(header) - len(header.lstrip())
+    parts: list[str] = []
+    for follow in lines[index + 1 : index + 30]:
+        text = follow.strip()
+        if not text:
+            if parts:
+                break
+            continue
+        if text.startswith("Call Stack") or len(follow) - len(follow.lstrip()) <= indent:
+            break
+        parts.append(text)
+    joined = " ".join(parts)
+    if len(joined) > _MAX_REASON:
+        specific = next((p for p in parts[1:] if _SPECIFIC_ERROR_RE.search(p)), None)
+        return specific or joined[:_MAX_REASON] + " ..."
+    return joined or header.strip()
+
+
 def _reason(lines: list[str], index: int) -> str:
-    """The line that explains an error: the line itself, or for a header the line that says
+    """The line that explains an error: the line itself, or for a header the text that says
     why ("CMake Error at ...:" -> the message below it; "FAILED: target" -> the first error
     line after the compiler command), within 15 lines."""
     line = lines[index].strip()
     if not _HEADER_RE.search(lines[index]):
         return line
-    cmake = line.startswith("CMake Error")
+    if line.startswith("CMake Error"):
+        return _cmake_message(lines, index)
     for follow in lines[index + 1 : index + 16]:
         text = follow.strip()
-        if not text or text.startswith("Call Stack"):
-            continue
-        if cmake or _REASON_RE.search(text):
+        if text and _REASON_RE.search(text):
             return text
     return line
 
@@ -302,16 +354,67 @@ def _runtime_facts(text: str) -> dict[str, Any]:
             r"/usr/lib/wsl|microsoft-standard-WSL|\bWSL ?2?\b|(^|\s)/mnt/[a-z]/", text, re.I | re.M
         )
     )
+    # A GPU backend that was loaded but could not start (no device, driver too old, no
+    # libcuda): "offloaded 0/N" after it is not an n_gpu_layers problem.
+    facts["log.gpu_backend_failed"] = bool(_BACKEND_FAILED_RE.search(text)) or (
+        facts["log.gpu_devices_found"] == 0
+    )
+    oom = _last(r"allocating ([\d.]+) MiB on device \d+: cudaMalloc failed|failed to allocate "
+                r"\w+ buffer of size (\d+)", text)  # fmt: skip
+    if oom is None:
+        facts["log.oom_request"] = None
+    elif oom.group(1):
+        facts["log.oom_request"] = f"{float(oom.group(1)) / 1024:.2f} GiB"
+    else:
+        facts["log.oom_request"] = f"{int(oom.group(2)) / 2**30:.2f} GiB"
+    gfx = _last(r"for GPU arch\s*:\s*(gfx\w+)|\b(gfx\d{3,4}[a-z]?)\b", text)
+    name = next((g for g in gfx.groups() if g), None) if gfx else None
+    facts["log.rocm_gfx"] = name
+    facts["log.rocm_gfx_override"] = _gfx_override(name)
+    devices = [(m.group(1) or m.group(2)).strip() for m in _VULKAN_DEVICE_RE.finditer(text)]
+    facts["log.vulkan_devices"] = list(dict.fromkeys(devices)) or None
+    facts["log.vulkan_software_only"] = (
+        all(_SOFTWARE_VULKAN_RE.search(d) for d in devices) if devices else None
+    )
     return facts
 
 
+_BACKEND_FAILED_RE = re.compile(
+    r"failed to initialize CUDA|no CUDA-capable device|ggml_vulkan: No devices found|"
+    r"failed to initialize (the )?\w+ backend|ggml_metal_init: error|ErrorIncompatibleDriver|"
+    r"libcuda\.so\.1: cannot open shared object file",
+    re.IGNORECASE,
+)
+# "ggml_vulkan: 0 = NAME (driver) | uma: ..." (run time) and "Vulkan0: NAME (N MiB ...)"
+# (llama-bench --list-devices, llama_model_load "using device Vulkan0 (NAME)").
+_VULKAN_DEVICE_RE = re.compile(
+    r"ggml_vulkan: \d+ = ([^|(\n]+)|^\s*Vulkan\d+: ([^|(\n]+)", re.MULTILINE
+)
+_SOFTWARE_VULKAN_RE = re.compile(r"llvmpipe|lavapipe|SwiftShader", re.IGNORECASE)
+
+
+def _gfx_override(gfx: str | None) -> str | None:
+    """``HSA_OVERRIDE_GFX_VERSION`` for an AMD GPU rocBLAS ships no kernels for: the
+    supported sibling of its family (llama.cpp's docs/build.md: 10.3.0 on RDNA2, 11.0.0 on
+    RDNA3), else None."""
+    if not gfx:
+        return None
+    if re.fullmatch(r"gfx103\d", gfx):
+        return "10.3.0"
+    if re.fullmatch(r"gfx110\d", gfx):
+        return "11.0.0"
+    return None
+
+
 def log_facts(text: str | None) -> dict[str, Any]:
-    """Facts from the attached logs (``None`` when there are none; ``user.log`` is the text)."""
-    if not text:
+    """Facts from the attached logs (``None`` when there are none; ``user.log`` is the text,
+    :func:`clean`)."""
+    text = clean(text) if text else text
+    if not text or not text.strip():
         return {"user.log": None, "log.build_failed": None}
     facts: dict[str, Any] = {"user.log": text}
     lines = text.splitlines()
-    kinds = [step for step, marker in _STEP_MARKERS if any(marker.search(line) for line in lines)]
+    kinds = [step for step, marker in _KIND_RES if marker.search(text)]
     facts["log.kinds"] = kinds
     step, line, build_failed = failing_step(text)
     facts["log.failed_step"] = step
@@ -339,6 +442,85 @@ def log_facts(text: str | None) -> dict[str, Any]:
     facts.update(_vulkan_facts(text))
     facts.update(_runtime_facts(text))
     return facts
+
+
+# --------------------------------------------------------------------------- reading
+
+#: A log larger than this is read as its head and tail (the failing step and its reason are
+#: at the end of a build log; pip's resolver lines at the start).
+MAX_LOG_BYTES = 4 * 1024 * 1024
+_HEAD_BYTES = 1024 * 1024
+_ANSI_RE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class LogError(ValueError):
+    """A --log file that is not a readable text log; ``str(err)`` names the file, the
+    problem and the fix ("... Fix: ...")."""
+
+
+def clean(text: str) -> str:
+    """``text`` as plain lines: terminal colour/cursor codes removed, CRLF and lone CRs
+    (progress bars redrawing a line) turned into newlines, other control bytes dropped."""
+    text = _ANSI_RE.sub("", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL_RE.sub("", text)
+
+
+def _looks_binary(sample: bytes) -> bool:
+    """NUL bytes, or more than 10% of the sample not UTF-8 text: an archive, an image, a
+    core dump, a UTF-16 file."""
+    if not sample:
+        return False
+    if b"\x00" in sample:
+        return True
+    text = sample.decode("utf-8", errors="replace")
+    return text.count("\ufffd") > len(text) // 10
+
+
+def read_log(path: str | os.PathLike[str], *, limit: int = MAX_LOG_BYTES) -> str:
+    """The text of a saved log for :func:`log_facts` (undecodable bytes replaced).
+
+    Raises :class:`LogError` for a file that cannot be read, a directory, an empty file or
+    a binary one. A file larger than ``limit`` bytes is read as its first MiB and its last
+    ``limit - 1 MiB``, with a line saying how much was skipped in between."""
+    p = Path(path)
+    fix = "pass the file you saved the output to, e.g. pip install -v ... 2>&1 | tee pip-install.log"
+    try:
+        if p.is_dir():
+            raise LogError(f"--log {p}: is a directory, not a log file. Fix: {fix}")
+        with p.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size <= limit:
+                data = fh.read(limit + 1)
+                head, tail, skipped = data, b"", 0
+            else:
+                head = fh.read(_HEAD_BYTES)
+                fh.seek(size - (limit - _HEAD_BYTES))
+                tail = fh.read()
+                skipped = size - len(head) - len(tail)
+    except OSError as exc:
+        raise LogError(f"--log {p}: cannot read it ({exc.strerror or exc}). Fix: {fix}") from exc
+    if not (head + tail).strip():
+        raise LogError(
+            f"--log {p}: the file is empty. Fix: {fix} (2>&1: pip and CMake write their errors "
+            "to stderr)"
+        )
+    if _looks_binary(head[:65536]) or _looks_binary(tail[-65536:]):
+        raise LogError(
+            f"--log {p}: not a text log (binary or not UTF-8 data). Fix: {fix}; a UTF-16 file "
+            "(PowerShell's > redirection) must be saved as UTF-8 first, e.g. "
+            "Get-Content log.txt | Set-Content -Encoding utf8 log-utf8.txt"
+        )
+    if not skipped:
+        return head.decode("utf-8", errors="replace")
+    first = head.decode("utf-8", errors="replace").rsplit("\n", 1)[0]
+    last = tail.decode("utf-8", errors="replace").split("\n", 1)[-1]
+    marker = (
+        f"[llama-harness doctor: {skipped / 2**20:.0f} MiB of this {size / 2**20:.0f} MiB log "
+        "skipped; only its first and last lines were read]"
+    )
+    return f"{first}\n{marker}\n{last}"
 
 
 def joined(texts: Iterable[str]) -> str | None:

@@ -860,6 +860,9 @@ def hint_facts(facts: Mapping[str, Any]) -> Facts:
         or DEFAULT_VERSION,
         "hint.legacy_replacement": legacy_flags.replacement_args(old) or f"-D{switch}=on",
         "hint.variant": variant,
+        "hint.rocm_gfx": facts.get("log.rocm_gfx") or "gfx1030",
+        "hint.rocm_gfx_override": facts.get("log.rocm_gfx_override") or "10.3.0",
+        "hint.oom_request": facts.get("log.oom_request") or "a buffer",
         "hint.python": facts.get("python.executable") or sys.executable,
         "hint.container_driver": images.refused_requirement(str(required))
         if required
@@ -913,7 +916,8 @@ class DoctorReport:
             "build": self.build.to_dict() if self.build else None,
             "probes": self.probes,
         }
-        return dict(redact_obj(data, self.env))
+        # plain JSON types first (a Path or a version object is a string), then redacted
+        return dict(redact_obj(json.loads(json.dumps(data, default=str)), self.env))
 
     @property
     def cause_ids(self) -> list[str]:
@@ -963,6 +967,12 @@ def verdict(facts: Mapping[str, Any]) -> str:
     the inspected build is and whether it uses the GPU."""
     here = _build_verdict(facts)
     if not facts.get("log.build_failed"):
+        line = facts.get("log.failed_line")
+        if line and facts.get("log.failed_step") in ("import", "runtime"):
+            return (
+                f"The log shows a failure at {facts.get('log.failed_step_label')}: {line}. "
+                f"Inspected here: {here}"
+            )
         return here
     step = facts.get("log.failed_step_label")
     where = f"at the {step} step" if step else "(the log does not show at which step)"
@@ -1307,6 +1317,7 @@ def render_markdown(report: DoctorReport) -> str:
 
 
 def render_json(report: DoctorReport) -> str:
-    return redact_text(
-        json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str), report.env
-    )
+    """The report as JSON; each string is redacted before it is serialised (redacting the
+    serialised text would read a log's escaped newlines as part of a secret's value and
+    swallow the lines after it)."""
+    return json.dumps(report.to_dict(), indent=2, sort_keys=True, default=str)

@@ -25,7 +25,7 @@ from harness import build_log, doctor
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS_DIR = ROOT / "tests" / "doctor_logs"
 CORPUS = sorted(CORPUS_DIR.glob("*.yaml"))
-ENTRY_KEYS = {"source", "expect", "fix", "step", "install", "log"}
+ENTRY_KEYS = {"source", "expect", "fix", "step", "absent", "install", "log"}
 
 
 def load_entry(path: Path) -> dict[str, Any]:
@@ -35,6 +35,7 @@ def load_entry(path: Path) -> dict[str, Any]:
     assert isinstance(entry.get("log"), str) and entry["log"].strip(), path.name
     assert isinstance(entry.get("fix"), list) and entry["fix"], path.name
     assert entry.get("step") in (None, *build_log.STEPS), path.name
+    assert isinstance(entry.get("absent", []), list), path.name
     return entry
 
 
@@ -78,6 +79,9 @@ def check_entry(
         problems += [f"fix lacks {s!r}: {match.fix}" for s in entry["fix"] if s not in fixes]
         if "{" in fixes and "}" in fixes and "${" not in fixes:
             problems.append(f"unfilled placeholder in the fix: {match.fix}")
+    wrong = [c for c in entry.get("absent", []) if c in report.cause_ids]
+    if wrong:
+        problems.append(f"named {wrong}, which the log contradicts")
     if report.exit_code == 0:
         problems.append("exit status 0")
     if entry.get("step") and report.facts.get("log.failed_step") != entry["step"]:
@@ -93,7 +97,8 @@ def test_corpus_is_large_cited_and_names_real_causes() -> None:
     entries = [load_entry(p) for p in CORPUS]
     assert len(entries) >= 25
     unknown = {e["expect"] for e in entries} - ids
-    assert not unknown, f"corpus expects causes the catalogue lacks: {unknown}"
+    unknown |= {c for e in entries for c in e.get("absent", [])} - ids
+    assert not unknown, f"corpus names causes the catalogue lacks: {unknown}"
     build_causes = {
         "nvcc-too-old-for-arch",
         "host-compiler-too-new",

@@ -3,6 +3,8 @@ the facts the cause catalogue tests; plus the CUDA architecture table it uses.""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,3 +215,187 @@ def test_secrets_in_a_log_never_reach_the_doctor_output() -> None:
         assert token not in out  # ... no output does
         assert "download failed" in out
     assert token not in doctor.render_markdown(report)
+
+
+# --------------------------------------------------------------------------- logs as saved
+
+
+def test_colour_codes_crlf_and_progress_redraws_do_not_hide_a_line() -> None:
+    """A log saved from a coloured terminal, on Windows, or with pip's progress bars: the
+    anchored patterns ("^CMake Error", "^-- Including") still see their lines."""
+    log = (
+        "\x1b[1m*** Configuring CMake...\x1b[0m\r\n"
+        "\x1b[31mCMake Error at ggml/src/ggml-vulkan/CMakeLists.txt:9 (find_package):\x1b[0m\r\n"
+        "  Could NOT find Vulkan (missing: glslc)\r\n"
+        "\r\n"
+        "   1.2/76.6 MB\r  40.0/76.6 MB\r  76.6/76.6 MB\r\n"
+        "*** CMake configuration failed\r\n"
+    )
+    facts = build_log.log_facts(log)
+    assert facts["log.failed_step"] == "configure"
+    assert facts["log.failed_line"] == "Could NOT find Vulkan (missing: glslc)"
+    assert "\x1b" not in facts["user.log"] and "\r" not in facts["user.log"]
+    assert build_log.clean("a\x00b\x1b]0;title\x07c") == "abc"
+
+
+def test_a_cmake_message_is_read_over_its_wrapped_lines() -> None:
+    """CMake wraps a message over several indented lines: the reason is all of it, or the
+    compiler's own error line when the message is long."""
+    hip = (
+        "CMake Error at /usr/share/cmake-3.28/Modules/CMakeTestHIPCompiler.cmake:73 (message):\n"
+        "  The HIP compiler\n"
+        '    "/usr/bin/c++"\n'
+        "  is not able to compile a simple test program.\n"
+        "-- Configuring incomplete, errors occurred!\n"
+    )
+    assert build_log.failing_step(hip)[1] == (
+        'The HIP compiler "/usr/bin/c++" is not able to compile a simple test program.'
+    )
+    nvcc = (
+        "CMake Error at /usr/share/cmake-3.30/Modules/CMakeDetermineCompilerId.cmake:838 "
+        "(message):\n  Compiling the CUDA compiler identification source file\n"
+        '  "CMakeCUDACompilerId.cu" failed.\n  Compiler: /usr/local/cuda/bin/nvcc\n'
+        "  Build flags:\n  Id flags: --keep;--keep-dir;tmp -v\n  The output was:\n  1\n"
+        "  /usr/local/cuda/include/crt/host_config.h:143:2: error: #error -- unsupported GNU "
+        "version! gcc versions later than 13 are not supported!\n\n"
+    )
+    assert build_log.failing_step(nvcc)[1].endswith(
+        "error: #error -- unsupported GNU version! gcc versions later than 13 are not supported!"
+    )
+
+
+@pytest.mark.parametrize(
+    ("log", "step", "fact", "value"),
+    [
+        (
+            "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
+            "cudaMalloc failed: out of memory\nllama_kv_cache_init: failed to allocate buffer "
+            "for kv cache\n",
+            "runtime",
+            "log.oom_request",
+            "4.00 GiB",
+        ),
+        (
+            "rocBLAS error: Cannot read /opt/rocm/lib/rocblas/library/TensileLibrary.dat: No "
+            "such file or directory for GPU arch : gfx1031\nAborted (core dumped)\n",
+            "runtime",
+            "log.rocm_gfx_override",
+            "10.3.0",
+        ),
+        (
+            "ggml_metal_init: error: Error Domain=MTLLibraryErrorDomain Code=3\n"
+            "llama_new_context_with_model: failed to initialize Metal backend\n",
+            "runtime",
+            "log.gpu_backend_failed",
+            True,
+        ),
+        (
+            "ggml_vulkan: Found 1 Vulkan devices:\nggml_vulkan: 0 = llvmpipe (LLVM 15.0.6, 256 "
+            "bits) (llvmpipe) | uma: 0\nload_tensors: offloaded 29/29 layers to GPU\n",
+            None,
+            "log.vulkan_software_only",
+            True,
+        ),
+        (
+            "ggml_vulkan: 0 = AMD Radeon RX 7900 XTX (RADV NAVI31) | uma: 0\n"
+            "ggml_vulkan: 1 = llvmpipe (LLVM 15.0.6, 256 bits) | uma: 0\n",
+            None,
+            "log.vulkan_software_only",
+            False,
+        ),
+        (
+            "ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected\n"
+            "load_tensors: offloaded 0/29 layers to GPU\n",
+            "runtime",
+            "log.gpu_backend_failed",
+            True,
+        ),
+        (
+            "ggml_cuda_init: found 1 CUDA devices:\nload_tensors: offloaded 0/29 layers to GPU\n",
+            None,
+            "log.gpu_backend_failed",
+            False,
+        ),
+    ],
+)
+def test_run_time_failures_are_a_failing_step_with_their_facts(
+    log: str, step: str | None, fact: str, value: object
+) -> None:
+    facts = build_log.log_facts(log)
+    assert facts["log.failed_step"] == step
+    assert facts[fact] == value
+
+
+def test_read_log_refuses_what_is_not_a_text_log(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    blank = tmp_path / "blank.log"
+    blank.write_bytes(b"\n \n")
+    binary = tmp_path / "core"
+    binary.write_bytes(bytes(range(256)) * 64)
+    utf16 = tmp_path / "ps.log"
+    utf16.write_text("CMake Error at x\n", encoding="utf-16")
+    latin = tmp_path / "latin1.log"
+    latin.write_bytes("Fehler: Datei nicht gefunden \xe4\xf6\xfc\n".encode("latin-1") * 50)
+    for path, words in (
+        (empty, "empty"),
+        (blank, "empty"),
+        (binary, "not a text log"),
+        (utf16, "UTF-16"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "missing.log", "cannot read it"),
+    ):
+        with pytest.raises(build_log.LogError) as err:
+            build_log.read_log(path)
+        assert str(path) in str(err.value) and words in str(err.value)
+        assert "Fix: " in str(err.value) and "\n" not in str(err.value)
+    # a few stray non-UTF-8 bytes in a text log are replaced, not refused
+    assert "Fehler" in build_log.read_log(latin)
+
+
+def test_a_huge_log_is_read_as_its_head_and_tail(tmp_path: Path) -> None:
+    """A 200 MB log: bounded time and memory, the pip lines at the start and the error at the
+    end both still count, and the skip is said in the text."""
+    path = tmp_path / "huge.log"
+    filler = b"[ 45%] Building CXX object ggml/src/CMakeFiles/ggml-cpu.dir/ops.cpp.o\n"
+    with path.open("wb") as fh:
+        fh.write(b"Requirement already satisfied: llama-cpp-python in ./venv (0.3.4)\n")
+        fh.write(filler * (3 * 2**20 // len(filler)))
+        fh.write(b"nvcc fatal   : Unsupported gpu architecture 'compute_120'\n")
+    text = build_log.read_log(path, limit=2**21)
+    assert len(text.encode()) <= 2**21 + 200
+    assert text.startswith("Requirement already satisfied")
+    assert "MiB of this 3 MiB log skipped" in text
+    facts = build_log.log_facts(text)
+    assert facts["log.unsupported_arch"] == 120
+    assert all(line.startswith(("[", "Req", "nvcc")) for line in text.splitlines()[1:-1] if
+               "skipped" not in line)  # fmt: skip
+
+
+def test_redacting_the_json_report_loses_no_line_of_the_log() -> None:
+    """Each string is redacted on its own: a token at the end of one log line must not take
+    the following lines with it (the serialised JSON has no real newlines)."""
+    from harness import doctor
+
+    log = (
+        "llama_model_load: error loading model: bad magic\n"
+        "HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz123456\n"
+        "load_tensors: offloaded 0/29 layers to GPU\n"
+    )
+    facts = {"llama.installed": False, **doctor.user_input_facts({}, [], [log])}
+    data = json.loads(doctor.render_json(doctor.diagnose(facts, {})))
+    text = data["facts"]["user.log"]
+    assert "hf_abcdefghijklmnopqrstuvwxyz123456" not in text
+    assert text.splitlines()[2] == "load_tensors: offloaded 0/29 layers to GPU"
+
+
+def test_a_run_time_failure_in_the_log_is_the_verdict() -> None:
+    from harness import doctor
+
+    log = "ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected\n"
+    facts = {"llama.installed": False, **doctor.user_input_facts({}, [], [log])}
+    verdict = doctor.diagnose(facts, {}).verdict
+    assert verdict.startswith(
+        "The log shows a failure at run time (model load / inference): ggml_cuda_init: failed "
+        "to initialize CUDA: no CUDA-capable device is detected. Inspected here: "
+    )
