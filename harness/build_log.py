@@ -413,7 +413,6 @@ def log_facts(text: str | None) -> dict[str, Any]:
     if not text or not text.strip():
         return {"user.log": None, "log.build_failed": None}
     facts: dict[str, Any] = {"user.log": text}
-    lines = text.splitlines()
     kinds = [step for step, marker in _KIND_RES if marker.search(text)]
     facts["log.kinds"] = kinds
     step, line, build_failed = failing_step(text)
@@ -485,7 +484,9 @@ def read_log(path: str | os.PathLike[str], *, limit: int = MAX_LOG_BYTES) -> str
     a binary one. A file larger than ``limit`` bytes is read as its first MiB and its last
     ``limit - 1 MiB``, with a line saying how much was skipped in between."""
     p = Path(path)
-    fix = "pass the file you saved the output to, e.g. pip install -v ... 2>&1 | tee pip-install.log"
+    fix = (
+        "pass the file you saved the output to, e.g. pip install -v ... 2>&1 | tee pip-install.log"
+    )
     try:
         if p.is_dir():
             raise LogError(f"--log {p}: is a directory, not a log file. Fix: {fix}")
@@ -503,8 +504,8 @@ def read_log(path: str | os.PathLike[str], *, limit: int = MAX_LOG_BYTES) -> str
         raise LogError(f"--log {p}: cannot read it ({exc.strerror or exc}). Fix: {fix}") from exc
     if not (head + tail).strip():
         raise LogError(
-            f"--log {p}: the file is empty. Fix: {fix} (2>&1: pip and CMake write their errors "
-            "to stderr)"
+            f"--log {p}: the file is empty. Fix: {fix}; 2>&1 keeps the errors, which pip and "
+            "CMake write to stderr"
         )
     if _looks_binary(head[:65536]) or _looks_binary(tail[-65536:]):
         raise LogError(

@@ -1227,8 +1227,12 @@ def log_summary(facts: Mapping[str, Any]) -> list[str]:
     """What the attached log shows, in a few lines (empty without a log)."""
     if not facts.get("user.log"):
         return []
-    kinds = ", ".join(STEP_NAMES.get(k, k) for k in facts.get("log.kinds") or []) or "unknown"
-    out = [f"The log shows: {kinds}."]
+    kinds = ", ".join(STEP_NAMES.get(k, k) for k in facts.get("log.kinds") or [])
+    out = [
+        f"The log shows: {kinds}."
+        if kinds
+        else "The log shows no pip, CMake, compiler or llama.cpp lines the doctor knows."
+    ]
     if facts.get("log.build_failed") or facts.get("log.failed_line"):
         step = facts.get("log.failed_step_label") or "unknown step"
         out.append(f"Failing step: {step}: {facts.get('log.failed_line')}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import build_log, paths
 from harness.doctor import DoctorOptions, render_json, render_markdown, render_text, run_doctor
 from saiverse_llm.atomic import atomic_write_text
 from saiverse_llm.cli_errors import int_arg, split_fix
@@ -49,15 +49,14 @@ def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _read_log(path: Path) -> str:
-    """A --log file's text (undecodable bytes replaced); a UsageError names the fix."""
+    """A --log file's text (harness.build_log.read_log: undecodable bytes replaced, a huge
+    log read as its head and tail); a UsageError names the fix for a file that is not a
+    readable text log (missing, a directory, empty, binary)."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise UsageError(
-            f"--log {path}: cannot read it ({exc.strerror or exc})",
-            "pass the file you saved the pip / build / run-time output to, e.g. "
-            "pip install -v ... 2>&1 | tee pip-install.log",
-        ) from exc
+        return build_log.read_log(path)
+    except build_log.LogError as exc:
+        what, fix = split_fix(str(exc))
+        raise UsageError(what, fix or "pass the file you saved the output to") from exc
 
 
 def run(args: argparse.Namespace) -> int:

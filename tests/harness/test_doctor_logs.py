@@ -202,8 +202,21 @@ def test_cli_without_llama_cpp_python_exits_1_and_names_the_install_command(
     assert "No known cause matched" not in proc.stdout
 
 
-def test_cli_unreadable_log_is_a_usage_error_with_the_fix(tmp_path: Path) -> None:
-    proc = _cli("--log", str(tmp_path / "missing.log"))
-    assert proc.returncode == 2
-    assert "missing.log" in proc.stderr and "Fix:" in proc.stderr
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize("kind", ["missing", "empty", "directory", "binary"])
+def test_cli_a_log_that_is_not_a_text_log_is_a_usage_error_with_the_fix(
+    kind: str, tmp_path: Path
+) -> None:
+    """One line on stderr, 'error: <what>. Fix: <what to do>', exit 2, nothing on stdout."""
+    path = tmp_path / f"{kind}.log"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 100)
+    proc = _cli("--log", str(path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --log {path}: "), proc.stderr
+    assert ". Fix: " in lines[0] and "Traceback" not in proc.stderr
+    assert proc.stdout == ""

@@ -162,6 +162,34 @@ POSITIVE: dict[str, dict[str, Any]] = {
     "no-cuda-device": {"user.log": "failed to initialize CUDA: no CUDA-capable device is detected"},
     "wsl-libcuda-shadowed": {"cuda.libcuda_shadowed": True},
     "no-gpu-device-visible": {"user.log": "ggml_vulkan: No devices found."},
+    "cuda-vs-integration-missing": {
+        "user.log": "-- CUDA Toolkit found\nCMake Error at C:/CMake/Modules/"
+        "CMakeDetermineCompilerId.cmake:563 (message):\n  No CUDA toolset found.\n"
+    },
+    "libcuda-missing-at-link": {
+        "user.log": "/usr/bin/ld: warning: libcuda.so.1, needed by bin/libggml-cuda.so, not "
+        "found\n/usr/bin/ld: bin/libggml-cuda.so: undefined reference to `cuMemCreate'\n"
+    },
+    "hip-compiler-not-rocm-clang": {
+        "user.log": "-- The HIP compiler identification is unknown\nCMake Error at x.cmake:73 "
+        '(message):\n  The HIP compiler\n    "/usr/bin/c++"\n  is not able to compile a '
+        "simple test program.\n"
+    },
+    "rocm-gfx-unsupported": {
+        "user.log": "rocBLAS error: Cannot read /opt/rocm/lib/rocblas/library/"
+        "TensileLibrary.dat: No such file or directory for GPU arch : gfx1031\n",
+        "log.rocm_gfx": "gfx1031",
+        "log.rocm_gfx_override": "10.3.0",
+    },
+    "metal-library-not-found": {
+        "user.log": "ggml_metal_init: error: Error Domain=MTLLibraryErrorDomain Code=3 "
+        "\"program_source:3:10: fatal error: 'ggml-common.h' file not found\n"
+    },
+    "out-of-memory": {
+        "user.log": "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on "
+        "device 0: cudaMalloc failed: out of memory\n",
+        "log.oom_request": "4.00 GiB",
+    },
     "no-gpu-here": {"host.any_gpu": False},
     "llama-not-installed": {
         "llama.installed": False,
