@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from saiverse_llm import llama_archs
 from saiverse_llm.config import DEFAULT_CONTEXT_CAP, ModelConfig
 from saiverse_llm.gguf_file import GGUFArray, GGUFInfo, MetadataValue, read_gguf
 from saiverse_llm.quant_types import (
@@ -233,6 +234,19 @@ def model_shape(info: GGUFInfo) -> ModelShape:
     path = info.path
     if not arch:
         raise FitError(f"{path}: general.architecture is missing. Fix: re-convert the model")
+    if arch not in llama_archs.KNOWN:
+        raise FitError(
+            f"{path}: architecture {arch!r} is not one llama.cpp knows (llama-cpp-python "
+            f"{llama_archs.CHECKED_AGAINST}): a load fails with 'unknown model architecture'. "
+            "Fix: use a GGUF of a supported architecture (convert_hf_to_gguf.py of the same "
+            "llama.cpp), or a llama-cpp-python release that supports it"
+        )
+    if arch in llama_archs.NO_KV_CACHE:
+        raise FitError(
+            f"{path}: architecture {arch!r} is an encoder (embedding) or diffusion model with "
+            "no KV cache, which fit does not plan (it plans text-generation models). Fix: "
+            "check the memory with a real load (saiverse-llm check)"
+        )
     if arch in RECURRENT_ARCHS:
         raise FitError(
             f"{path}: architecture {arch!r} keeps a recurrent state, which fit does not model "
@@ -993,11 +1007,16 @@ def advice(
 # --------------------------------------------------------------------------- sizes
 
 
+#: The largest memory size :func:`parse_size` accepts (64 TiB: more than any one machine).
+MAX_SIZE = 64 * 1024 * GIB
+
+
 def parse_size(text: str) -> int:
     """``"8"``, ``"8G"``, ``"8GiB"``, ``"8GB"``, ``"7.5 GiB"``, ``"8192M"`` -> bytes.
 
     A bare number is GiB. GB/MB are read as GiB/MiB (what GPU vendors print). Raises
-    ``ValueError`` naming the value and the accepted forms."""
+    ``ValueError`` naming the value and the accepted forms (also for sizes above
+    :data:`MAX_SIZE` and below 1 MiB)."""
     raw = text.strip().upper().replace(" ", "")
     units = {"": GIB, "G": GIB, "GB": GIB, "GIB": GIB, "M": MIB, "MB": MIB, "MIB": MIB}
     number = raw.rstrip("GIMB")
@@ -1008,9 +1027,31 @@ def parse_size(text: str) -> int:
         value = -1.0
     if unit not in units or not math.isfinite(value) or value <= 0:
         raise ValueError(
-            f"{text!r} is not a memory size; use a number of GiB (8, 7.5, 8GiB) or MiB (8192M)"
+            f"{text!r} is not a memory size. Fix: give a number of GiB (8, 7.5, 8GiB) or MiB "
+            "(8192M)"
         )
-    return int(value * units[unit])
+    size = value * units[unit]
+    if not MIB <= size <= MAX_SIZE:
+        raise ValueError(
+            f"{text!r} is {'more' if size > MAX_SIZE else 'less'} memory than any GPU or "
+            "machine has. Fix: give the memory in GiB (8, 7.5, 24GiB) or MiB (8192M)"
+        )
+    return int(size)
+
+
+def context_warning(shape: ModelShape, n_ctx: int) -> str | None:
+    """A sentence when ``n_ctx`` exceeds the model's trained context (llama.cpp loads it,
+    warns, and the model degrades past that length unless it was trained with RoPE scaling
+    for it); ``None`` otherwise."""
+    trained = shape.n_ctx_train
+    if not trained or n_ctx <= trained:
+        return None
+    return (
+        f"context_length {n_ctx} is beyond the {trained} tokens {shape.name} was trained "
+        f"for: llama.cpp loads it with a warning, and replies degrade past {trained} tokens "
+        f"unless the model is made for longer contexts (RoPE scaling); the figures are for "
+        f"{n_ctx}"
+    )
 
 
 def host_available_bytes() -> int | None:

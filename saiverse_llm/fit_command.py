@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from saiverse_llm import fit
-from saiverse_llm.config import ModelConfig
+from saiverse_llm.cli_errors import int_arg
+from saiverse_llm.config import CONTEXT_LENGTH_RANGE, ModelConfig
 from saiverse_llm.gguf_file import GGUFError
 from saiverse_llm.model_commands import add_config_dir_argument
 from saiverse_llm.registry import get_config, search_dirs
 from saiverse_llm.tables import print_table
+from saiverse_llm.user_errors import UsageError, UserError
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -36,16 +38,6 @@ def _size(text: str) -> int:
         return fit.parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of tokens")
-    return value
 
 
 def register_fit(sub: Subparsers) -> None:
@@ -74,7 +66,7 @@ def register_fit(sub: Subparsers) -> None:
     )
     parser.add_argument(
         "--context",
-        type=_positive,
+        type=int_arg(*CONTEXT_LENGTH_RANGE),
         default=None,
         metavar="N",
         help="context length (default: the config's context_length, else the GGUF's, "
@@ -108,11 +100,28 @@ def register_fit(sub: Subparsers) -> None:
 
 def resolve_model(model: str, dirs: list[Path]) -> ModelConfig | Path:
     """A ``.gguf`` path as given, else the config named ``model`` (ModelNotFoundError,
-    ConfigError: the CLI's usage errors)."""
+    ConfigError: the CLI's usage errors; a directory is a UsageError)."""
     path = Path(model).expanduser()
+    if path.is_dir():
+        raise UsageError(
+            f"MODEL {model}: is a directory", "give a .gguf file in it, or a config key"
+        )
     if model.endswith(".gguf") or path.is_file():
         return path
     return get_config(model, search_dirs(dirs))
+
+
+def missing_file_fix(config: ModelConfig) -> str:
+    """How to get a config's missing GGUF: `saiverse-llm fetch KEY` when it names a source."""
+    if config.model_source is not None:
+        return (
+            f"download it with `saiverse-llm fetch {config.key}`, or plan the file you have: "
+            "`saiverse-llm fit PATH.gguf`"
+        )
+    return (
+        f"put the GGUF at {config.model_path} (model_path in the config), or plan the file you "
+        "have: `saiverse-llm fit PATH.gguf`"
+    )
 
 
 def probe_gpu_free() -> tuple[int, str] | None:
@@ -137,12 +146,9 @@ def probe_gpu_free() -> tuple[int, str] | None:
 def cmd_fit(args: argparse.Namespace) -> int:
     target = resolve_model(args.model, args.dirs)
     if isinstance(target, ModelConfig) and not target.model_path.is_file():
-        print(
-            f"error: {target.key}: model file not found: {target.model_path}. Fix: download it "
-            f"there (see the config's _source), or run `saiverse-llm fit PATH.gguf`",
-            file=sys.stderr,
+        raise UserError(
+            f"{target.key}: model file not found: {target.model_path}", missing_file_fix(target)
         )
-        return 1
     if args.cache_type not in (None, "F32", "F16", "BF16") and not args.flash_attn:
         print(
             f"error: --cache-type {args.cache_type}: llama.cpp refuses a quantized V cache "
@@ -184,14 +190,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
         else None
     )
     estimate = plan.estimate if plan is not None else fit.estimate(req.shape, req.settings)
+    warning = fit.context_warning(req.shape, req.settings.n_ctx)
     if args.json:
         data: dict[str, Any] = plan.to_dict() if plan else estimate.to_dict()
         data["memory_source"] = source or None
         if plan is None:
             data["n_gpu_layers"] = 0
+        if warning:
+            data["notes"] = [*data.get("notes", []), warning]
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         _print(estimate, plan, source, args.layers)
+        if warning:
+            print(f"warning: {warning}")
     log.info("fit %s: %s", args.model, plan.advice() if plan else "no memory size known")
     return 1 if plan is not None and not plan.fits else 0
 

@@ -311,9 +311,15 @@ def test_parse_size() -> None:
     assert fit.parse_size("7.5GiB") == int(7.5 * GIB)
     assert fit.parse_size("8 GB") == 8 * GIB
     assert fit.parse_size("8192M") == 8 * GIB
-    for bad in ("", "abc", "-1", "0", "8T", "nan"):
-        with pytest.raises(ValueError, match="not a memory size"):
+    for bad in ("", "abc", "-1", "0", "8T", "nan", "1e400", "inf"):
+        with pytest.raises(ValueError, match=r"not a memory size\. Fix: "):
             fit.parse_size(bad)
+    assert fit.parse_size("65536G") == fit.MAX_SIZE
+    for huge in ("1e30", "65537GiB", "99999999999999999999"):
+        with pytest.raises(ValueError, match=r"more memory than any GPU or machine has\. Fix: "):
+            fit.parse_size(huge)
+    with pytest.raises(ValueError, match="less memory than"):
+        fit.parse_size("0.0001")
 
 
 def test_parse_memory_log() -> None:
@@ -345,6 +351,32 @@ def test_unsupported_architectures_say_so(tmp_path: Path) -> None:
     w.write_ti_data_to_file()
     w.close()
     with pytest.raises(fit.FitError, match="recurrent state"):
+        fit.read_shape(path)
+
+
+@pytest.mark.parametrize(
+    ("arch", "words"),
+    [
+        ("foo", "not one llama.cpp knows"),  # llama.cpp: "unknown model architecture: 'foo'"
+        ("bert", "no KV cache"),  # an embedding model: create_memory gives it none
+    ],
+)
+def test_architectures_llama_cpp_cannot_load_or_has_no_kv_cache_for(
+    tmp_path: Path, arch: str, words: str
+) -> None:
+    """A GGUF llama.cpp refuses (or plans no KV cache for) is an error, never a plan."""
+    import gguf
+
+    path = tmp_path / f"{arch}.gguf"
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(2)
+    w.add_embedding_length(64)
+    w.add_head_count(4)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    with pytest.raises(fit.FitError, match=words):
         fit.read_shape(path)
 
 
@@ -385,6 +417,43 @@ def test_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["fit", "llama-3-8b-instruct-q8", "--vram", "8", "--log-file", log]) == 1
     assert "model file not found" in capsys.readouterr().err
     assert main(["fit", "no-such-config", "--log-file", log]) == 2
+
+
+def test_cli_hostile_arguments(
+    tiny_gguf: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Every bad argument is one 'error: ... Fix: ...' line: a directory, a context beyond
+    what llama.cpp's n_ctx (uint32) holds, an absurd --vram; a config whose file is missing
+    names the command that downloads it."""
+    log = str(tmp_path / "log.txt")
+    for args in (
+        [str(tmp_path)],
+        [str(tiny_gguf), "--context", "4294967296"],
+        [str(tiny_gguf), "--vram", "1e30"],
+        [str(tiny_gguf), "--margin", "1e30"],
+    ):
+        assert main(["fit", *args, "--log-file", log]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and ". Fix: " in err[0], err
+        assert "see `saiverse-llm fit --help`" not in err[0]  # the fix says what to give
+    assert main(["fit", "llama-3-8b-instruct-q8", "--log-file", log]) == 1
+    assert "saiverse-llm fetch llama-3-8b-instruct-q8" in capsys.readouterr().err
+
+
+def test_a_context_beyond_the_trained_one_is_planned_with_a_warning(
+    tiny_gguf: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trained = fit.read_shape(tiny_gguf).n_ctx_train
+    log = str(tmp_path / "log.txt")
+    args = ["fit", str(tiny_gguf), "--vram", "8", "--context", str(trained * 4)]
+    assert main([*args, "--json", "--log-file", log]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["context_length"] == trained * 4
+    assert any(f"beyond the {trained} tokens" in note for note in data["notes"])
+    assert main([*args, "--log-file", log]) == 0
+    assert f"warning: context_length {trained * 4} is beyond" in capsys.readouterr().out
+    assert main([*args[:-1], str(trained), "--json", "--log-file", log]) == 0
+    assert not any("beyond" in n for n in json.loads(capsys.readouterr().out)["notes"])
 
 
 def test_list_shows_the_footprint(
