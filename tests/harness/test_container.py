@@ -146,7 +146,8 @@ def test_run_session_reports_a_missing_engine_as_exit_2(
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'missing.sock'}")
     assert container.run_session_in_container("cpu", "test-cpu", ["--container"]) == 2
-    assert "no Docker engine answers" in capsys.readouterr().out
+    err = capsys.readouterr().err  # the error line goes to stderr (saiverse_llm.cli_errors)
+    assert "no Docker engine answers" in err and err.startswith("error: ")
 
 
 # --------------------------------------------------------------------------- a real engine
