@@ -64,11 +64,14 @@ _URL_CRED_RE = re.compile(
 )
 # name SEP value, with an optional quote around the name (JSON) and around the value. The
 # ":" separator never matches the "://" of a URL, so "https://host/x?token=..." is left to
-# the query parameter inside it.
+# the query parameter inside it. A bare value stops at a backslash (in serialised JSON, the
+# "\n" after a log line's value is the next line, and "\"" the string's end) and never starts
+# a JSON object or list.
 _ASSIGN_RE = re.compile(
     r"(?P<name>(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_.-]*)(?P<nq>[\"']?)"
-    r"(?P<sep>\s*(?:=|:(?!//))\s*)"
-    r"(?:(?P<q>[\"'])(?P<qvalue>(?:\\.|(?!(?P=q)).)*)(?P=q)|(?P<value>[^\s\"'|,;&<>)}\]]+))"
+    r"(?P<sep>[ \t]*(?:=|:(?!//))[ \t]*)"
+    r"(?:(?P<q>[\"'])(?P<qvalue>(?:\\.|(?!(?P=q)).)*)(?P=q)"
+    r"|(?P<value>[^\s\"'|,;&<>)}\]\\{\[][^\s\"'|,;&<>)}\]\\]*))"
 )
 # --name value (space separated command-line flags)
 _FLAG_RE = re.compile(
@@ -77,8 +80,8 @@ _FLAG_RE = re.compile(
 )
 # Whole-value headers: everything after the colon, up to the end of the line or quote.
 _HEADER_RE = re.compile(
-    r"(?i)(?P<head>\b(?:proxy-)?authorization|\bcookie|\bset-cookie)(?P<sep>\s*[:=]\s*)"
-    r"(?P<value>[^\r\n\"']+)"
+    r"(?i)(?P<head>\b(?:proxy-)?authorization|\bcookie|\bset-cookie)(?P<sep>[ \t]*[:=][ \t]*)"
+    r"(?P<value>[^\r\n\"'\\]+)"
 )
 # URL query parameters that carry a credential even under a generic name.
 _QUERY_RE = re.compile(
@@ -149,6 +152,8 @@ def _masked_pair(m: re.Match[str], name: str) -> str:
         return whole
     if value_group == "value" and ":" in m.group("sep") and _NUMBER_RE.fullmatch(value):
         return whole  # "first token: 0.52 s" is a timing, not a secret
+    if value_group == "value" and name.lower() == "token" and value.isdigit():
+        return whole  # llama.cpp's "BOS token = 2", "EOS token = 1": token ids
     return head + MASK + tail
 
 

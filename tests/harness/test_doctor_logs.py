@@ -220,3 +220,24 @@ def test_cli_a_log_that_is_not_a_text_log_is_a_usage_error_with_the_fix(
     assert len(lines) == 1 and lines[0].startswith(f"error: --log {path}: "), proc.stderr
     assert ". Fix: " in lines[0] and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_cli_json_of_a_log_with_secrets_is_valid_and_complete(tmp_path: Path) -> None:
+    """stdout passes through the redacting stream: the JSON must stay JSON, the secrets go,
+    the log's other lines stay (they were swallowed up to the next quote)."""
+    log = tmp_path / "run.log"
+    log.write_text(
+        "print_info: BOS token        = 2 '<bos>'\n"
+        "export HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz123456\n"
+        "ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected\n"
+        'curl -H "Authorization: Bearer sk-proj-ABCDEFGHIJKLMNOPQRSTUV0123" https://x/simple\n'
+        "load_tensors: offloaded 0/29 layers to GPU\n"
+    )
+    proc = _cli("--log", str(log), "--json")
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    assert "hf_abcdefghij" not in proc.stdout and "sk-proj-ABC" not in proc.stdout
+    lines = data["facts"]["user.log"].splitlines()
+    assert lines[0] == "print_info: BOS token        = 2 '<bos>'"
+    assert "load_tensors: offloaded 0/29 layers to GPU" in lines
+    assert "no-cuda-device" in [c["id"] for c in data["causes"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -226,3 +227,35 @@ def test_doctor_outputs_never_show_secrets(render: str) -> None:
     assert "-DGGML_CUDA=on" in out
     if render == "json":
         json.loads(out)
+
+
+# A log as the doctor's --json (and every other --json output) carries it: the whole JSON text
+# passes through RedactingStream, so redaction must keep it valid JSON and lose no line.
+LOG_WITH_SECRETS = (
+    "print_info: BOS token        = 2 '<bos>'\n"
+    "print_info: EOS token = 1\n"
+    "llama_model_load: error loading model: x\n"
+    "export HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz123456\n"
+    'curl -H "Authorization: Bearer sk-proj-ABCDEFGHIJKLMNOPQRSTUV0123" https://u:p4ss@h/simple\n'
+    "GEMINI_API_KEY=AIzaSyA1234567890abcdefghijklmnopqrstuv\n"
+    "MY_PASSWORD=hunter22\n"
+    "load_tensors: offloaded 0/29 layers to GPU\n"
+)
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_serialised_json_stays_valid_and_loses_no_line(indent: int | None) -> None:
+    data = {"facts": {"user.log": LOG_WITH_SECRETS, "auth": {"kind": "none"}, "token": [1, 2]}}
+    out = redact_text(json.dumps(data, indent=indent), env={})
+    back = json.loads(out)  # still JSON
+    log = back["facts"]["user.log"]
+    for secret in ("hf_abcdefghij", "sk-proj-ABC", "p4ss", "AIzaSyA123", "hunter22"):
+        assert secret not in out
+    kept = [ln for ln in LOG_WITH_SECRETS.splitlines() if not re.search(r"TOKEN|Auth|KEY|PASS", ln)]
+    assert [ln for ln in log.splitlines() if ln in kept] == kept
+    assert back["facts"]["auth"] == {"kind": "none"} and back["facts"]["token"] == [1, 2]
+
+
+def test_llama_cpp_token_ids_are_not_secrets() -> None:
+    text = "print_info: BOS token        = 2 '<bos>'\nprint_info: EOT token = 106"
+    assert redact_text(text, env={}) == text
