@@ -30,7 +30,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from saiverse_llm.redact import RedactingStream, redact_text
 from saiverse_llm.user_errors import UserError
@@ -55,12 +55,26 @@ Known = Mapping[type[BaseException] | str, int]
 _FIX_RE = re.compile(r"(?:(?:^|[.;:,]\s+|\n\s*|\s+-\s+|\s+\()(?i:fix):\s*)|(?:\n\s*Fix\s+(?=\S))")
 
 
+class _SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Sub-commands whose ``--help`` has a description: their one-line ``help`` when none is
+    given (argparse would show only the usage)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("description") is None and kwargs.get("help"):
+            kwargs["description"] = kwargs["help"]
+        return super().add_parser(name, **kwargs)  # type: ignore[no-any-return]
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the CLIs' error line: ``error: <prog>: <problem>. Fix: <fix>``, exit 2.
 
     Sub-command parsers made with ``add_subparsers()`` are of this class too, so every
-    command registered later inherits it.
+    command registered later inherits it (and a description, see :class:`_SubParsers`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsers)
 
     def error(self, message: str) -> NoReturn:
         what, fix = split_fix(message)

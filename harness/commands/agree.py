@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Run the same model over the same fixed text through each variant's own build "
             "and compare every position's next-token distribution with the reference "
-            "variant's: KL divergence (mean, 99%%, max), top-1 agreement and the perplexity "
+            "variant's: KL divergence (mean, 99%, max), top-1 agreement and the perplexity "
             "ratio, as llama.cpp's `llama-perplexity --kl-divergence` reports them. Limits "
             "per quantization type are in harness/agree-thresholds.yaml; a variant outside "
             "them fails (exit 1) with the numbers. Each variant runs in a venv made from its "

@@ -112,8 +112,10 @@ def register(subparsers: Any) -> None:
         "slim",
         help="write a slimmed copy of a llama-cpp-python wheel (one copy of each library)",
     )
-    slim.add_argument("wheel", type=Path)
-    slim.add_argument("-o", "--output-dir", type=Path, required=True)
+    slim.add_argument("wheel", type=Path, help="the llama_cpp_python-*.whl to slim")
+    slim.add_argument(
+        "-o", "--output-dir", type=Path, required=True, help="where to write the slimmed wheel"
+    )
     slim.set_defaults(func=_slim)
 
 

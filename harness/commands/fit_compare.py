@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "buffer with the buffers llama.cpp logs; then run llama-fit-params --fit-print "
             "(built once beside the cpu wheel) on the same files and on the seed models' "
             "header-only GGUFs. Prints a Markdown table and writes "
-            "<reports>/fit/fit-compare.{md,json}. Exit 1 when a total differs by 5%% or more."
+            "<reports>/fit/fit-compare.{md,json}. Exit 1 when a total differs by 5% or more."
         ),
     )
     p.add_argument("--variant", default="cpu", help="whose llama-fit-params to run (default cpu)")

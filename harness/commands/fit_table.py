@@ -21,7 +21,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "fit-table markers; --check exits 1 when README.md differs."
         ),
     )
-    p.add_argument("--readme", type=Path, default=PROJECT_ROOT / "README.md", metavar="FILE")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=PROJECT_ROOT / "README.md",
+        metavar="FILE",
+        help="the README to write or check (default: the project's README.md)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="update the README section")
     mode.add_argument("--check", action="store_true", help="exit 1 if the README differs")

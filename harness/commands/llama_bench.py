@@ -25,7 +25,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "<reports>/<variant>/llama-bench.json for `llama-harness report`."
         ),
     )
-    p.add_argument("--variant", default=os.environ.get("LLAMA_HARNESS_VARIANT", "cpu"))
+    p.add_argument(
+        "--variant",
+        default=os.environ.get("LLAMA_HARNESS_VARIANT", "cpu"),
+        help="whose wheel tree builds llama-bench (default: $LLAMA_HARNESS_VARIANT or cpu)",
+    )
     p.add_argument(
         "--models",
         default=os.environ.get("LLAMA_HARNESS_MODELS", "tiny,gemma-3-270m"),

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     path = sub.add_parser(
         "path", help="print the verified local path of a model (exit 1 when not fetched)"
     )
-    path.add_argument("name", metavar="NAME")
+    path.add_argument("name", metavar="NAME", help="a model of the manifest, e.g. tiny")
     path.set_defaults(func=run_path)
 
     synth = sub.add_parser(

@@ -58,7 +58,13 @@ def register(subparsers: Any) -> None:
             "cases reproduced (and were fixed), 1 otherwise, 2 usage/setup error."
         ),
     )
-    parser.add_argument("cases", nargs="*", type=Path, metavar="CASE.yaml")
+    parser.add_argument(
+        "cases",
+        nargs="*",
+        type=Path,
+        metavar="CASE.yaml",
+        help="replay case files to run (or --all)",
+    )
     parser.add_argument("--all", action="store_true", help="replay every case in --dir")
     parser.add_argument("--dir", type=Path, default=repro.REPRO_DIR, help="case folder")
     parser.add_argument("--fix", action="store_true", help="also apply and check the fix")
