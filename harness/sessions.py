@@ -486,8 +486,13 @@ def run_bench_session(session: NoxSession, variant: Variant) -> None:
         tmp.unlink(missing_ok=True)
     if os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "1") != "0":
         # llama.cpp's own llama-bench, same sdist + CMAKE_ARGS + settings -> parity in the report
-        session.run("python", "-m", "harness.cli", "llama-bench", "--variant", variant.name,
-                    env=dict(env))  # fmt: skip
+        try:
+            session.run("python", "-m", "harness.cli", "llama-bench", "--variant", variant.name,
+                        env=dict(env))  # fmt: skip
+        except Exception as exc:  # nox.command.CommandFailed: the session failed, say so
+            write_status(variant.name, name, "failed", f"llama-bench failed: {exc}",
+                         **ready.details)  # fmt: skip
+            raise
 
 
 def _is_json_document(path: Path) -> bool:

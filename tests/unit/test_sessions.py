@@ -67,3 +67,32 @@ def test_constraint_file_pins_the_exact_wheel(tmp_path: Path) -> None:
     path = sessions.write_constraints(tmp_path, wheel)
     first = path.read_text().splitlines()[0]
     assert first == f"llama-cpp-python @ {wheel.resolve().as_uri()}"
+
+
+def test_a_failed_llama_bench_fails_the_bench_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmarks pass and write "passed"; llama-bench then fails (found under act: it
+    ran over its timeout on a loaded machine): status.json must say "failed", or the report
+    and CI's status gate would show a failed session as passed."""
+    monkeypatch.setenv("LLAMA_HARNESS_REPORTS", str(tmp_path))
+    monkeypatch.delenv("LLAMA_HARNESS_LLAMA_BENCH", raising=False)
+    ready = sessions.Prepared(wheel=tmp_path / "w.whl", key="k", python="python", details={})
+    monkeypatch.setattr(sessions, "_prepare_and_check", lambda *a: ready)
+    monkeypatch.setattr(sessions, "client_env", lambda *a: {})
+
+    def benchmarks_pass(session: object, variant: object, name: str, *rest: object) -> None:
+        sessions.write_status("cpu", name, "passed", "pytest benchmarks/ passed")
+
+    monkeypatch.setattr(sessions, "_run_pytest", benchmarks_pass)
+
+    class Session:
+        posargs: tuple[str, ...] = ()
+
+        def run(self, *args: object, **kw: object) -> None:
+            raise RuntimeError("Command python -m harness.cli llama-bench failed")
+
+    with pytest.raises(RuntimeError):
+        sessions.run_bench_session(Session(), sessions.variants()["cpu"])  # type: ignore[arg-type]
+    entry = json.loads((tmp_path / "cpu" / "status.json").read_text())["sessions"]["bench-cpu"]
+    assert entry["status"] == "failed" and "llama-bench failed" in entry["message"]
