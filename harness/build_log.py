@@ -86,7 +86,8 @@ _ERRORS: tuple[tuple[str | None, re.Pattern[str]], ...] = tuple(
         ("pip", r"Could not find a version that satisfies|No matching distribution found"),
         ("import", r"cannot open shared object file|Failed to load shared library|"
                    r"ModuleNotFoundError|ImportError"),
-        ("runtime", r"CUDA error|failed to initialize CUDA|no CUDA-capable device|error loading "
+        ("runtime", r"(CUDA|ROCm|MUSA) error|failed to initialize (CUDA|ROCm|MUSA)|no (CUDA|ROCm)-"
+                    r"capable device|error loading "
                     r"model|failed to load model|no kernel image is available|Illegal "
                     r"instruction|Segmentation fault|ErrorIncompatibleDriver|No devices found|"
                     r"GGML_ASSERT|no backends are loaded|rocBLAS error|hipErrorNoBinaryForGpu|"
@@ -266,7 +267,7 @@ def _cuda_facts(text: str) -> dict[str, Any]:
     facts["log.arch_min_cuda"] = f"{first[0]}.{first[1]}" if first else None
     fallback = toolchain.fallback_arch(release, arch) if arch is not None else None
     facts["log.arch_fallback"] = str(fallback) if fallback else None
-    init = _last(r"failed to initialize CUDA:\s*(.+)", text)
+    init = _last(r"failed to initialize (?:CUDA|ROCm|MUSA):\s*(.+)", text)
     facts["log.cuda_init_error"] = init.group(1).strip() if init else None
     return facts
 
@@ -380,7 +381,8 @@ def _runtime_facts(text: str) -> dict[str, Any]:
 
 
 _BACKEND_FAILED_RE = re.compile(
-    r"failed to initialize CUDA|no CUDA-capable device|ggml_vulkan: No devices found|"
+    r"failed to initialize (CUDA|ROCm|MUSA)|no (CUDA|ROCm)-capable device|"
+    r"ggml_vulkan: No devices found|"
     r"failed to initialize (the )?\w+ backend|ggml_metal_init: error|ErrorIncompatibleDriver|"
     r"libcuda\.so\.1: cannot open shared object file",
     re.IGNORECASE,

@@ -162,6 +162,9 @@ POSITIVE: dict[str, dict[str, Any]] = {
     "no-cuda-device": {"user.log": "failed to initialize CUDA: no CUDA-capable device is detected"},
     "wsl-libcuda-shadowed": {"cuda.libcuda_shadowed": True},
     "no-gpu-device-visible": {"user.log": "ggml_vulkan: No devices found."},
+    "no-rocm-device": {
+        "user.log": "ggml_cuda_init: failed to initialize ROCm: no ROCm-capable device is detected"
+    },
     "cuda-vs-integration-missing": {
         "user.log": "-- CUDA Toolkit found\nCMake Error at C:/CMake/Modules/"
         "CMakeDetermineCompilerId.cmake:563 (message):\n  No CUDA toolset found.\n"
