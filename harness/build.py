@@ -37,6 +37,7 @@ from filelock import FileLock
 from harness import paths, toolchain, wheel_cache
 from harness.variants import Registry, SdistPin, Variant, load_registry, platform_tag
 from saiverse_llm.atomic import atomic_write_json, publish
+from saiverse_llm.download import sha256_file
 
 #: What the CMake configure output must say for each backend (llama.cpp's own messages).
 BACKEND_EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -137,7 +138,7 @@ def resolve_sdist(pin: SdistPin) -> Path:
 
 
 def _check_sha(path: Path, pin: SdistPin) -> None:
-    actual = wheel_cache.sha256_file(path)
+    actual = sha256_file(path)
     if actual != pin.sha256:
         raise BuildError(
             f"{path}: sha256 {actual} does not match the pin {pin.sha256} "
@@ -639,7 +640,7 @@ def import_wheel(
             "`llama-harness build` printed"
         )
     meta = wheel.parent / "build.json"
-    digest = wheel_cache.sha256_file(wheel)
+    digest = sha256_file(wheel)
     if meta.is_file():
         record = _read_build_json(meta)
         if record.get("wheel") == wheel.name:

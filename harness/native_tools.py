@@ -52,6 +52,7 @@ from harness import build, paths, toolchain, wheel_cache
 from harness.build import BuildPlan
 from harness.variants import Variant, get_variant
 from saiverse_llm.atomic import atomic_write_json
+from saiverse_llm.download import sha256_file
 from saiverse_llm.progress import StepProgress, elapsed_text
 
 SCHEMA = 1
@@ -160,7 +161,7 @@ def cached(key: str, tools: Iterable[str] = ()) -> NativeTools | None:
         return None
     for name, meta in entries.items():
         binary = d / "bin" / name
-        if not binary.is_file() or wheel_cache.sha256_file(binary) != meta.get("sha256"):
+        if not binary.is_file() or sha256_file(binary) != meta.get("sha256"):
             return None
     return NativeTools(variant=str(info.get("variant")), key=key, directory=d, info=info)
 
@@ -252,7 +253,7 @@ def _publish(
         for name, binary in sorted(built.items()):
             shutil.copy2(binary, tmp / "bin" / name)
             tools[name] = {
-                "sha256": wheel_cache.sha256_file(tmp / "bin" / name),
+                "sha256": sha256_file(tmp / "bin" / name),
                 "source": str(dirs[name].relative_to(plan.source)),
             }
         libs = []

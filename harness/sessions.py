@@ -246,7 +246,7 @@ def session_python(session: NoxSession) -> str:
 def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> Path:
     """Install the variant's wheel by path, its runtime deps, and the project; return the
     constraint file (also set as PIP_CONSTRAINT for the rest of the session)."""
-    from harness.wheel_cache import sha256_file
+    from saiverse_llm.download import sha256_file
 
     venv = Path(session.bin).parent
     constraints = write_constraints(venv, wheel, python=session_python(session))

@@ -31,6 +31,7 @@ from filelock import FileLock, Timeout
 
 from harness import paths
 from saiverse_llm.atomic import atomic_copy, atomic_write_json
+from saiverse_llm.download import sha256_file
 
 SCHEMA = 1
 _TRUE = {"on", "true", "yes", "y"}
@@ -148,14 +149,6 @@ def key_inputs(
 def compute_key(inputs: Mapping[str, Any]) -> str:
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

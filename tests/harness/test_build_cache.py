@@ -15,6 +15,7 @@ import pytest
 
 from harness import build, wheel_cache
 from harness.variants import SdistPin, get_variant
+from saiverse_llm.download import sha256_file
 
 BOOLS = frozenset({"GGML_NATIVE", "GGML_CUDA", "GGML_CUDA_NO_VMM", "GGML_BLAS"})
 
@@ -142,7 +143,7 @@ def test_store_then_hit(tmp_path: Path) -> None:
                               root=tmp_path / "wheels")  # fmt: skip
     assert entry.wheel.parent.name == wheel_cache.compute_key(inputs)
     record = json.loads((entry.wheel.parent / "build.json").read_text())
-    assert record["wheel_sha256"] == wheel_cache.sha256_file(wheel)
+    assert record["wheel_sha256"] == sha256_file(wheel)
     assert record["variant"] == "cpu" and record["inputs"]["cmake_args"]["defines"]
     found = wheel_cache.lookup(inputs_for(["-DGGML_NATIVE=off"]), root=tmp_path / "wheels")
     assert found.hit is not None and found.hit.wheel == entry.wheel
@@ -194,7 +195,7 @@ def test_store_replaces_an_entry_atomically(tmp_path: Path) -> None:
     second = fake_wheel(tmp_path / "b", ["libggml-cpu.so", "libllama.so"])
     wheel_cache.store(first, inputs, variant="cpu", cmake_args=[], root=root)
     entry = wheel_cache.store(second, inputs, variant="cpu", cmake_args=[], root=root)
-    assert wheel_cache.sha256_file(entry.wheel) == wheel_cache.sha256_file(second)
+    assert sha256_file(entry.wheel) == sha256_file(second)
     # no temp or old folders left (.locks holds the per-key lock files)
     assert sorted(p.name for p in root.iterdir()) == [".locks", entry.key]
 
