@@ -159,7 +159,12 @@ def split_fix(message: str) -> tuple[str, str]:
     if not matches:
         return message.strip(), ""
     last = matches[-1]
-    return message[: last.start()].strip(), message[last.end() :].strip().rstrip(")")
+    fix = message[last.end() :].strip()
+    # "... (fix: run X)": drop the ")" that closes the parenthesis the fix opened, only that
+    # one (a fix ending in "(... lists them)" keeps its own closing parenthesis).
+    while fix.endswith(")") and fix.count(")") > fix.count("("):
+        fix = fix[:-1].rstrip()
+    return message[: last.start()].strip(), fix
 
 
 def error_line(what: str, fix: str) -> str:

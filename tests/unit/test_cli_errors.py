@@ -345,3 +345,20 @@ def test_an_unexpected_exception_is_an_internal_error_line_with_the_log(
     log = tmp_path / "cache" / "logs" / "llama-harness.log"
     assert f"the traceback is in {log}" in last
     assert "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
+
+
+def test_split_fix_keeps_the_fix_s_own_parentheses() -> None:
+    from saiverse_llm.cli_errors import split_fix
+    from saiverse_llm.native import missing_llama_cpp_fix
+
+    fix = missing_llama_cpp_fix()
+    assert fix.endswith("lists them)")
+    assert split_fix(f"llama-cpp-python is not installed. Fix: {fix}") == (
+        "llama-cpp-python is not installed",
+        fix,
+    )
+    # the parenthesis a fix opened is still closed off
+    assert split_fix("no wheel (fix: run `llama-harness build cpu`)") == (
+        "no wheel",
+        "run `llama-harness build cpu`",
+    )
