@@ -24,6 +24,28 @@ native_logger = logging.getLogger("saiverse_llm.llama_cpp")
 # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continue previous line).
 _NATIVE_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING}
 
+#: llama.cpp warnings that are harmless for this client: logged once per process at INFO with
+#: what they mean, then at DEBUG (a load log still captures them as problems).
+#: - full-size SWA cache: ``swa_full=true`` is the C API's default
+#:   (``llama_context_default_params``, vendor/llama.cpp/src/llama-context.cpp), which
+#:   llama-cpp-python 0.3.36 keeps (llama.cpp's own tools pass false): sliding-window layers
+#:   keep a cache as long as n_ctx, so a later call can reuse any cached prefix. Correct output,
+#:   more memory (``saiverse-llm fit`` counts it).
+#: - control-looking token: the GGUF marks a token such as ``</s>`` normal; llama.cpp fixes its
+#:   type while loading (llama-vocab.cpp) and says so.
+HARMLESS_WARNINGS: dict[str, tuple[re.Pattern[str], str]] = {
+    "swa-full": (
+        re.compile(r"using full-size SWA cache"),
+        "harmless: swa_full is the C API default llama-cpp-python keeps; sliding-window "
+        "layers keep a cache as long as n_ctx so any cached prefix can be reused; it costs "
+        "memory, which `saiverse-llm fit` counts",
+    ),
+    "control-token": (
+        re.compile(r"control-looking token: .* was not control-type"),
+        "harmless: the GGUF's token types are off and llama.cpp corrects them while loading",
+    ),
+}
+
 
 class CapturedLog(list[str]):
     """The lines llama.cpp logged on one thread during a :meth:`NativeLog.capture`;
@@ -41,6 +63,7 @@ class NativeLog:
         self._local = threading.local()
         self._callback: Any = None
         self._lock = threading.Lock()
+        self._explained: set[str] = set()
 
     def install(self, llama_cpp: Any) -> None:
         """(Re)install the callback: called before every load, so code that replaced it
@@ -69,8 +92,20 @@ class NativeLog:
                 capture.append(line)
                 if level in (3, 4) and line.strip():
                     capture.problems.append(line.strip())
-            native_logger.log(_NATIVE_LEVELS.get(level, logging.ERROR), "%s", line)
+            self._emit(_NATIVE_LEVELS.get(level, logging.ERROR), line)
         local.buf = buf
+
+    def _emit(self, level: int, line: str) -> None:
+        if level == logging.WARNING:
+            for key, (pattern, meaning) in HARMLESS_WARNINGS.items():
+                if pattern.search(line):
+                    if key in self._explained:
+                        native_logger.debug("%s", line)
+                    else:
+                        self._explained.add(key)
+                        native_logger.info("%s (%s)", line.strip(), meaning)
+                    return
+        native_logger.log(level, "%s", line)
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[CapturedLog]:
