@@ -200,7 +200,7 @@ def test_table_output(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "Gemma 3 270M Q4_K_M (embedded default, llama.cpp)" in gemma
     assert str(gguf) in gemma
     assert "✓" in gemma and "✗" not in gemma
-    assert "32768" in gemma and "all (-1)" in gemma and "llama_cpp" in gemma
+    assert "8192" in gemma and "all (-1)" in gemma and "llama_cpp" in gemma
     llama = lines["llama-3-8b-instruct-q8"]
     assert "✗" in llama and "✓" not in llama
     assert "8192" in llama

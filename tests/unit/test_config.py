@@ -535,7 +535,7 @@ SHIPPED = {
     "qwen2.5-7b-instruct-q8": 32768,
     "qwen2.5-7b-instruct-q4": 32768,
     "gemma-2-9b-instruct-q8": 8192,
-    "gemma-3-270m": 32768,
+    "gemma-3-270m": 8192,
 }
 
 

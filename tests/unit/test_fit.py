@@ -464,7 +464,7 @@ def test_list_shows_the_footprint(
     gemma = models["gemma-3-270m"]
     assert gemma["model_exists"]
     assert gemma["fit"]["total_bytes"] == fit.footprint(get_config("gemma-3-270m"))["total_bytes"]
-    assert gemma["fit"]["context_length"] == 32768  # the config's; a bare path caps at 8192
+    assert gemma["fit"]["context_length"] == get_config("gemma-3-270m").context_length == 8192
     assert fit.footprint(gemma_gguf)["context_length"] == 8192
     assert models["llama-3-8b-instruct-q8"]["fit"] is None  # no file here
     assert main(["list", "--log-file", str(tmp_path / "log.txt")]) == 0
