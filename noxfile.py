@@ -52,10 +52,10 @@ PYTHON = "3.11"
 @nox.session(python=PYTHON, tags=["lint"])
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy (strict) over the project."""
-    session.install("-e", ".[dev]")
+    sessions.install(session, "-e", ".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy")
+    sessions.run(session, "mypy")
 
 
 @nox.session(python=PYTHON, tags=["tests"])
@@ -64,11 +64,11 @@ def tests(session: nox.Session) -> None:
     already in the wheel cache (run `build-cpu` or `test-cpu` first: CI's `tests` job runs
     `nox -s build-cpu` before it, README's test command `test-cpu`) it is installed too, so
     the doctor, verify and exercise tests run against a real build instead of skipping."""
-    session.install("-e", ".[test]")
+    sessions.install(session, "-e", ".[test]")
     cpu_wheel = sessions.cached_wheel("cpu")
     if cpu_wheel is not None:
-        session.install(str(cpu_wheel))
-    session.run("pytest", "tests/unit", "tests/harness", *session.posargs)
+        sessions.install(session, str(cpu_wheel))
+    sessions.run(session, "pytest", "tests/unit", "tests/harness", *session.posargs)
 
 
 def _register(variant: Variant) -> None:
@@ -101,4 +101,4 @@ for _variant in _VARIANTS.values():
 @nox.session(venv_backend="none", tags=["report"])
 def report(session: nox.Session) -> None:
     """Merge reports/<variant>/bench.json + status.json into the comparison report."""
-    session.run(sys.executable, "-m", "harness.cli", "report", *session.posargs)
+    sessions.run(session, sys.executable, "-m", "harness.cli", "report", *session.posargs)

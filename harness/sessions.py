@@ -35,6 +35,7 @@ from saiverse_llm.atomic import (
     publish,
     temp_path_beside,
 )
+from saiverse_llm.progress import heartbeat
 from saiverse_llm.redact import redact_obj
 
 if TYPE_CHECKING:  # nox is only needed by the noxfile that calls these helpers
@@ -238,6 +239,25 @@ def cached_wheel(variant: str) -> Path | None:
     return entry.wheel if entry is not None else None
 
 
+def install(session: NoxSession, *args: str) -> None:
+    """``session.install(*args)``; in a log, a line every 30 s while pip works (nox shows
+    nothing of a pip run that succeeds, and one can take minutes on a cold cache)."""
+    with heartbeat(f"{session.name}: pip install {_short(args)}"):
+        session.install(*args)
+
+
+def run(session: NoxSession, *args: str, **kwargs: Any) -> Any:
+    """``session.run(*args, **kwargs)``; in a log, a line every 30 s while it runs (pytest
+    prints nothing between test files; one file can take minutes)."""
+    with heartbeat(f"{session.name}: {_short(args)}"):
+        return session.run(*args, **kwargs)
+
+
+def _short(args: Sequence[str], width: int = 60) -> str:
+    text = " ".join(Path(a).name if os.sep in a else a for a in args)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def session_python(session: NoxSession) -> str:
     exe = "python.exe" if sys.platform == "win32" else "python"
     return str(Path(session.bin) / exe)
@@ -258,9 +278,9 @@ def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> 
         same = False
     if not same:
         marker.unlink(missing_ok=True)
-        session.install("--no-deps", "--force-reinstall", str(wheel))
-    session.install("-c", str(constraints), *RUNTIME_DEPS)
-    session.install("-c", str(constraints), "-e", f".[{extras}]" if extras else ".")
+        install(session, "--no-deps", "--force-reinstall", str(wheel))
+    install(session, "-c", str(constraints), *RUNTIME_DEPS)
+    install(session, "-c", str(constraints), "-e", f".[{extras}]" if extras else ".")
     atomic_write_json(marker, {"wheel": str(wheel), "sha256": digest}, indent=None)
     session.env["PIP_CONSTRAINT"] = str(constraints)
     return constraints
@@ -452,7 +472,7 @@ def run_agree(
         cmd = ["python", "-m", "harness.cli", "agree", AGREE_REFERENCE,
                f"{variant.name}={ready.python}", "--model", model]  # fmt: skip
         try:
-            session.run(*cmd, env=dict(env))
+            run(session, *cmd, env=dict(env))
         except Exception as exc:  # nox.command.CommandFailed: agree printed the numbers
             write_status(variant.name, name, "failed",
                          f"agree {AGREE_REFERENCE} {variant.name} on {model}: outside the "
@@ -487,8 +507,8 @@ def run_bench_session(session: NoxSession, variant: Variant) -> None:
     if os.environ.get("LLAMA_HARNESS_LLAMA_BENCH", "1") != "0":
         # llama.cpp's own llama-bench, same sdist + CMAKE_ARGS + settings -> parity in the report
         try:
-            session.run("python", "-m", "harness.cli", "llama-bench", "--variant", variant.name,
-                        env=dict(env))  # fmt: skip
+            run(session, "python", "-m", "harness.cli", "llama-bench", "--variant",
+                variant.name, env=dict(env))  # fmt: skip
         except Exception as exc:  # nox.command.CommandFailed: the session failed, say so
             write_status(variant.name, name, "failed", f"llama-bench failed: {exc}",
                          **ready.details)  # fmt: skip
@@ -513,7 +533,7 @@ def _run_pytest(
 ) -> None:
     command = "pytest " + " ".join(args)
     try:
-        session.run("pytest", *args, env=dict(env))
+        run(session, "pytest", *args, env=dict(env))
     except Exception as exc:  # nox.command.CommandFailed
         write_status(variant.name, name, "failed", f"{command} failed: {exc}", **ready.details)
         raise

@@ -15,15 +15,20 @@ download)::
 
 ``$LLAMA_HARNESS_PROGRESS=lines`` (or ``bar``) forces one form. Bytes (``unit="bytes"``) are
 shown as MB.
+
+For a child command that prints nothing for minutes (``pip install`` in a nox session, a test
+file under pytest), :func:`heartbeat` prints ``<label>: still running, 1m00s elapsed`` every
+``interval`` seconds in a log, and nothing in a terminal (the child's own output is there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO, Any, Literal
 
@@ -221,3 +226,36 @@ class StepProgress:
                 due = self.clock() - self._last_line >= self.interval
             if due:
                 self._print(self._state_text())
+
+
+@contextlib.contextmanager
+def heartbeat(
+    label: str, *, interval: float | None = None, stream: IO[str] | None = None
+) -> Iterator[None]:
+    """While the ``with`` block runs, write ``<label>: still running, <elapsed> elapsed`` to
+    ``stream`` (default stderr) every ``interval`` seconds (default 30,
+    ``$LLAMA_HARNESS_PROGRESS_INTERVAL``), so a redirected log never goes silent for longer.
+    Nothing is written when a progress bar would be used (a terminal), nor when the block
+    ends within ``interval``."""
+    target = stream if stream is not None else sys.stderr
+    every = _env_interval() if interval is None else interval
+    if use_bar(target) or every <= 0:
+        yield
+        return
+    start = time.monotonic()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            took = elapsed_text(time.monotonic() - start)
+            with contextlib.suppress(OSError, ValueError):
+                target.write(f"{label}: still running, {took} elapsed\n")
+                target.flush()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from saiverse_llm.progress import StepProgress, elapsed_text, use_bar
+from saiverse_llm.progress import StepProgress, elapsed_text, heartbeat, use_bar
 
 
 class Clock:
@@ -91,3 +91,26 @@ def test_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     with StepProgress("build cpu", stream=out) as p:  # rich draws; no periodic lines
         p.update(5, 10, phase="compile")
     assert "build cpu: compile" in out.getvalue() and "elapsed" not in out.getvalue()
+
+
+def test_heartbeat_writes_a_line_every_interval_in_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLAMA_HARNESS_PROGRESS", raising=False)
+    out = io.StringIO()  # not a terminal: a redirected nox log
+    with heartbeat("lint: pip install -e .[dev]", interval=0.05, stream=out):
+        time.sleep(0.33)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3
+    assert all(ln.startswith("lint: pip install -e .[dev]: still running, ") for ln in lines)
+    assert lines[0].endswith("0s elapsed")
+    quiet = io.StringIO()
+    with heartbeat("quick", interval=5, stream=quiet):  # ends within the interval: no line
+        pass
+    assert quiet.getvalue() == ""
+
+
+def test_heartbeat_is_silent_in_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMA_HARNESS_PROGRESS", "bar")
+    out = io.StringIO()
+    with heartbeat("x", interval=0.02, stream=out):
+        time.sleep(0.1)
+    assert out.getvalue() == ""

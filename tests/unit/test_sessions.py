@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,7 @@ def test_a_failed_llama_bench_fails_the_bench_status(
     monkeypatch.setattr(sessions, "_run_pytest", benchmarks_pass)
 
     class Session:
+        name = "bench-cpu"
         posargs: tuple[str, ...] = ()
 
         def run(self, *args: object, **kw: object) -> None:
@@ -96,3 +98,38 @@ def test_a_failed_llama_bench_fails_the_bench_status(
         sessions.run_bench_session(Session(), sessions.variants()["cpu"])  # type: ignore[arg-type]
     entry = json.loads((tmp_path / "cpu" / "status.json").read_text())["sessions"]["bench-cpu"]
     assert entry["status"] == "failed" and "llama-bench failed" in entry["message"]
+
+
+class _Session:
+    """The two nox.Session members harness.sessions.install/run use."""
+
+    name = "tests"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def install(self, *args: str) -> None:
+        time.sleep(0.25)  # a pip run that prints nothing
+        self.calls.append(("install", args))
+
+    def run(self, *args: str, **kwargs: object) -> str:
+        time.sleep(0.25)
+        self.calls.append(("run", args))
+        return "out"
+
+
+def test_session_commands_show_life_in_a_log(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLAMA_HARNESS_PROGRESS", "lines")
+    monkeypatch.setenv("LLAMA_HARNESS_PROGRESS_INTERVAL", "0.05")
+    session = _Session()
+    sessions.install(session, "-e", ".[test]")  # type: ignore[arg-type]
+    assert sessions.run(session, "pytest", "/a/long/path/tests/unit") == "out"  # type: ignore[arg-type]
+    assert session.calls == [
+        ("install", ("-e", ".[test]")),
+        ("run", ("pytest", "/a/long/path/tests/unit")),
+    ]
+    err = capsys.readouterr().err
+    assert "tests: pip install -e .[test]: still running, " in err
+    assert "tests: pytest unit: still running, " in err
