@@ -16,7 +16,9 @@ all use:
   Toolkit release notes ("CUDA Toolkit and Corresponding Driver Versions", table 3). The
   CUDA images refuse to start on an older driver: their ``NVIDIA_REQUIRE_CUDA=cuda>=X.Y``
   makes ``nvidia-container-cli`` fail with "requirement error: unsatisfied condition:
-  cuda>=X.Y, please update your driver" before any process runs in the container.
+  cuda>=X.Y, please update your driver" before any process runs in the container. The same
+  variable lists driver branches on which data-centre and workstation GPUs (not GeForce) may
+  start the image anyway, through CUDA forward compatibility (:data:`FORWARD_COMPAT_BRANCHES`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,18 @@ MIN_LINUX_DRIVER: dict[tuple[int, int, int], str] = {
 }
 RELEASE_NOTES = "https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/index.html"
 
+#: The other alternatives of the CUDA X.Y images' NVIDIA_REQUIRE_CUDA: ``brand=B,driver>=N,
+#: driver<N+1`` for the brands unknown, grid, tesla, nvidia, quadro, quadrortx, nvidiartx and
+#: the virtual-GPU ones (never geforce) on these driver branches N. There the image starts on
+#: an older driver and runs CUDA X.Y through forward compatibility (the images ship the
+#: cuda-compat package; NVIDIA supports it on data-centre and some workstation GPUs only).
+#: Source: the image's configuration (nvidia/cuda Dockerfiles, gitlab.com/nvidia/container-
+#: images/cuda, dist/12.8.*/ubuntu2404/base/Dockerfile) and FORWARD_COMPAT_DOCS.
+FORWARD_COMPAT_BRANCHES: dict[tuple[int, int], tuple[int, ...]] = {
+    (12, 8): (470, 535, 550, 560, 565),
+}
+FORWARD_COMPAT_DOCS = "https://docs.nvidia.com/deploy/cuda-compatibility/"
+
 
 def _version(text: str) -> tuple[int, int, int]:
     m = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
@@ -120,6 +134,10 @@ def min_driver(cuda_version: str) -> str | None:
 def driver_requirement(cuda_version: str = CUDA_VERSION) -> str:
     """The one sentence every place states: which driver a CUDA image needs, and why.
 
+    The minimum is NVIDIA's (:data:`MIN_LINUX_DRIVER`); a GeForce GPU needs it, and a
+    data-centre or workstation GPU also starts the image on the forward-compatibility
+    branches of :data:`FORWARD_COMPAT_BRANCHES`, named when the version has any.
+
     >>> driver_requirement("12.8.1")  # doctest: +ELLIPSIS
     'NVIDIA driver 570.124.06 or newer (R570+, nvidia-smi "CUDA Version" >= 12.8) ...'
     """
@@ -127,11 +145,19 @@ def driver_requirement(cuda_version: str = CUDA_VERSION) -> str:
     driver = min_driver(cuda_version)
     branch = f"R{driver.split('.')[0]}+, " if driver else ""
     need = f"NVIDIA driver {driver} or newer" if driver else "an NVIDIA driver"
-    return (
+    text = (
         f'{need} ({branch}nvidia-smi "CUDA Version" >= {major}.{minor}) for the CUDA '
         f"{cuda_version} images: their NVIDIA_REQUIRE_CUDA=cuda>={major}.{minor} makes the "
         "NVIDIA container runtime refuse to start them on an older driver"
     )
+    compat = FORWARD_COMPAT_BRANCHES.get((major, minor))
+    if compat:
+        listed = ", ".join(f"R{b}" for b in compat)
+        text += (
+            " (data-centre and workstation GPUs, not GeForce, also start them on the "
+            f"forward-compatibility branches {listed})"
+        )
+    return text
 
 
 def refused_requirement(required: str) -> str:

@@ -241,6 +241,12 @@ def test_cuda_image_states_the_one_driver_requirement() -> None:
         text = (ROOT / doc).read_text()
         assert driver in text, f"{doc} does not state the driver minimum {driver}"
         assert "R525" not in text and ">= 525" not in text, f"{doc} still promises R525"
+        # The image's NVIDIA_REQUIRE_CUDA also admits data-centre/workstation GPUs on a few
+        # older branches: a doc that says "535 is refused" must say for which GPUs.
+        major, minor = (int(x) for x in images.CUDA_VERSION.split(".")[:2])
+        for branch in images.FORWARD_COMPAT_BRANCHES[(major, minor)]:
+            assert f"R{branch}" in text, f"{doc} does not name the forward-compat branch R{branch}"
+        assert "GeForce" in text, f"{doc} does not say which GPUs need {driver}"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)

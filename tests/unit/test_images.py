@@ -39,6 +39,10 @@ def test_driver_requirement_is_one_sentence_with_driver_branch_and_reason() -> N
     assert text.startswith("NVIDIA driver 570.124.06 or newer (R570+")
     assert 'nvidia-smi "CUDA Version" >= 12.8' in text
     assert "NVIDIA_REQUIRE_CUDA=cuda>=12.8" in text
+    # the image's other NVIDIA_REQUIRE_CUDA alternatives: data-centre/workstation GPUs on the
+    # forward-compatibility branches (a GeForce card needs R570+)
+    assert "not GeForce" in text and "R470, R535, R550, R560, R565" in text
+    assert "forward-compatibility" not in images.driver_requirement("12.6")
     assert images.driver_requirement("11.8").startswith("an NVIDIA driver (nvidia-smi")
     with pytest.raises(ValueError, match=r"MAJOR\.MINOR"):
         images.driver_requirement("twelve")
