@@ -29,7 +29,16 @@ WHEEL_NAME = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
 INPUTS: dict[str, Any] = {"schema": 1, "x": "same-key"}
 
 
-def _store_worker(root: str, wheel: str, barrier: Any, results: Any) -> None:
+def _store_worker(root: str, wheel: str, barrier: Any, results: Any, slow: bool) -> None:
+    if slow:  # widen the race window: every folder rename takes 0.2 s (the lock is real)
+        rename = os.replace
+
+        def slow_replace(src: Any, dst: Any, **kwargs: Any) -> None:
+            if os.path.isdir(src):
+                time.sleep(0.2)
+            rename(src, dst, **kwargs)
+
+        os.replace = slow_replace  # type: ignore[assignment]
     barrier.wait()
     try:
         entry = wheel_cache.store(
@@ -47,11 +56,20 @@ def _make_wheel(path: Path, content: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("same_wheel", [True, False], ids=["identical", "different"])
-def test_concurrent_stores_of_one_key_all_succeed(tmp_path: Path, same_wheel: bool) -> None:
+@pytest.mark.parametrize(
+    ("same_wheel", "slow", "trials"),
+    [(True, False, 12), (False, False, 12), (True, True, 2), (False, True, 2)],
+    ids=["identical", "different", "identical-slow-rename", "different-slow-rename"],
+)
+def test_concurrent_stores_of_one_key_all_succeed(
+    tmp_path: Path, same_wheel: bool, slow: bool, trials: int
+) -> None:
+    """Without the lock the slow-rename cases fail every time (ENOTEMPTY: two processes
+    saw no entry and both renamed their folder onto the key); the plain ones only now and then.
+    """
     ctx = mp.get_context("fork")
     failures = []
-    for trial in range(12):
+    for trial in range(trials):
         root = tmp_path / f"trial{trial}"
         if trial % 2:  # half the trials start with an existing entry for the key
             wheel_cache.store(
@@ -68,7 +86,10 @@ def test_concurrent_stores_of_one_key_all_succeed(tmp_path: Path, same_wheel: bo
         barrier = ctx.Barrier(len(wheels))
         results = ctx.Queue()
         procs = [
-            ctx.Process(target=_store_worker, args=(str(root), str(w), barrier, results))
+            ctx.Process(
+                target=_store_worker,
+                args=(str(root), str(w), barrier, results, slow),
+            )
             for w in wheels
         ]
         for p in procs:
