@@ -27,7 +27,9 @@ from typing import Any
 from harness import native_tools, paths
 from harness.native_tools import NativeTools
 from saiverse_llm.atomic import atomic_write_json
+from saiverse_llm.config import GGML_MAX_N_THREADS
 from saiverse_llm.redact import redact_obj
+from saiverse_llm.user_errors import env_int
 
 TOOL = "llama-bench"
 ENV_THREADS = "LLAMA_HARNESS_N_THREADS"
@@ -47,20 +49,20 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise LlamaBenchError(
-            f"${name}={raw!r} is not an integer; fix: set it to a whole number >= {minimum} "
-            f"or unset it (default {default})"
-        ) from None
-    if value < minimum:
-        raise LlamaBenchError(f"${name}={value} must be >= {minimum}; fix: unset it or raise it")
-    return value
+def _env_int(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int = 1, maximum: int = 1 << 20
+) -> int:
+    """``$name`` as a whole number in ``minimum..maximum`` (``default`` when unset); otherwise a
+    :class:`~saiverse_llm.user_errors.SettingError` (usage, exit 2) naming it and the range."""
+    value = env_int(
+        name,
+        default=default,
+        bounds=(minimum, maximum),
+        fix=f"set it to a whole number from {minimum:,} to {maximum:,}, or unset it "
+        f"(default {default})",
+        env=env,
+    )
+    return default if value is None else value
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,12 @@ class BenchSettings:
         env = os.environ if env is None else env
         n_batch = _env_int(env, "LLAMA_HARNESS_N_BATCH", 512)
         return cls(
-            n_threads=_env_int(env, ENV_THREADS, default_threads()),
+            n_threads=_env_int(env, ENV_THREADS, default_threads(), maximum=GGML_MAX_N_THREADS),
             n_batch=n_batch,
             n_ubatch=n_batch,
             n_prompt=_env_int(env, "LLAMA_HARNESS_N_PROMPT", 512),
             n_gen=_env_int(env, "LLAMA_HARNESS_N_GEN", 128),
-            reps=_env_int(env, "LLAMA_HARNESS_BENCH_REPS", 5),
+            reps=_env_int(env, "LLAMA_HARNESS_BENCH_REPS", 5, maximum=1000),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,6 +52,9 @@ __all__ = [
 #: subclasses count.
 Known = Mapping[type[BaseException] | str, int]
 
+#: ``extra={LOG_FILE_ONLY: True}`` on a log record keeps it off the terminal (log files only).
+LOG_FILE_ONLY = "log_file_only"
+
 _FIX_RE = re.compile(r"(?:(?:^|[.;:,]\s+|\n\s*|\s+-\s+|\s+\()(?i:fix):\s*)|(?:\n\s*Fix\s+(?=\S))")
 
 
@@ -103,9 +106,10 @@ def int_arg(
         word = text.strip().lower()
         if extra and word in extra:
             return extra[word]
-        digits = word.lstrip("+-")
+        digits = word[1:] if word[:1] in "+-" else word
         allowed = _bounds_text(low, high)
-        if not digits.isdigit():
+        if not (digits.isascii() and digits.isdigit()):  # not '²', '٣', '1_000' or '--5'
+            text = text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a whole number. Fix: give a whole number {allowed}"
             )
@@ -167,10 +171,21 @@ def split_fix(message: str) -> tuple[str, str]:
     return message[: last.start()].strip(), fix
 
 
+def _shorten(word: str) -> str:
+    """A word of the error line cut to a readable length (a 5,000-digit value, a pasted blob)."""
+    if len(word) <= _LONGEST_WORD:
+        return word
+    return f"{word[:40]}...({len(word):,} characters)"
+
+
+_LONGEST_WORD = 300
+
+
 def error_line(what: str, fix: str) -> str:
-    """``error: <what>. Fix: <fix>`` on one line (newlines folded, secrets redacted)."""
-    flat_what = " ".join(what.split()).rstrip(" .;:")
-    flat_fix = " ".join(fix.split()).rstrip(" .") or "see the log"
+    """``error: <what>. Fix: <fix>`` on one line (newlines folded, secrets redacted, any word
+    over 300 characters cut to its first 40)."""
+    flat_what = " ".join(_shorten(w) for w in what.split()).rstrip(" .;:")
+    flat_fix = " ".join(_shorten(w) for w in fix.split()).rstrip(" .") or "see the log"
     return redact_text(f"error: {flat_what}. Fix: {flat_fix}")
 
 
@@ -234,7 +249,7 @@ def report_error(
     code, what, fix, context = _describe(exc, known, log_file)
     logger.debug("command failed", exc_info=exc)
     if code == 1 and what.startswith("internal error"):
-        logger.error("internal error", exc_info=exc)
+        logger.error("internal error", exc_info=exc, extra={LOG_FILE_ONLY: True})
     for line in context:
         print(redact_text(f"  {line}"), file=sys.stderr)
     print(error_line(what, fix), file=sys.stderr)
@@ -256,6 +271,8 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.setFormatter(OneLineFormatter(fmt))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, LOG_FILE_ONLY, False):
+            return  # its error line is printed by report_error; the log file gets the record
         self.stream = sys.stderr
         super().emit(record)
 

@@ -53,9 +53,11 @@ def _amount(value: float, unit: Unit) -> str:
 def _env_interval() -> float:
     raw = os.environ.get("LLAMA_HARNESS_PROGRESS_INTERVAL", "").strip()
     try:
-        return float(raw) if raw else DEFAULT_INTERVAL
+        value = float(raw) if raw else DEFAULT_INTERVAL
     except ValueError:
         return DEFAULT_INTERVAL
+    # nan, inf or a negative would mean never a line (or nonsense): the default instead
+    return value if 0 <= value <= 86400 else DEFAULT_INTERVAL
 
 
 def use_bar(stream: IO[str] | None = None) -> bool:

@@ -232,8 +232,17 @@ class RedactingStream:
             done, _, self._pending = self._pending.rpartition("\n")
             if self.line_hook is not None:
                 done = "\n".join(self.line_hook(line) for line in done.split("\n"))
-            self.raw.write(redact_text(done + "\n"))
+            self._put(redact_text(done + "\n"))
         return len(text)
+
+    def _put(self, text: str) -> None:
+        """Write to ``raw``; a character its encoding lacks (an ASCII-only terminal, a
+        ``PYTHONIOENCODING=ascii`` pipe) is written as an escape, never an exception."""
+        try:
+            self.raw.write(text)
+        except UnicodeEncodeError:
+            encoding = getattr(self.raw, "encoding", None) or "ascii"
+            self.raw.write(text.encode(encoding, "backslashreplace").decode(encoding))
 
     def writelines(self, lines: list[str]) -> None:
         for line in lines:
@@ -242,7 +251,7 @@ class RedactingStream:
     def flush(self) -> None:
         if self._pending:
             pending, self._pending = self._pending, ""
-            self.raw.write(redact_text(pending))
+            self._put(redact_text(pending))
         self.raw.flush()
 
     def isatty(self) -> bool:

@@ -42,7 +42,8 @@ class SettingError(UsageError, ValueError):
     def __init__(self, name: str, value: str, problem: str, fix: str) -> None:
         self.name = name
         self.value = value
-        super().__init__(f"${name}={value!r} {problem}", fix)
+        shown = value if len(value) <= 60 else f"{value[:40]}... ({len(value):,} characters)"
+        super().__init__(f"${name}={shown!r} {problem}", fix)
 
 
 class ParameterError(UsageError, ValueError):
@@ -67,10 +68,10 @@ def env_int(
     if raw.lower() in none_words:
         return None
     low, high = bounds
-    digits = raw.lstrip("+-")
-    if not digits.isdigit() or len(digits) > 20:
+    digits = raw[1:] if raw[:1] in "+-" else raw
+    if not (digits.isascii() and digits.isdigit()):  # not '²', '٣' or '1_000'
         raise SettingError(name, raw, "is not a whole number", fix)
-    value = int(raw)
+    value = int(raw) if len(digits) <= 20 else (high + 1 if raw[0] != "-" else low - 1)
     if not low <= value <= high:
         raise SettingError(name, raw, f"is outside {low:,}..{high:,}", fix)
     return value

@@ -10,7 +10,7 @@ from pathlib import Path
 from saiverse_llm.cli_errors import float_arg, int_arg
 from saiverse_llm.config import N_GPU_LAYERS_RANGE, N_THREADS_RANGE
 from saiverse_llm.tables import message_console
-from saiverse_llm.user_errors import SettingError
+from saiverse_llm.user_errors import SettingError, env_int
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,13 +73,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _gpu_layers(variant: str, given: int | None) -> int:
     if given is not None:
         return given
-    env = os.environ.get("LLAMA_HARNESS_N_GPU_LAYERS", "").strip()
-    if env:
-        return int(env)
+    env = env_int(
+        "LLAMA_HARNESS_N_GPU_LAYERS",
+        default=None,
+        bounds=N_GPU_LAYERS_RANGE,
+        fix="set it to -1 (all layers), 0 (CPU only) or a layer count, or unset it",
+    )
+    if env is not None:
+        return env
     from harness.variants import load_variants
 
     v = load_variants().get(variant)
     return -1 if v is not None and v.gpu else 0
+
+
+def _isolate_wait() -> float:
+    raw = os.environ.get("LLAMA_HARNESS_ISOLATE_WAIT", "").strip() or "120"
+    try:
+        return float_arg(0, 86400)(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise SettingError(
+            "LLAMA_HARNESS_ISOLATE_WAIT", raw, "is not a number of seconds", "e.g. 120"
+        ) from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, n_threads=args.threads)
     if args.reps is not None:
         settings = dataclasses.replace(settings, reps=args.reps)
+    ngl = _gpu_layers(args.variant, args.n_gpu_layers)  # settings checked before any build
+    wait = _isolate_wait() if args.isolate else None
     b = llama_bench.build(args.variant, force=args.force, say=console.print)
     console.print(f"llama-bench: {b.path(llama_bench.TOOL)} (wheel key {b.key[:12]})")
     if args.build_only:
@@ -99,19 +116,11 @@ def run(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     models = {n: ensure_model(n, progress=True, offline=True) for n in names}
-    ngl = _gpu_layers(args.variant, args.n_gpu_layers)
-    isolation, wait = None, None
+    isolation = None
     if args.isolate:
         from harness import machine_load
 
         isolation = machine_load.isolate()
-        raw = os.environ.get("LLAMA_HARNESS_ISOLATE_WAIT", "").strip() or "120"
-        try:
-            wait = float_arg(0, 86400)(raw)
-        except argparse.ArgumentTypeError as exc:
-            raise SettingError(
-                "LLAMA_HARNESS_ISOLATE_WAIT", raw, "is not a number of seconds", "e.g. 120"
-            ) from exc
         console.print(f"isolate: {isolation}; waiting up to {wait:.0f} s for quiet per model")
     doc = llama_bench.run_models(
         args.variant, models, settings, n_gpu_layers=ngl, b=b, say=console.print,

@@ -27,7 +27,7 @@ from saiverse_llm import cli as saiverse_cli
 
 ERROR_LINE = re.compile(r"^error: \S.*\. Fix: \S.*$")
 HOSTILE_NAME = "nosuch-\u30e2\u30c7\u30eb-$HOME-%s-`id`"
-BAD_INTS = ["x", "9" * 5000, "-" + "9" * 30, "1.5", "nan"]
+BAD_INTS = ["x", "9" * 5000, "-" + "9" * 30, "1.5", "nan", "\u00b2", "\u0663", "1_000"]
 BAD_FLOATS = ["x", "nan", "inf", "1e999", "-1e999"]
 
 
@@ -154,6 +154,7 @@ def assert_error_line(code: int, out: str, err: str, *, expect: int | None = Non
     last = lines[-1]
     assert ERROR_LINE.match(last), f"not an error line: {last!r}\nstderr: {err}"
     assert "internal error" not in last, last
+    assert len(last) < 1000, f"an error line of {len(last):,} characters: {last[:200]}..."
     assert not any(ln.startswith("error:") for ln in out.splitlines()), f"error on stdout: {out}"
     return last
 
@@ -242,6 +243,11 @@ def test_seed_minus_one_means_random_as_in_llama_cpp() -> None:
         ("SAIVERSE_LLM_CONTEXT_CAP", "8k"),
         ("SAIVERSE_LLM_CONTEXT_CAP", "0"),
         ("SAIVERSE_LLM_CONTEXT_CAP", "4294967296"),
+        ("SAIVERSE_LLM_MAX_MODELS", "\u00b2"),  # str.isdigit() is True, int() refuses it
+        ("SAIVERSE_LLM_CONTEXT_CAP", "\u00b2"),
+        ("SAIVERSE_LLM_MAX_MODELS", "\u0663"),  # an Arabic-Indic 3: int() takes it, we do not
+        ("SAIVERSE_LLM_CONTEXT_CAP", "1_000"),
+        ("SAIVERSE_LLM_CONTEXT_CAP", "9" * 30),
     ],
 )
 @pytest.mark.parametrize("command", ["chat", "check"])
@@ -258,6 +264,8 @@ def test_bad_environment_settings(
     code, out, err = run(capsys, "saiverse-llm", argv)
     last = assert_error_line(code, out, err, expect=2)
     assert f"${name}=" in last
+    if len(value) > 20:
+        assert "outside" in last  # a whole number, only too big
 
 
 def test_models_fetch_with_an_unwritable_cache_root(
@@ -362,3 +370,80 @@ def test_split_fix_keeps_the_fix_s_own_parentheses() -> None:
         "no wheel",
         "run `llama-harness build cpu`",
     )
+
+
+@pytest.mark.parametrize("prog", ["llama-harness", "saiverse-llm"])
+def test_an_internal_error_is_one_line_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, prog: str
+) -> None:
+    """The traceback goes to the log file only; the logger's record of it is not a second
+    'error: internal error. Fix: see --help' line before the real one."""
+    from harness.commands import variants
+
+    def boom(*args: object, **kwargs: object) -> int:
+        raise ZeroDivisionError("division by zero in a new command")
+
+    if prog == "llama-harness":
+        monkeypatch.setattr(variants, "run", boom)
+        argv = ["variants"]
+    else:
+        monkeypatch.setattr(saiverse_cli, "cmd_list", boom)
+        argv = ["list"]
+    code, _out, err = run(capsys, prog, argv)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith("error: internal error (ZeroDivisionError")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LLAMA_HARNESS_N_GPU_LAYERS", "all"),
+        ("LLAMA_HARNESS_N_GPU_LAYERS", "4294967296"),
+        ("LLAMA_HARNESS_N_THREADS", "100000"),
+        ("LLAMA_HARNESS_N_THREADS", "9" * 5000),
+        ("LLAMA_HARNESS_BENCH_REPS", "1e9"),
+        ("LLAMA_HARNESS_N_BATCH", "\u00b2"),
+        ("LLAMA_HARNESS_ISOLATE_WAIT", "nan"),
+    ],
+)
+def test_llama_bench_settings_are_checked_before_any_build(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    argv = ["llama-bench", "--variant", "cpu", "--isolate"]
+    code, out, err = run(capsys, "llama-harness", argv)
+    last = assert_error_line(code, out, err, expect=2)
+    assert f"${name}=" in last
+
+
+def test_an_ascii_only_stdout_gets_escapes_not_a_crash(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PYTHONIOENCODING=ascii or an ASCII terminal: Japanese names are written as escapes."""
+    import io
+    import sys
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "jp.json").write_text(
+        json.dumps(
+            {
+                "model": "jp",
+                "provider": "llama_cpp",
+                "display_name": "\u65e5\u672c\u8a9e",
+                "model_path": "/m/\u30e2\u30c7\u30eb.gguf",
+            }
+        ),
+        encoding="utf-8",
+    )
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    code = saiverse_cli.main(["list", "--dir", str(folder)])
+    out.flush()
+    err.flush()
+    text = out.buffer.getvalue().decode("ascii")  # type: ignore[attr-defined]
+    assert code == 0, err.buffer.getvalue()  # type: ignore[attr-defined]
+    assert "\\u65e5\\u672c\\u8a9e" in text
