@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from harness import llama_bench
-from harness.llama_bench import BenchSettings, LlamaBenchError
+from harness.llama_bench import BenchSettings
 from harness.native_tools import NativeTools
+from saiverse_llm.user_errors import SettingError
 
 
 def test_settings_defaults_match_llama_cpp_python() -> None:
@@ -26,10 +27,12 @@ def test_settings_from_env_and_errors() -> None:
     }
     s = BenchSettings.from_env(env)
     assert (s.n_threads, s.n_batch, s.n_ubatch, s.n_gen) == (3, 256, 256, 64)
-    with pytest.raises(LlamaBenchError, match=r"\$LLAMA_HARNESS_N_THREADS='two' is not an integer"):
+    with pytest.raises(SettingError, match=r"\$LLAMA_HARNESS_N_THREADS='two' is not a whole"):
         BenchSettings.from_env({"LLAMA_HARNESS_N_THREADS": "two"})
-    with pytest.raises(LlamaBenchError, match=r"must be >= 1"):
+    with pytest.raises(SettingError, match=r"is outside 1\.\.1,000"):
         BenchSettings.from_env({"LLAMA_HARNESS_BENCH_REPS": "0"})
+    with pytest.raises(SettingError, match=r"is outside 1\.\.512"):  # GGML_MAX_N_THREADS
+        BenchSettings.from_env({"LLAMA_HARNESS_N_THREADS": "513"})
 
 
 def test_command_spells_out_llama_cpp_python_defaults(tmp_path: Path) -> None:
