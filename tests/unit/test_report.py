@@ -383,3 +383,15 @@ def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
     assert rows[0].startswith("| cpu | tiny | 128 | 98.0 ±1.0% | 100 ±1.0% | 0.980 ±0.010 |")
     assert "105 ±1.0% (tg128)" in rows[0] and "| 2 | 0.50 |" in rows[0]
     assert rows[1].startswith("| cpu | tiny | 2048 |") and "0.800 ±0.010 ⚠" in rows[1]
+
+
+def test_a_variant_without_bench_json_names_no_private_path(tmp_path: Path) -> None:
+    """The report is published (docs/report-cpu, CI): it names the variant's folder, never
+    the absolute path of the machine that wrote it."""
+    root = tmp_path / "reports"
+    write_variant(root, "cpu", bench_doc("cpu", "tiny", {"pp512": 1000, "tg128": 100}))
+    write_variant(root, "cpu-native", None, status={"status": "passed"})
+    text = report.render_markdown(report.collect(root), machine=report.machine_info())
+    row = next(line for line in text.splitlines() if line.startswith("| cpu-native |"))
+    assert "no-bench: cpu-native/bench.json missing (`nox -s bench-cpu-native` writes it)" in row
+    assert str(tmp_path) not in text
