@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import cast
 
 from harness import __version__, commands, paths
-from saiverse_llm.cli_errors import ArgumentParser, StderrHandler, replace_cli_handlers, run_cli
+from saiverse_llm.cli_errors import (
+    ArgumentParser,
+    LogFileHandler,
+    StderrHandler,
+    replace_cli_handlers,
+    run_cli,
+)
 from saiverse_llm.redact import RedactingFormatter
 
 log = logging.getLogger("harness.cli")
@@ -90,11 +96,14 @@ def setup_logging(args: argparse.Namespace) -> Path | None:
     path = paths.logs_dir() / LOG_NAME
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=1024 * 1024, backupCount=3, encoding="utf-8"
-        )
+        handler = LogFileHandler(path, maxBytes=1024 * 1024, backupCount=3, encoding="utf-8")
     except OSError as exc:
-        log.warning("cannot write the harness log %s (%s); logging to stderr only", path, exc)
+        log.warning(
+            "cannot write the harness log %s (%s); logging to stderr only. Fix: set "
+            "LLAMA_HARNESS_CACHE to a writable folder",
+            path,
+            exc.strerror or exc,
+        )
         return None
     handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     replace_cli_handlers(console, handler)

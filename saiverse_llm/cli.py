@@ -28,6 +28,7 @@ from rich.text import Text
 from saiverse_llm import __version__, fit
 from saiverse_llm.cli_errors import (
     ArgumentParser,
+    LogFileHandler,
     StderrHandler,
     replace_cli_handlers,
     run_cli,
@@ -113,7 +114,7 @@ def setup_logging(
     try:
         if file.parent != Path():
             file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = LogFileHandler(
             file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
         )
     except OSError as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import logging.handlers
 import math
 import os
 import re
@@ -38,6 +39,7 @@ from saiverse_llm.user_errors import UserError
 __all__ = [
     "ArgumentParser",
     "Known",
+    "LogFileHandler",
     "StderrHandler",
     "error_line",
     "error_line_of",
@@ -275,6 +277,35 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return  # its error line is printed by report_error; the log file gets the record
         self.stream = sys.stderr
         super().emit(record)
+
+
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """The CLIs' rotating log file. A write that fails (a full disk, a log on a removed
+    drive) prints ONE warning line on stderr and stops logging to the file; the standard
+    handler would print '--- Logging error ---' and a traceback for every record."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        exc = sys.exc_info()[1]
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or exc or "unknown"
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                f"warning: cannot write the log file {self.baseFilename} ({reason}); its "
+                "later lines are dropped. Fix: free space there, or pass --log-file / set "
+                "SAIVERSE_LOG_FILE or LLAMA_HARNESS_CACHE to a writable place\n"
+            )
+        stream, self.stream = self.stream, None
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.close()
 
 
 def replace_cli_handlers(*handlers: logging.Handler) -> None:

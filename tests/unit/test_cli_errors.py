@@ -447,3 +447,22 @@ def test_an_ascii_only_stdout_gets_escapes_not_a_crash(
     text = out.buffer.getvalue().decode("ascii")  # type: ignore[attr-defined]
     assert code == 0, err.buffer.getvalue()  # type: ignore[attr-defined]
     assert "\\u65e5\\u672c\\u8a9e" in text
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("prog", ["llama-harness", "saiverse-llm"])
+def test_a_full_disk_under_the_log_file_is_one_warning_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prog: str
+) -> None:
+    if prog == "saiverse-llm":
+        argv = ["--log-file", "/dev/full", "list"]
+    else:
+        logs = tmp_path / "cache" / "logs"
+        logs.mkdir(parents=True)
+        (logs / "llama-harness.log").symlink_to("/dev/full")
+        argv = ["variants"]
+    code, _out, err = run(capsys, prog, argv)
+    assert code == 0, err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    warnings = [ln for ln in err.splitlines() if "cannot write the log file" in ln]
+    assert len(warnings) == 1 and "Fix: " in warnings[0], err
