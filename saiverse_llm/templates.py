@@ -20,6 +20,7 @@ so no message can close its own turn and open a fake system turn.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -161,29 +162,52 @@ def adapt_messages(messages: list[Message], mode: str) -> list[Message]:
 
 
 class _Protected:
-    """Control-token texts found in message content, swapped for sentinels while the
-    template renders and tokenized as plain text afterwards."""
+    """Control-token texts found in message data (content, tool-call arguments, names, tool
+    results) and in tool definitions, swapped for sentinels while the template renders and
+    tokenized as plain text afterwards. A sentinel that a template wrote through
+    ``tojson(ensure_ascii=True)`` (``\\ue000...``) is found too."""
 
     def __init__(self, vocab: Vocab | None, messages: list[Message]) -> None:
         self.table: dict[str, str] = {}
+        self._vocab = vocab
         if vocab is None:
             return
-        nonce = secrets.token_hex(4)
-        self._pattern = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
+        self._nonce = secrets.token_hex(4)
+        self._pattern = re.compile(f"(?:\ue000|\\\\ue000){self._nonce}:(\\d+)(?:\ue001|\\\\ue001)")
         for message in messages:
-            content = message.get("content")
-            if not isinstance(content, str):
-                continue
-            for text in vocab.control_texts(content):
-                key = f"\ue000{nonce}:{len(self.table)}\ue001"
+            for key, value in message.items():
+                if key != "role":
+                    message[key] = self.protect(value)
+
+    def protect(self, value: Any) -> Any:
+        """``value`` with every control-token text in its strings (dicts and lists walked,
+        keys left alone) replaced by a sentinel; the input is not changed."""
+        if self._vocab is None:
+            return value
+        if isinstance(value, str):
+            for text in self._vocab.control_texts(value):
+                key = f"\ue000{self._nonce}:{len(self.table)}\ue001"
                 self.table[key] = text
-                content = content.replace(text, key)
-            message["content"] = content
+                value = value.replace(text, key)
+            return value
+        if isinstance(value, Mapping):
+            return {k: self.protect(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.protect(v) for v in value]
+        return value
+
+    def _original(self, match: re.Match[str]) -> str:
+        original = self.table.get(f"\ue000{self._nonce}:{match.group(1)}\ue001")
+        if original is None:
+            return match.group(0)
+        if match.group(0).startswith("\\"):  # written by tojson(ensure_ascii=True)
+            return json.dumps(original)[1:-1]
+        return original
 
     def restore(self, text: str) -> str:
-        for key, original in self.table.items():
-            text = text.replace(key, original)
-        return text
+        if not self.table:
+            return text
+        return self._pattern.sub(self._original, text)
 
     def tokenize(self, llm: Any, text: str, *, add_bos: bool) -> list[int]:
         """Template text with ``special=True``, protected texts with ``special=False``."""
@@ -198,7 +222,7 @@ class _Protected:
                     text[pos : match.start()].encode("utf-8"), add_bos=add_bos, special=True
                 )
             add_bos = False
-            plain = self.table.get(match.group(0), match.group(0))
+            plain = self._original(match)
             out += llm.tokenize(plain.encode("utf-8"), add_bos=False, special=False)
             pos = match.end()
         out += llm.tokenize(text[pos:].encode("utf-8"), add_bos=add_bos, special=True)
@@ -228,6 +252,7 @@ def render_prompt(
         else:
             msgs.insert(0, {"role": "system", "content": instructions})
     protected = _Protected(vocab, msgs)
+    tools = protected.protect(tools)
     first_error: Exception | None = None
     start = RENDER_MODES.index(template.mode)
     for mode in RENDER_MODES[start:]:
