@@ -410,7 +410,7 @@ _ALLOC_SIZE_RE = re.compile(r"(?:failed to allocate|allocate) \w*\s*buffer of si
 _ALLOC_MIB_RE = re.compile(r"allocating ([\d.]+) MiB on device (\d+)")
 _MEMORY_RE = re.compile(
     r"failed to allocate|out of memory|ErrorOutOfDeviceMemory|unable to allocate|"
-    r"cannot allocate|insufficient memory",
+    r"cannot allocate|insufficient memory|std::bad_alloc",
     re.IGNORECASE,
 )
 #: Lines of llama.cpp's load log kept in a load error (the last ones, in order).
