@@ -130,11 +130,53 @@ class BenchEnv:
 
 
 def model_names() -> list[str]:
+    """The models of this run: $LLAMA_HARNESS_MODELS (default tiny and Gemma 3 270M), plus
+    the ~1 GB GPU model with LLAMA_HARNESS_REQUIRE_GPU=1; the reduced set keeps only the
+    models of :data:`REDUCED_MODELS` (and never adds the GPU model)."""
     raw = os.environ.get("LLAMA_HARNESS_MODELS", DEFAULT_MODELS)
     names = [n.strip() for n in raw.split(",") if n.strip()]
+    if bench_set() == "reduced":
+        return [n for n in names if n in REDUCED_MODELS] or list(REDUCED_MODELS)
     if os.environ.get("LLAMA_HARNESS_REQUIRE_GPU") == "1" and GPU_MODEL not in names:
         names.append(GPU_MODEL)
     return names
+
+
+# --- benchmark sets ----------------------------------------------------------------------------
+# "full" (the default) runs every benchmark. "reduced" is for a device too slow for the full
+# set, a software device above all: Mesa's llvmpipe runs the Vulkan build on the CPU at
+# ~46 tokens/s on the tiny model and ~1.5 on Gemma 3 270M, so the 2,048-token stream and the
+# ~1 GB GPU model would take most of an hour. It runs the tiny model only and streams at most
+# REDUCED_STREAM_LENGTHS tokens; every result records ``bench_set`` and the report says
+# "reduced set" in the row. `nox -s bench-<variant>` selects it by itself when the variant's
+# only device is a software one (harness.sessions.client_env); LLAMA_HARNESS_BENCH_SET=full
+# or =reduced overrides that.
+BENCH_SETS = ("full", "reduced")
+REDUCED_MODELS = ("tiny",)
+FULL_STREAM_LENGTHS = (128, 512, 2048)
+REDUCED_STREAM_LENGTHS = (128, 512)
+
+
+class BenchSetError(ValueError):
+    """$LLAMA_HARNESS_BENCH_SET names no benchmark set."""
+
+
+def bench_set() -> str:
+    """``"full"`` or ``"reduced"``, from $LLAMA_HARNESS_BENCH_SET (default full).
+
+    Raises BenchSetError for any other value (the message names the variable and the fix)."""
+    raw = os.environ.get("LLAMA_HARNESS_BENCH_SET", "").strip().lower() or "full"
+    if raw not in BENCH_SETS:
+        raise BenchSetError(
+            f"$LLAMA_HARNESS_BENCH_SET={raw!r} is not a benchmark set; fix: "
+            f"{' or '.join(BENCH_SETS)}"
+        )
+    return raw
+
+
+def stream_lengths() -> tuple[int, ...]:
+    """Tokens per round of the streaming benchmark (test_streaming) in this benchmark set."""
+    return REDUCED_STREAM_LENGTHS if bench_set() == "reduced" else FULL_STREAM_LENGTHS
 
 
 # --- models ------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 Environment (set by ``nox -s bench-<variant>``): LLAMA_HARNESS_VARIANT, LLAMA_HARNESS_N_GPU_LAYERS
 (default 0; -1 for GPU variants), LLAMA_HARNESS_REQUIRE_GPU=1 (fail, not skip, without GPU
 offload; adds the ~1 GB "synth-1b" model), LLAMA_HARNESS_MODELS (default "tiny,gemma-3-270m"),
+LLAMA_HARNESS_BENCH_SET (``full``, the default, or ``reduced``: tiny model only, streams of at
+most 512 tokens; the session picks ``reduced`` on a software device such as llvmpipe, see
+benchlib.bench_set),
 LLAMA_HARNESS_BUILD_KEY or LLAMA_HARNESS_BUILD_JSON (the wheel's build.json),
 LLAMA_HARNESS_PEAK_BW_GBPS, LLAMA_HARNESS_BENCH_ROUNDS and the BenchSettings variables
 (LLAMA_HARNESS_N_THREADS, _N_BATCH, _N_PROMPT, _N_GEN); LLAMA_HARNESS_ISOLATE=1
@@ -28,6 +31,8 @@ from benchlib import (
     GPU_MODEL,
     BenchEnv,
     BenchModel,
+    BenchSetError,
+    bench_set,
     build_key,
     model_names,
     nvidia_smi,
@@ -88,6 +93,13 @@ def rounds() -> Callable[[str], tuple[int, int]]:
         return (override, 1) if override is not None else ROUNDS[kind]
 
     return get
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        bench_set()
+    except BenchSetError as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -217,6 +229,9 @@ def extra(
             "n_batch": settings.n_batch,
             "n_ubatch": settings.n_ubatch,
             "flash_attn": settings.flash_attn,
+            # "full" or "reduced" (a software device: tiny model, short streams; the report
+            # says so in the row)
+            "bench_set": bench_set(),
             # other work during the test (cores kept busy, load average): the report flags
             # results taken while it competed for the benchmark's cores
             "load": load_probe.stop().to_dict(),

@@ -1,5 +1,6 @@
 """Streaming at the decoder's speed: ``generate_stream`` tokens/s at 128, 512 and 2,048
-tokens, next to llama.cpp's own eval rate in the same run (issue #11).
+tokens (128 and 512 in the reduced benchmark set, see benchlib.bench_set), next to
+llama.cpp's own eval rate in the same run (issue #11).
 
 Each round starts a new conversation (the prompt is evaluated in full), streams exactly
 ``n`` tokens (temperature 0, ``ignore_eos``: a random model's EOS cannot cut it short) and
@@ -25,7 +26,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from benchlib import BenchEnv, BenchModel, latency_metric, mean_std, new_conversation
+from benchlib import (
+    BenchEnv,
+    BenchModel,
+    latency_metric,
+    mean_std,
+    new_conversation,
+    stream_lengths,
+)
 
 from harness.llama_bench import BenchSettings
 
@@ -34,7 +42,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="the benchmarks need a llama
 from saiverse_llm.client import LlamaCppClient  # noqa: E402
 from saiverse_llm.pool import ModelPool  # noqa: E402
 
-LENGTHS = (128, 512, 2048)
+LENGTHS = stream_lengths()
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a cat in Kyoto."}]
 SEED = 1234
 

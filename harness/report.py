@@ -305,6 +305,7 @@ _PROVENANCE_KEYS = (
     "gpu",
     "cmake_args",
     "runner",
+    "bench_set",
 )
 
 
@@ -1056,8 +1057,7 @@ def render_markdown(
                 cells.append(format_cell(m, base) if m else "—")
             ok = info.status in OK_STATUSES
             label = var if ok else f"{var} ({info.status})"
-            if software_device(info):
-                label += " (software device)"
+            label += row_notes(info)
             if all(c == "—" for c in cells) and ok:
                 continue
             if row_busy(rs, var, model):
@@ -1185,8 +1185,9 @@ def render_streaming(rs: ResultSet) -> list[str]:
         if ratio is not None:
             flag = "" if ratio.value >= STREAM_GOAL else " ⚠"
             ratio_text = f"{ratio.value:.3f} ±{ratio.stddev:.3f}{flag}"
+        label = var + row_notes(rs.variants.get(var, VariantInfo(var)), short=True)
         lines.append(
-            f"| {var} | {model} | {n} | "
+            f"| {_md(label)} | {model} | {n} | "
             f"{format_cell(stream, None) if stream else '—'} | "
             f"{format_cell(c_side, None) if c_side else '—'} | {ratio_text} | "
             f"{(format_cell(lb, None) + f' ({lb_label})') if lb else '—'} | "
@@ -1195,6 +1196,25 @@ def render_streaming(rs: ResultSet) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+#: What benchmarks/benchlib.py's reduced benchmark set leaves out (LLAMA_HARNESS_BENCH_SET).
+REDUCED_SET_TEXT = "tiny model only, streams of 128 and 512 tokens, no 2,048"
+
+
+def row_notes(info: VariantInfo, *, short: bool = False) -> str:
+    """What a variant's benchmark rows must say next to its name: " (software device;
+    reduced set: ...)", or "" for a full run on real hardware."""
+    notes = ["software device"] if software_device(info) else []
+    if reduced_set(info):
+        notes.append("reduced set" if short else f"reduced set: {REDUCED_SET_TEXT}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def reduced_set(info: VariantInfo) -> bool:
+    """The variant ran the reduced benchmark set (a software device: tiny model, short
+    streams), so its rows are not comparable with a full run's beyond what they hold."""
+    return str(info.provenance.get("bench_set", "")).lower() == "reduced"
 
 
 def software_device(info: VariantInfo) -> bool:

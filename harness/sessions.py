@@ -309,9 +309,14 @@ def client_env(variant: Variant, key: str | None, wheel: Path) -> dict[str, str]
         env["LLAMA_HARNESS_BUILD_KEY"] = key
     if gpu:
         env["LLAMA_HARNESS_REQUIRE_GPU"] = "1"
-    if software_device(variant) and not os.environ.get("LLAMA_HARNESS_MODELS"):
-        # llvmpipe runs Gemma 3 270M at ~1.5 tok/s: the suite and benchmarks use the tiny model
-        env["LLAMA_HARNESS_MODELS"] = "tiny"
+    if software_device(variant):
+        # llvmpipe runs Gemma 3 270M at ~1.5 tok/s: the suite and benchmarks use the tiny
+        # model, and the benchmarks their reduced set (no 2,048-token stream, no ~1 GB GPU
+        # model; benchmarks/benchlib.py); either variable set by the caller wins
+        if not os.environ.get("LLAMA_HARNESS_MODELS"):
+            env["LLAMA_HARNESS_MODELS"] = "tiny"
+        if not os.environ.get("LLAMA_HARNESS_BENCH_SET"):
+            env["LLAMA_HARNESS_BENCH_SET"] = "reduced"
     return env
 
 

@@ -307,3 +307,22 @@ def test_verify_names_the_device_and_says_llvmpipe_is_not_a_gpu() -> None:
     text = result.summary()
     assert "devices: VULKAN:Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits))" in text
     assert "a software Vulkan device on the CPU, not a GPU" in text and "CPU:CPU" not in text
+
+
+def test_benchmarks_on_llvmpipe_run_the_reduced_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench-vulkan on llvmpipe: tiny model only, no 2,048-token stream, no ~1 GB GPU model;
+    a real GPU (or the caller's LLAMA_HARNESS_BENCH_SET) keeps the full set."""
+    from harness import sessions
+
+    monkeypatch.delenv("LLAMA_HARNESS_BENCH_SET", raising=False)
+    fake_vulkaninfo(monkeypatch, LLVMPIPE_ONLY)
+    env = sessions.client_env(get_variant("vulkan"), "k", Path("w.whl"))
+    assert env["LLAMA_HARNESS_BENCH_SET"] == "reduced"
+    monkeypatch.setenv("LLAMA_HARNESS_BENCH_SET", "full")
+    assert "LLAMA_HARNESS_BENCH_SET" not in sessions.client_env(
+        get_variant("vulkan"), "k", Path("w.whl")
+    )
+    monkeypatch.delenv("LLAMA_HARNESS_BENCH_SET")
+    fake_vulkaninfo(monkeypatch, GPU_AND_LLVMPIPE)
+    env = sessions.client_env(get_variant("vulkan"), "k", Path("w.whl"))
+    assert "LLAMA_HARNESS_BENCH_SET" not in env
