@@ -64,6 +64,16 @@ class ExerciseResult:
     stages: list[str] = field(default_factory=list)
     completion_tokens: int | None = None
     stderr_tail: list[str] = field(default_factory=list)
+    #: layers llama.cpp offloaded / the model's layers (output layer included), counted from
+    #: the child's load log like the client's load report; None when the log did not say
+    offloaded_layers: int | None = None
+    total_layers: int | None = None
+    offload_backend: str = ""
+
+    @property
+    def all_offloaded(self) -> bool:
+        """Every layer went to the GPU backend (False when the load log did not say)."""
+        return bool(self.total_layers) and self.offloaded_layers == self.total_layers
 
     @property
     def ok(self) -> bool:
@@ -226,14 +236,27 @@ def interpret(returncode: int, stdout: str, stderr: str, *, tail: int = 20) -> E
             stderr_tail=err_lines[-tail:],
         )
     tokens = decoded.get("completion_tokens")
+    from saiverse_llm.native import parse_load_log
+
+    load = parse_load_log(err_lines)
+    total = int(load["n_layers_total"]) or None
+    offloaded = int(load["n_layers_offloaded"]) if total else None
+    where = ""
+    if total and offloaded:
+        where = f" (offloaded {offloaded}/{total} layers to {load['backend']})"
+    elif total:
+        where = f" (0/{total} layers offloaded: all on the CPU)"
     return ExerciseResult(
         status="ok",
         returncode=0,
-        message=f"loaded the model and decoded {tokens} tokens",
+        message=f"loaded the model{where} and decoded {tokens} tokens",
         system_info=info,
         stages=stages,
         completion_tokens=tokens if isinstance(tokens, int) else None,
         stderr_tail=err_lines[-tail:],
+        offloaded_layers=offloaded,
+        total_layers=total,
+        offload_backend=str(load["backend"]) if offloaded else "",
     )
 
 

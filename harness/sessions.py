@@ -431,6 +431,16 @@ def _prepare_and_check(
         write_status(variant.name, name, status, ex.summary(), **details)
         session.error(f"{variant.name}: {ex.summary()}")
     session.log(f"{variant.name}: exercise: {ex.message}")
+    if variant.gpu and not ex.all_offloaded:
+        # n_gpu_layers=-1 on a GPU that is present: every layer must reach it (counted from
+        # llama.cpp's load log), else the session would test the CPU under a GPU's name
+        got = (f"{ex.offloaded_layers}/{ex.total_layers}" if ex.total_layers
+               else "an unknown number of")  # fmt: skip
+        msg = (f"{variant.name}: n_gpu_layers=-1 offloaded {got} layers to "
+               f"{variant.backend}, not all of them; run `llama-harness doctor --variant "
+               f"{variant.name}` for the cause")  # fmt: skip
+        write_status(variant.name, name, "failed", msg, **details)
+        session.error(msg)
     return Prepared(wheel=wheel, key=key, python=python, details=details)
 
 

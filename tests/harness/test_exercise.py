@@ -95,3 +95,45 @@ def test_real_build_decodes_the_tiny_model(tmp_path: Path) -> None:
     assert result.stages == ["system_info", "loaded", "decoded"]
     assert result.completion_tokens is not None and 1 <= result.completion_tokens <= 5
     assert "CPU" in result.system_info
+
+
+def _decoded_stdout() -> str:
+    events = [{"kind": "system_info", "system_info": "CPU : AVX2 = 1 | "}, {"kind": "loaded"},
+              {"kind": "decoded", "completion_tokens": 8}]  # fmt: skip
+    return "".join(f"{MARK}{json.dumps(e)}\n" for e in events)
+
+
+def test_the_offloaded_layers_are_counted_from_the_load_log() -> None:
+    """The session's exercise says how many layers reached the GPU backend (llvmpipe: 3/3);
+    a GPU session fails when n_gpu_layers=-1 left some on the CPU."""
+    log = "\n".join(
+        [
+            "llama_model_load_from_file_impl: using device Vulkan0 (llvmpipe) - 2048 MiB free",
+            "load_tensors: layer   0 assigned to device Vulkan0, is_swa = 0",
+            "load_tensors: layer   1 assigned to device Vulkan0, is_swa = 0",
+            "load_tensors: layer   2 assigned to device Vulkan0, is_swa = 0",
+            "load_tensors: offloaded 3/3 layers to GPU",
+        ]
+    )
+    result = interpret(0, _decoded_stdout(), log)
+    assert result.ok and result.all_offloaded
+    assert (result.offloaded_layers, result.total_layers, result.offload_backend) == (
+        3,
+        3,
+        "VULKAN",
+    )
+    assert (
+        result.message == "loaded the model (offloaded 3/3 layers to VULKAN) and decoded 8 tokens"
+    )
+    partial = interpret(
+        0,
+        _decoded_stdout(),
+        log.replace("layer   2 assigned to device Vulkan0", "layer   2 assigned to device CPU"),
+    )
+    assert partial.ok and not partial.all_offloaded and partial.offloaded_layers == 2
+    cpu = interpret(0, _decoded_stdout(), "load_tensors: offloaded 0/3 layers to GPU")
+    assert (
+        cpu.message
+        == "loaded the model (0/3 layers offloaded: all on the CPU) and decoded 8 tokens"
+    )
+    assert not interpret(0, _decoded_stdout(), "").all_offloaded  # the log did not say
