@@ -424,9 +424,9 @@ def log_facts(text: str | None) -> dict[str, Any]:
     facts["log.build_failed"] = build_failed
     configured = [m.group(1) for m in _CONFIGURED_BACKEND_RE.finditer(text)]
     if configured:
-        from harness import buildinfo  # the one canonical backend naming
+        from saiverse_llm.devices import canonical_backend  # the one backend naming
 
-        backends = sorted({buildinfo.canonical_backend(b) for b in configured})
+        backends = sorted({canonical_backend(b) for b in configured})
         facts["log.configured_backends"] = backends
         facts["log.configured_gpu_backends"] = [b for b in backends if b not in _NOT_GPU]
     error = re.search(r"CMake Error[^\n]*\n(?:\s*\n)?([^\n]+)", text)

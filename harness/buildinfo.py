@@ -11,15 +11,15 @@ Importing ``llama_cpp`` prints backend initialisation errors to the C-level stde
 ``ggml_cuda_init: failed to initialize CUDA: ...``); they are captured into ``init_log``.
 
 Run ``python -m harness.buildinfo --json`` where the harness is importable; this module
-needs only the standard library, and :func:`collect_in_subprocess` runs it by file path, so
-any interpreter works (a bare venv that holds nothing but llama-cpp-python, another Python).
+needs only the standard library and :mod:`saiverse_llm.devices` (the one device probe), and
+:func:`collect_in_subprocess` runs both by file path, so any interpreter works (a bare venv
+that holds nothing but llama-cpp-python, another Python).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import platform
@@ -34,34 +34,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# Only ``from saiverse_llm.devices import ...``: run by path, the child has that one module
+# (devices.child_command loads it), not the saiverse_llm package.
+from saiverse_llm.devices import (
+    BackendDevice,
+    canonical_backend,
+    describe_returncode,
+    ggml_devices,
+)
+from saiverse_llm.devices import child_command as _child_command
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DIST_NAMES = ("llama_cpp_python", "llama-cpp-python")
 
-# ggml backend registry names -> the canonical names used across the harness.
-_BACKEND_ALIASES = {
-    "MTL": "METAL",
-    "METAL": "METAL",
-    "ROCM": "HIP",
-    "HIP": "HIP",
-    "CUDA": "CUDA",
-    "VULKAN": "VULKAN",
-    "BLAS": "BLAS",
-    "SYCL": "SYCL",
-    "CPU": "CPU",
-    "OPENCL": "OPENCL",
-    "CANN": "CANN",
-    "MUSA": "MUSA",
-    "RPC": "RPC",
-    "WEBGPU": "WEBGPU",
-    "ZENDNN": "ZENDNN",
-    "OPENVINO": "OPENVINO",
-    "HEXAGON": "HEXAGON",
-}
 # libggml-<suffix>.so -> backend. CPU variants of a GGML_BACKEND_DL build are
 # libggml-cpu-haswell.so, libggml-cpu-skylakex.so, ...
 _LIB_RE = re.compile(r"^(?:lib)?ggml-([a-z0-9]+)(?:-[a-z0-9_]+)?\.(?:so|dylib|dll)(?:\.[0-9.]+)?$")
 _SHARED_LIB_RE = re.compile(r"\.(?:so|dylib|dll)(?:\.[0-9.]+)?$")
-_DEVICE_TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL"}
 # Lines the backends print while initialising that tell why a device is missing.
 _INIT_LOG_RE = re.compile(
     r"ggml_cuda_init|CUDA|cuda|ggml_vulkan|vulkan|ggml_metal|metal|sycl|hip|rocm|"
@@ -72,32 +61,6 @@ _INIT_LOG_RE = re.compile(
 
 class BuildInfoError(RuntimeError):
     """Collecting build information in another interpreter failed (crash, timeout, bad output)."""
-
-
-@dataclass(frozen=True)
-class BackendDevice:
-    """One ggml backend device (``ggml_backend_dev_*``)."""
-
-    name: str
-    description: str
-    type: str  # CPU, GPU, IGPU, ACCEL
-    backend: str  # the registry it belongs to, canonical (CPU, CUDA, METAL, ...)
-    memory_free: int
-    memory_total: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BackendDevice:
-        return cls(
-            name=str(data.get("name", "")),
-            description=str(data.get("description", "")),
-            type=str(data.get("type", "")),
-            backend=str(data.get("backend", "")),
-            memory_free=int(data.get("memory_free", 0)),
-            memory_total=int(data.get("memory_total", 0)),
-        )
 
 
 @dataclass
@@ -240,11 +203,6 @@ def parse_system_info(text: str) -> dict[str, dict[str, str]]:
     return sections
 
 
-def canonical_backend(name: str) -> str:
-    upper = name.strip().upper()
-    return _BACKEND_ALIASES.get(upper, upper)
-
-
 def backend_of_lib(filename: str) -> str | None:
     """``libggml-cuda.so`` -> ``CUDA``; ``libggml-cpu-haswell.so`` -> ``CPU``; others None."""
     match = _LIB_RE.match(filename)
@@ -360,53 +318,6 @@ def collect_provenance() -> Provenance:
     return prov
 
 
-def _ggml_devices(lib: Any) -> tuple[list[str], list[BackendDevice]]:
-    """Enumerate ggml backend registries and devices through ctypes."""
-    vp = ctypes.c_void_p
-
-    def fn(name: str, restype: Any, argtypes: list[Any]) -> Any:
-        f = lib[name]  # __getitem__ gives a fresh function object: llama_cpp's stay untouched
-        f.restype = restype
-        f.argtypes = argtypes
-        return f
-
-    reg_count = fn("ggml_backend_reg_count", ctypes.c_size_t, [])
-    reg_get = fn("ggml_backend_reg_get", vp, [ctypes.c_size_t])
-    reg_name = fn("ggml_backend_reg_name", ctypes.c_char_p, [vp])
-    dev_count = fn("ggml_backend_dev_count", ctypes.c_size_t, [])
-    dev_get = fn("ggml_backend_dev_get", vp, [ctypes.c_size_t])
-    dev_name = fn("ggml_backend_dev_name", ctypes.c_char_p, [vp])
-    dev_desc = fn("ggml_backend_dev_description", ctypes.c_char_p, [vp])
-    dev_type = fn("ggml_backend_dev_type", ctypes.c_int, [vp])
-    dev_reg = fn("ggml_backend_dev_backend_reg", vp, [vp])
-    dev_memory = fn(
-        "ggml_backend_dev_memory",
-        None,
-        [vp, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)],
-    )
-
-    def text(raw: bytes | None) -> str:
-        return raw.decode("utf-8", "replace") if raw else ""
-
-    registries = [text(reg_name(reg_get(i))) for i in range(int(reg_count()))]
-    devices: list[BackendDevice] = []
-    for i in range(int(dev_count())):
-        dev = dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        devices.append(
-            BackendDevice(
-                name=text(dev_name(dev)),
-                description=text(dev_desc(dev)),
-                type=_DEVICE_TYPES.get(int(dev_type(dev)), str(dev_type(dev))),
-                backend=canonical_backend(text(reg_name(dev_reg(dev)))),
-                memory_free=int(free.value),
-                memory_total=int(total.value),
-            )
-        )
-    return registries, devices
-
-
 def _package_libs(package_dir: Path) -> list[str]:
     names: set[str] = set()
     for folder in (package_dir / "lib", package_dir):
@@ -470,7 +381,7 @@ def collect_build_info() -> BuildInfo:
         try:
             from llama_cpp import _ggml
 
-            info.registries, info.devices = _ggml_devices(_ggml.libggml)
+            info.registries, info.devices = ggml_devices(_ggml.libggml)
         except Exception as exc:
             info.errors.append(f"ggml device enumeration failed: {type(exc).__name__}: {exc}")
     info.init_log.extend(log)
@@ -488,32 +399,18 @@ def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return dict(os.environ if env is None else env)
 
 
-_BOOTSTRAP = (
-    "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
 def child_command(python: str, *args: str) -> list[str]:
     """``python -m harness.buildinfo ARGS``, but by file path: this module needs only the
-    standard library, so it runs in any interpreter (a bare venv holding nothing but
-    llama-cpp-python, another Python version) without putting the project, or the site-packages
-    it is installed in, on that interpreter's ``sys.path``."""
-    return [python, "-c", _BOOTSTRAP, str(Path(__file__).resolve()), *args]
+    standard library and :mod:`saiverse_llm.devices` (loaded by path too), so it runs in any
+    interpreter (a bare venv holding nothing but llama-cpp-python, another Python version)
+    without putting the project, or the site-packages it is installed in, on that
+    interpreter's ``sys.path``."""
+    return _child_command(python, __file__, *args)
 
 
 def keep_init_lines(stderr: str) -> list[str]:
     """The lines of a child's stderr that tell about backend initialisation."""
     return [ln for ln in stderr.splitlines() if ln.strip() and _INIT_LOG_RE.search(ln)]
-
-
-def describe_returncode(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with status {code}"
 
 
 def collect_in_subprocess(

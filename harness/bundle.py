@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
+from saiverse_llm import devices
 from saiverse_llm.atomic import atomic_output, atomic_write_json, atomic_write_text
 
 BUNDLE_FORMAT = 1
@@ -600,7 +601,7 @@ def session_command(
         "LLAMA_HARNESS_N_GPU_LAYERS": "-1" if gpu else "0",
         "LLAMA_HARNESS_MODELS": ",".join(manifest.get("models", {})) or "tiny",
     }
-    if gpu and shutil.which("nvidia-smi"):
+    if gpu and devices.nvidia_smi_found():
         extra["LLAMA_HARNESS_REQUIRE_GPU"] = "1"
     if has_nox:
         wheel_args = ["--wheel", wheel] if session.startswith(("test-", "bench-")) else []

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ import yaml
 
 from harness import build_log, buildinfo, legacy_flags
 from harness.buildinfo import BuildInfo, BuildInfoError
+from saiverse_llm import devices
+from saiverse_llm.devices import Runner
 from saiverse_llm.redact import redact_obj, redact_text
 
 CAUSES_FILE = Path(__file__).with_name("causes.yaml")
@@ -98,7 +100,6 @@ CPU_FLAG_NAMES = {
 }
 
 Facts = dict[str, Any]
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str] | None"]
 
 
 class CatalogueError(ValueError):
@@ -373,13 +374,7 @@ def match_causes(facts: Mapping[str, Any], causes: Sequence[Cause] | None = None
 # --------------------------------------------------------------------------- fact collection
 
 
-def _run(cmd: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+_run = devices.run_quiet
 
 
 def host_facts(run: Runner = _run) -> Facts:
@@ -422,35 +417,22 @@ def host_facts(run: Runner = _run) -> Facts:
 
 
 def nvidia_facts(run: Runner = _run) -> Facts:
-    facts: Facts = {"nvidia.smi_found": shutil.which("nvidia-smi") is not None}
-    if not facts["nvidia.smi_found"]:
+    """``nvidia.*`` facts from :func:`saiverse_llm.devices.query_nvidia`."""
+    smi = devices.query_nvidia(run, header=True)
+    facts: Facts = {"nvidia.smi_found": smi.found}
+    if not smi.found:
         return facts
-    query = run(
-        [
-            "nvidia-smi",
-            "--query-gpu=name,driver_version,compute_cap,memory.total",
-            "--format=csv,noheader",
-        ]
-    )
-    if query is None or query.returncode != 0:
-        facts["nvidia.error"] = (query.stderr or query.stdout).strip() if query else "timeout"
+    if smi.error is not None:
+        facts["nvidia.error"] = smi.error
         return facts
-    gpus, caps = [], []
-    for line in query.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3:
-            gpus.append(parts[0])
-            facts["nvidia.driver_version"] = parts[1]
-            with_cap = re.fullmatch(r"(\d+)\.(\d+)", parts[2])
-            if with_cap:
-                caps.append(int(with_cap.group(1)) * 10 + int(with_cap.group(2)))
-    facts["nvidia.gpus"] = gpus
+    if smi.gpus:
+        facts["nvidia.driver_version"] = smi.gpus[-1].driver
+    caps = [c for c in (g.compute_cap_number for g in smi.gpus) if c is not None]
+    facts["nvidia.gpus"] = [g.name for g in smi.gpus]
     facts["nvidia.compute_caps"] = caps
     facts["nvidia.arch_hint"] = ";".join(str(c) for c in sorted(set(caps))) or None
-    header = run(["nvidia-smi"])
-    if header and header.returncode == 0:
-        m = re.search(r"CUDA Version:\s*([\d.]+)", header.stdout)
-        facts["nvidia.cuda_version"] = m.group(1) if m else None
+    if smi.header_read:
+        facts["nvidia.cuda_version"] = smi.cuda_version
     return facts
 
 
@@ -615,7 +597,7 @@ def build_facts(info: BuildInfo | None, crash: str | None, host: Mapping[str, An
             facts["build.backend_libs"] = info.backend_libs
             facts["build.compiled_backends"] = sorted(info.compiled_backends)
         return facts
-    registries = {buildinfo.canonical_backend(r) for r in info.registries}
+    registries = {devices.canonical_backend(r) for r in info.registries}
     unloaded = [lib for lib in info.backend_libs if _unloaded(lib, registries)]
     host_flags = host.get("cpu.flags")
     missing = None

@@ -154,7 +154,7 @@ def run(
             "LLAMA_HARNESS_BENCH_REPS or use a smaller model"
         ) from None
     if proc.returncode != 0:
-        from harness.buildinfo import describe_returncode
+        from saiverse_llm.devices import describe_returncode
 
         tail = "\n".join(proc.stderr.splitlines()[-15:])
         raise LlamaBenchError(

@@ -27,13 +27,12 @@ import math
 import os
 import platform
 import re
-import shutil
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saiverse_llm import devices
 from saiverse_llm.atomic import atomic_output, atomic_write_json, atomic_write_text
 from saiverse_llm.redact import redact_obj, redact_text
 
@@ -920,26 +919,10 @@ def runner_text(runner: Any) -> str:
 
 
 def gpu_info() -> list[dict[str, str]]:
-    """``nvidia-smi`` name, driver and memory of each GPU; empty when there is none."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        proc = subprocess.run(
-            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    gpus = []
-    for line in proc.stdout.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 3 and proc.returncode == 0:
-            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
-    return gpus
+    """``nvidia-smi`` name, driver and memory of each GPU (:mod:`saiverse_llm.devices`);
+    empty when there is none."""
+    smi = devices.query_nvidia()
+    return [{"name": g.name, "driver": g.driver, "memory": g.memory_total} for g in smi.gpus]
 
 
 # --------------------------------------------------------------------------------------------

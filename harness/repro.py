@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from harness import doctor, paths
+from saiverse_llm import devices
 from saiverse_llm.atomic import atomic_copy, atomic_write_text
 from saiverse_llm.redact import redact_text
 
@@ -209,13 +210,7 @@ def find_wheel(kind: str) -> Path | None:
 
 
 def _has_gpu() -> bool:
-    if shutil.which("nvidia-smi") is None:
-        return False
-    try:
-        proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0 and "GPU " in proc.stdout
+    return bool(devices.nvidia_gpu_lines())
 
 
 def _has_vulkan_sdk() -> bool:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
+from saiverse_llm import devices
 
 ARCH_ENV = "LLAMA_HARNESS_CUDA_ARCHITECTURES"
 #: Environment variables that change what a build produces (part of the cache key).
@@ -141,15 +142,8 @@ def ccache_counters() -> dict[str, int] | None:
 
 def gpu_compute_caps() -> list[str]:
     """Compute capabilities from nvidia-smi as CMake architectures ("9.0" -> "90")."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    text = run_quiet(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
-    caps = []
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if re.fullmatch(r"\d+\.\d+", line):
-            caps.append(line.replace(".", ""))
-    return sorted(set(caps))
+    caps = [g.compute_cap_number for g in devices.query_nvidia().gpus]
+    return sorted({str(c) for c in caps if c is not None})
 
 
 def cuda_architectures(default: str) -> tuple[str, str]:

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from saiverse_llm import devices
+
 BUILTIN_FILE = Path(__file__).with_name("variants.yaml")
 BACKENDS = ("CPU", "CUDA", "METAL", "VULKAN", "BLAS")
 TOOLCHAINS = ("cuda", "vulkan")
@@ -293,16 +295,11 @@ def _quiet(cmd: Sequence[str], timeout: float = 10.0) -> subprocess.CompletedPro
 @cache
 def nvidia_gpus() -> tuple[str, ...]:
     """GPU lines from ``nvidia-smi -L`` (empty without a driver or GPU)."""
-    if shutil.which("nvidia-smi") is None:
-        return ()
-    proc = _quiet(["nvidia-smi", "-L"])
-    if proc is None or proc.returncode != 0:
-        return ()
-    return tuple(line.strip() for line in proc.stdout.splitlines() if line.startswith("GPU "))
+    return devices.nvidia_gpu_lines(_quiet)
 
 
 def _probe_nvidia_gpu() -> tuple[bool, str]:
-    if shutil.which("nvidia-smi") is None:
+    if not devices.nvidia_smi_found():
         return False, "nvidia-smi not found (no NVIDIA driver)"
     gpus = nvidia_gpus()
     if not gpus:

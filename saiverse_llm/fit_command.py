@@ -3,7 +3,7 @@
 Registered by :mod:`saiverse_llm.cli`. MODEL is a config key or a ``.gguf`` path; the plan
 comes from :mod:`saiverse_llm.fit` (the GGUF header and tensor table only, nothing loaded).
 The memory to plan for: ``--vram``, else the free memory of the GPU that the installed
-llama-cpp-python sees (the harness's ggml device probe, ``harness.buildinfo``, in a child
+llama-cpp-python sees (the ggml device probe of :mod:`saiverse_llm.devices`, in a child
 process), else a CPU-only plan against the free system memory.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from saiverse_llm import fit
+from saiverse_llm import devices, fit
 from saiverse_llm.cli_errors import int_arg
 from saiverse_llm.config import CONTEXT_LENGTH_RANGE, ModelConfig
 from saiverse_llm.gguf_file import GGUFError
@@ -125,18 +125,15 @@ def missing_file_fix(config: ModelConfig) -> str:
 
 
 def probe_gpu_free() -> tuple[int, str] | None:
-    """Free bytes and name of the first GPU the installed llama-cpp-python sees, through the
-    harness's ggml device probe in a child process; ``None`` without a GPU or llama_cpp."""
+    """Free bytes and name of the GPU with the most free memory that the installed
+    llama-cpp-python sees, through the ggml device probe in a child process; ``None`` without a
+    GPU or llama_cpp."""
     try:
-        from harness.buildinfo import BuildInfoError, collect_in_subprocess
-    except ImportError:
-        return None
-    try:
-        info = collect_in_subprocess(sys.executable, timeout=120)
-    except BuildInfoError as exc:
+        found = devices.backend_devices_in_subprocess(sys.executable, timeout=120)
+    except devices.DeviceProbeError as exc:
         log.warning("fit: GPU probe failed (%s); planning without it", exc)
         return None
-    gpus = [d for d in info.gpu_devices if d.memory_free > 0]
+    gpus = [d for d in found if d.is_gpu and d.memory_free > 0]
     if not gpus:
         return None
     best = max(gpus, key=lambda d: d.memory_free)

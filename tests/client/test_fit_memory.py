@@ -131,13 +131,10 @@ def test_device_buffers_of_a_gpu_load(
             "no GPU offload in this build/machine (none is lent to this task): the "
             "device-memory comparison runs under nox -s test-cuda on a GPU machine"
         )
-    from llama_cpp import _ggml  # a submodule: `import llama_cpp` alone does not bind it
-
-    from harness.buildinfo import _ggml_devices
+    from saiverse_llm.devices import loaded_devices
 
     def free() -> int:
-        _regs, devices = _ggml_devices(_ggml.libggml)
-        return sum(d.memory_free for d in devices if d.type in ("GPU", "IGPU"))
+        return sum(d.memory_free for d in loaded_devices() if d.type in ("GPU", "IGPU"))
 
     path = synth_models["gqa-q8_0"]
     before = free()
