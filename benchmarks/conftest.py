@@ -152,12 +152,12 @@ def bench_model(request: pytest.FixtureRequest, model_name: str) -> BenchModel:
     elif model_name == GPU_MODEL:
         path = synth_gpu_model()
     else:
-        from harness.test_models import ensure_model
+        from harness.model_manifest import ensure_model
 
         path = ensure_model(model_name, offline=True)
     chat_format: str | None = None
     with contextlib.suppress(Exception):
-        from harness.test_models import get_model
+        from harness.model_manifest import get_model
 
         chat_format = get_model(model_name).chat_format
     wbytes, n_layer = weight_bytes_per_token(path)

@@ -6,7 +6,7 @@ A bundle (``.tar.gz``) holds::
     SHA256SUMS        the same checksums for ``sha256sum -c``
     README.txt        the two-line manual equivalent of ``llama-harness bundle run``
     wheels/           the (slimmed) llama-cpp-python wheel, the project wheel, dependency wheels
-    cache/models/     test models (``harness.test_models.ensure_model``), sha256-checked, laid
+    cache/models/     test models (``harness.model_manifest.ensure_model``), sha256-checked, laid
                       out as ``$LLAMA_HARNESS_CACHE/models`` so the harness finds them offline
     project/          the project source (tests, benchmarks, noxfile) that the session runs
 
@@ -354,12 +354,12 @@ def _build_project_wheel(root: Path, dest: Path) -> Path:
 
 
 def _place_models(names: Sequence[str], dest: Path) -> dict[str, dict[str, Any]]:
-    from harness import test_models  # engineer B's manifest and fetcher
+    from harness import model_manifest
 
     out: dict[str, dict[str, Any]] = {}
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
-        src = Path(test_models.ensure_model(name, progress=False))
+        src = Path(model_manifest.ensure_model(name, progress=False))
         target = dest / src.name
         shutil.copyfile(src, target)
         out[name] = {"file": f"cache/models/{src.name}", "sha256": sha256_of(target)}

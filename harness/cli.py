@@ -43,7 +43,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 KNOWN_ERRORS: dict[type[BaseException] | str, int] = {
     "harness.variants.VariantError": 2,
     "harness.native_tools.UnknownToolError": 2,
-    "harness.test_models.ManifestError": 2,
+    "harness.model_manifest.ManifestError": 2,
     "harness.repro.CaseError": 2,
     "harness.ci_matrix.MatrixError": 2,
     "harness.doctor.CatalogueError": 2,
@@ -58,7 +58,7 @@ KNOWN_ERRORS: dict[type[BaseException] | str, int] = {
     "harness.bundle.BundleError": 1,
     "harness.container.ContainerError": 1,
     "harness.download.DownloadError": 1,
-    "harness.test_models.ModelFetchError": 1,
+    "harness.model_manifest.ModelFetchError": 1,
     "harness.synth.SynthError": 1,
     "harness.repro.ReplayError": 1,
     "harness.report.ReportError": 2,  # a results file or folder given is wrong

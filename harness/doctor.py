@@ -939,7 +939,7 @@ def is_healthy(facts: Mapping[str, Any], matches: Sequence[Match]) -> bool:
 
 
 def default_probe_model() -> Path:
-    from harness.test_models import ensure_model
+    from harness.model_manifest import ensure_model
 
     return ensure_model("tiny")
 

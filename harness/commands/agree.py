@@ -101,7 +101,7 @@ def _model(spec: str) -> tuple[Path, str]:
             raise AgreeError(f"--model {spec}: no such file; fix: give a GGUF file or a test "
                              "model name (`llama-harness models list`)")  # fmt: skip
         return path, path.stem
-    from harness.test_models import ManifestError, ModelFetchError, ensure_model
+    from harness.model_manifest import ManifestError, ModelFetchError, ensure_model
 
     try:
         return ensure_model(spec, say=lambda m: print(m, file=sys.stderr)), spec

@@ -41,8 +41,8 @@ SYNTH = {
 
 def run(args: argparse.Namespace) -> int:
     from harness import fit_compare, fit_table, native_tools, paths, seed_models
+    from harness.model_manifest import ensure_model
     from harness.synth import synthesize
-    from harness.test_models import ensure_model
     from saiverse_llm.atomic import atomic_write_json, atomic_write_text
 
     # llama.cpp's load warnings (full-size SWA cache, ...) belong in a log, not in the table

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"llama-bench: {b.path(llama_bench.TOOL)} (wheel key {b.key[:12]})")
     if args.build_only:
         return 0
-    from harness.test_models import ensure_model
+    from harness.model_manifest import ensure_model
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     models = {n: ensure_model(n, progress=True, offline=True) for n in names}

@@ -106,7 +106,7 @@ def run_list(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from harness.test_models import load_manifest, verified_local
+    from harness.model_manifest import load_manifest, verified_local
     from saiverse_llm.tables import print_table
 
     models = load_manifest(args.manifest)
@@ -130,7 +130,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
 
-    from harness.test_models import ManifestError, ModelFetchError, ensure_model
+    from harness.model_manifest import ManifestError, ModelFetchError, ensure_model
 
     err = message_console(err=True, highlight=False)
     status = 0
@@ -153,7 +153,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_path(args: argparse.Namespace) -> int:
 
-    from harness.test_models import local_path
+    from harness.model_manifest import local_path
 
     path = local_path(args.name, args.manifest)
     if path is None:

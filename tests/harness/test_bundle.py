@@ -256,7 +256,7 @@ def _in_bundle_env(done: bundle.Installed, code: str) -> subprocess.CompletedPro
 def test_installed_offline_slim_wheel_imports_and_generates(installed: bundle.Installed) -> None:
     code = (
         "import json, llama_cpp\n"
-        "from harness.test_models import ensure_model\n"
+        "from harness.model_manifest import ensure_model\n"
         "path = ensure_model('tiny')\n"
         "llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)\n"
         "out = llm.create_completion('hello', max_tokens=4, temperature=0.0)\n"

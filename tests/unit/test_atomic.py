@@ -292,7 +292,7 @@ _ALLOWED = {
     ("harness/commands/matrix.py", "github_output.open("): "appends to $GITHUB_OUTPUT (GitHub's)",
     ("harness/status_gate.py", "summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
     ("harness/commands/history.py", "open(summary, "): "appends to $GITHUB_STEP_SUMMARY",
-    ("harness/test_models.py", "open(tmp, "): "fills the temporary file of atomic_output",
+    ("harness/model_manifest.py", "open(tmp, "): "fills the temporary file of atomic_output",
     ("saiverse_llm/download.py", "open(tmp, "): "fills the temporary file of temp_path_beside",
     ("saiverse_llm/atomic.py", "open(tmp, "): "the helper itself",
     ("harness/machine_load.py", "group.write_text("): "a kernel setting (/proc/self/autogroup), "

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from harness.model_manifest import load_manifest
 from harness.synth import (
     CHAT_TEMPLATE,
     PRESETS,
@@ -18,7 +19,6 @@ from harness.synth import (
     resolve_spec,
     synthesize,
 )
-from harness.test_models import load_manifest
 from saiverse_llm.download import sha256_file
 from saiverse_llm.gguf_file import read_gguf
 
