@@ -58,9 +58,10 @@ _NOT_SECRET = {
     "KEY",
 }
 
-# scheme://user:pass@  scheme://token@  scheme://:pass@
+# scheme://user:pass@  scheme://token@  scheme://:pass@  (also scheme:/ : a URL given as a file
+# path comes back from pathlib as "https:/user:pass@host/x.gguf")
 _URL_CRED_RE = re.compile(
-    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[^/@\s:\"'<>]*:[^/@\s\"'<>]*|[^/@\s:\"'<>]+)@"
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*:/{1,3})(?P<cred>[^/@\s:\"'<>]*:[^/@\s\"'<>]*|[^/@\s:\"'<>]+)@"
 )
 # name SEP value, with an optional quote around the name (JSON) and around the value. The
 # ":" separator never matches the "://" of a URL, so "https://host/x?token=..." is left to
@@ -71,12 +72,13 @@ _ASSIGN_RE = re.compile(
     r"(?P<name>(?<![A-Za-z0-9_.])[A-Za-z_][A-Za-z0-9_.-]*)(?P<nq>[\"']?)"
     r"(?P<sep>[ \t]*(?:=|:(?!//))[ \t]*)"
     r"(?:(?P<q>[\"'])(?P<qvalue>(?:\\.|(?!(?P=q)).)*)(?P=q)"
-    r"|(?P<value>[^\s\"'|,;&<>)}\]\\{\[][^\s\"'|,;&<>)}\]\\]*))"
+    r"|(?P<value>[^\s\"'|,;&<>)}\]\\{\[](?:[^\s\"'|,;&<>)}\]\\]*[^\s\"'|,;&<>)}\]\\.:])?))"
 )
-# --name value (space separated command-line flags)
+# --name value (space separated command-line flags). A bare value (here and above) never ends
+# in "." "," ";" ":" so "--api-key X. Fix: ..." keeps the sentence's full stop.
 _FLAG_RE = re.compile(
     r"(?P<flag>(?<![\w-])--?[A-Za-z][\w-]*)(?P<sep>\s+)"
-    r"(?:(?P<q>[\"'])(?P<qvalue>(?:\\.|(?!(?P=q)).)*)(?P=q)|(?P<value>[^\s\"'-][^\s\"']*))"
+    r"(?:(?P<q>[\"'])(?P<qvalue>(?:\\.|(?!(?P=q)).)*)(?P=q)|(?P<value>[^\s\"'-](?:[^\s\"']*[^\s\"'.,;:])?))"
 )
 # Whole-value headers: everything after the colon, up to the end of the line or quote.
 _HEADER_RE = re.compile(

@@ -117,6 +117,8 @@ SECRET_SHAPES: list[tuple[str, str]] = [
     ("https://bucket.s3.example/x?X-Amz-Signature=deadbeefcafef00d", "deadbeefcafef00d"),
     ("https://maps.example/api?key=AIzaSyA1234567890abcdefghijklmnopqrstuv", "AIzaSyA12345"),
     ("https://api.example/v1/x?key=plainQueryKey77&fmt=json", "plainQueryKey77"),
+    # a URL given as a model path, after pathlib folded its "//" (saiverse-llm chat URL)
+    ("error: model file not found: https:/bob:S3cretPw9@host/x.gguf. Fix: ...", "S3cretPw9"),
     # command-line flags
     ("llama-harness models fetch --token hf_QwErTyUiOpAsDfGhJkLz", "hf_QwErTyUiOpAsDfGhJkLz"),
     ("mytool --api-key plainsecret42 --verbose", "plainsecret42"),
@@ -146,6 +148,22 @@ SECRET_SHAPES: list[tuple[str, str]] = [
         "b3BlbnNzaC1rZXktdjEAAAA",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "error: saiverse-llm: unrecognized arguments: --api-key SUPERSECRET77. Fix: see x",
+            f"error: saiverse-llm: unrecognized arguments: --api-key {MASK}. Fix: see x",
+        ),
+        ("error: bad token=abc123def. Fix: y", f"error: bad token={MASK}. Fix: y"),
+        ("C:/Users/me/model.gguf and file:///tmp/a.gguf", None),
+    ],
+)
+def test_a_masked_value_keeps_the_sentence_around_it(text: str, expected: str | None) -> None:
+    """The full stop before ". Fix:" is not part of a secret (the error line kept its Fix)."""
+    assert redact_text(text, env={}) == (text if expected is None else expected)
 
 
 def test_the_table_has_at_least_30_shapes() -> None:
