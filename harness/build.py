@@ -38,6 +38,7 @@ from harness import paths, toolchain, wheel_cache
 from harness.variants import Registry, SdistPin, Variant, load_registry, platform_tag
 from saiverse_llm.atomic import atomic_write_json, publish
 from saiverse_llm.download import sha256_file
+from saiverse_llm.progress import heartbeat
 
 #: What the CMake configure output must say for each backend (llama.cpp's own messages).
 BACKEND_EVIDENCE: dict[str, tuple[str, ...]] = {
@@ -122,7 +123,10 @@ def resolve_sdist(pin: SdistPin) -> Path:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                    "-d", tmp, f"llama-cpp-python=={pin.version}"]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            # the pin `llama-harness install` puts in a venv's pip.conf does not apply here
+            env = {**os.environ, "PIP_CONSTRAINT": os.devnull}
+            with heartbeat(f"download llama-cpp-python {pin.version} sdist"):
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             got = Path(tmp) / pin.filename
             if proc.returncode != 0 or not got.is_file():
                 tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-6:])
@@ -364,6 +368,12 @@ def evidence_error(
 # --------------------------------------------------------------------------- run
 
 
+#: Lines that show CMake's configure step ran (scikit-build-core's "*** Configuring CMake",
+#: CMake's "-- ..." status lines and errors); a pip failure before it, such as a dependency
+#: conflict, is not a configure failure.
+_CONFIGURE_START_RE = re.compile(r"\*\*\* Configuring CMake|^\s*-- |^\s*CMake (Error|Warning)")
+
+
 def pip_wheel_command(plan: BuildPlan, out_dir: Path) -> list[str]:
     return [
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(out_dir),
@@ -374,6 +384,12 @@ def pip_wheel_command(plan: BuildPlan, out_dir: Path) -> list[str]:
 def build_env(plan: BuildPlan) -> dict[str, str]:
     env = dict(os.environ)
     env.update(plan.env)
+    # No constraint file applies to building the wheel: `llama-harness install` pins
+    # llama-cpp-python to one wheel through the venv's pip.conf, and pip would refuse to build
+    # the sdist in that venv ("ResolutionImpossible: ... (constraint) llama-cpp-python").
+    # PIP_CONSTRAINT from the environment replaces the pip.conf value (an empty value would be
+    # ignored): an empty file, no constraint.
+    env["PIP_CONSTRAINT"] = os.devnull
     env["CMAKE_ARGS"] = shlex.join(plan.cmake_args)
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
     return env
@@ -436,7 +452,8 @@ def run_pip_wheel(
                 proc.kill()
                 proc.wait()
             raise
-    if rc != 0 and not checked:  # configure itself failed: show the backend's evidence
+    cmake_ran = any(_CONFIGURE_START_RE.search(line) for line in log_lines)
+    if rc != 0 and not checked and cmake_ran:  # configure failed: show the backend's evidence
         ev = configure_evidence(plan.variant, "".join(log_lines))
         if not ev.ok:
             raise evidence_error(plan.variant, ev, plan.log_path, configure_failed=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -390,3 +391,59 @@ def test_a_redirected_build_prints_progress_lines(
     # the tree remembers the key that built it (harness.native_tools builds tools only there)
     marker = json.loads((plan.build_dir / build.TREE_MARKER).read_text())
     assert marker["key"] == plan.key
+
+
+_BACKEND = """
+import zipfile
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    name = "llama_cpp_python-0.3.36-py3-none-any.whl"
+    info = "llama_cpp_python-0.3.36.dist-info"
+    with zipfile.ZipFile(f"{wheel_directory}/{name}", "w") as z:
+        meta = "Metadata-Version: 2.1\\nName: llama-cpp-python\\nVersion: 0.3.36\\n"
+        z.writestr(f"{info}/METADATA", meta)
+        tag = "Wheel-Version: 1.0\\nGenerator: t\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+        z.writestr(f"{info}/WHEEL", tag)
+        z.writestr(f"{info}/RECORD", "")
+    return name
+"""
+
+
+def test_the_wheel_builds_in_a_venv_that_llama_harness_install_pinned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`llama-harness install cpu --python X` pins llama-cpp-python in X's pip.conf; a later
+    `llama-harness build` run by X (the harness in SAIVerse's venv, or in its own) failed with
+    pip's "ResolutionImpossible ... (constraint) llama-cpp-python", reported as a CMake
+    configure failure. The build's pip ignores the pin."""
+    plan = _plan(tmp_path, "cpu")
+    plan.source.mkdir()
+    (plan.source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '[project]\nname = "llama-cpp-python"\nversion = "0.3.36"\n'
+    )
+    (plan.source / "backend.py").write_text(_BACKEND)
+    pin = tmp_path / "llama-harness-constraints.txt"
+    pin.write_text(f"llama-cpp-python @ {(tmp_path / 'verified.whl').as_uri()}\n")
+    conf = tmp_path / "pip.conf"  # what harness.install.write_pip_conf writes
+    conf.write_text(f"[global]\nconstraint = {pin}\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.delenv("PIP_CONSTRAINT", raising=False)
+    out = tmp_path / "out"
+    cmd = build.pip_wheel_command(plan, out)
+    done = subprocess.run(cmd, env=build.build_env(plan), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert [w.name for w in out.glob("*.whl")] == ["llama_cpp_python-0.3.36-py3-none-any.whl"]
+
+
+def test_a_pip_failure_before_cmake_is_not_called_a_configure_failure(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "cpu")
+    log = (
+        "Processing ./llama_cpp_python-0.3.36\n"
+        "ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/...\n"
+    )
+    cmd = _script(tmp_path, log, "sys.exit(1)")
+    with pytest.raises(build.BuildError) as info:
+        build.run_pip_wheel(plan, tmp_path / "out", command=cmd)
+    assert not isinstance(info.value, build.ConfigureEvidenceError)
+    assert "pip wheel failed with exit code 1" in str(info.value)
+    assert "ResolutionImpossible" in str(info.value)
