@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -195,7 +196,37 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[Message]:
         if role == "user" and isinstance(name, str) and name:
             norm["name"] = name
         out.append(norm)
-    return out
+    return [_utf8_safe(index, m) for index, m in enumerate(out)]
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def replace_surrogates(value: Any) -> Any:
+    """``value`` (strings, in dicts and lists too, keys included) with lone UTF-16 surrogates
+    (``"\\ud800"``, which ``json.loads`` makes of a broken escape in a client's JSON) replaced
+    by U+FFFD and valid pairs joined: UTF-8 cannot encode a lone one, and tokenizing raised
+    ``UnicodeEncodeError``. Returns ``value`` itself when there is nothing to replace."""
+    if isinstance(value, str):
+        if not _SURROGATE_RE.search(value):
+            return value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {replace_surrogates(k): replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_surrogates(v) for v in value]
+    return value
+
+
+def _utf8_safe(index: int, message: Message) -> Message:
+    """``message`` with :func:`replace_surrogates` applied, and a warning when it changed."""
+    fixed: Message = replace_surrogates(message)
+    if fixed != message:
+        logger.warning(
+            "messages[%d]: lone UTF-16 surrogate(s) replaced by U+FFFD (not encodable as UTF-8)",
+            index,
+        )
+    return fixed
 
 
 def _tool_result(index: int, message: Mapping[str, Any], pending: dict[str, str]) -> Message:

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from saiverse_llm.messages import replace_surrogates
+
 logger = logging.getLogger("saiverse_llm.tools")
 
 OPEN_TAG = "<tool_call>"
@@ -108,7 +110,10 @@ def normalize_tools(tools: Sequence[object] | None) -> list[dict[str, Any]]:
                     },
                 }
             )
-    return out
+    fixed: list[dict[str, Any]] = replace_surrogates(out)
+    if fixed != out:
+        logger.warning("tools: lone UTF-16 surrogates replaced by U+FFFD (UTF-8 cannot hold them)")
+    return fixed
 
 
 def _lower_types(schema: Any) -> Any:

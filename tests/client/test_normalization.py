@@ -80,3 +80,44 @@ def test_a_template_error_is_clear_not_a_reply(
     client = make_client(strict_gguf)
     with pytest.raises(MessageError, match=r"messages\[0\]\.role"):
         client.generate([{"role": "narrator", "content": "x"}], grammar=OK, max_tokens=4)
+
+
+def test_lone_surrogates_are_replaced_not_a_unicode_error(
+    make_client: Callable[..., Any], tiny: Path
+) -> None:
+    """A lone UTF-16 surrogate (``json.loads('"\\\\ud800"')``, a broken escape in a client's
+    JSON) in a message, a tool call, a tool result or a tool definition raised a raw
+    ``UnicodeEncodeError`` from the tokenizer, on every later turn of that history. It is
+    replaced by U+FFFD; a valid pair written as two code points becomes its character."""
+    client = make_client(tiny)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "description": "d\ud800",
+                "parameters": {"type": "object", "properties": {"a\udfff": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [
+        {"role": "system", "content": "s\udc00"},
+        {"role": "user", "content": "hi \ud800 \ud83d\ude00"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "1",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": {"a\udfff": "\ud800"}},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "1", "content": "r\ud800"},
+    ]
+    prompt = client.format_prompt(messages, tools)
+    assert "hi \ufffd \U0001f600" in prompt.text
+    assert not any(0xD800 <= ord(ch) <= 0xDFFF for ch in prompt.text)
+    assert isinstance(client.generate(messages, tools=tools, max_tokens=2, seed=1), dict)
+    assert isinstance("".join(client.generate_stream(messages, max_tokens=2, seed=1)), str)
