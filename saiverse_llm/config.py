@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -632,7 +633,7 @@ def _required_str(data: Mapping[str, Any], name: str, *, example: str) -> str:
             value=value,
             fix=f'write it as a JSON string, e.g. "{name}": "{example}"',
         )
-    return value
+    return _printable(value, name)
 
 
 def _optional_str(data: Mapping[str, Any], name: str) -> str | None:
@@ -646,6 +647,23 @@ def _optional_str(data: Mapping[str, Any], name: str) -> str | None:
             value=value,
             fix=f'write it as a JSON string ("{name}": "...") or remove it',
         )
+    return _printable(value, name)
+
+
+def _printable(value: str, name: str) -> str:
+    """``value`` when it holds no control character. An escape sequence in a display name or
+    a path would be sent to the terminal by ``saiverse-llm list`` (clear the screen, set the
+    window title, hide text); a newline would break the table. A note may hold newlines/tabs.
+    """
+    allowed = "\n\t" if name == "note" else ""
+    for index, char in enumerate(value):
+        if char not in allowed and unicodedata.category(char) == "Cc":
+            raise ConfigError(
+                f"holds the control character U+{ord(char):04X} at position {index}",
+                field=name,
+                value=value[:80],
+                fix="remove it (an escape like \\u001b or a newline has no place in this field)",
+            )
     return value
 
 

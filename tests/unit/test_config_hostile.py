@@ -214,6 +214,19 @@ def test_get_config_of_a_bad_config_raises_its_config_error(tmp_path: Path) -> N
     assert info.value.field == "n_gpu_layers"
 
 
+def test_get_llm_client_of_a_bad_config_raises_its_config_error(tmp_path: Path) -> None:
+    """SAIVerse's entry point: the ConfigError naming the file and field, not a raw
+    ValueError/RecursionError, and the good config beside it still loads its settings."""
+    from saiverse_llm import get_llm_client
+
+    folder = write_dir(tmp_path)
+    for key, field in (("bigint", "n_gpu_layers"), ("deep", "(json)"), ("wrap", "n_gpu_layers")):
+        with pytest.raises(ConfigError) as info:
+            get_llm_client(key, dirs=[folder])
+        assert info.value.field == field and info.value.fix
+    assert get_llm_client("ok", dirs=[folder]) is not None
+
+
 def list_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
     code = main(["--log-file", "/dev/null", "list", "--json", *args])
     return code, json.loads(capsys.readouterr().out)
@@ -257,3 +270,48 @@ def test_bounds_match_the_llama_cpp_ctypes_fields() -> None:
         field.v = high + 1
         assert field.v != high + 1, f"{ctype.__name__} holds more than the bound {high}"
     assert config.N_THREADS_RANGE[1] <= config.INT32_MAX
+
+
+# --------------------------------------------------------------------------- control characters
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("display_name", "evil\u001b[2J\u001b]0;pwned\u0007"),  # clear screen, window title
+        ("display_name", "two\nlines"),  # breaks the table
+        ("model_path", "/models/\u001b[31mred.gguf"),
+        ("model_path", "/models/x\u0000.gguf"),
+        ("chat_format", "gemma\u009b"),  # a C1 CSI
+        ("note", "\u001b[8mhidden"),
+    ],
+)
+def test_control_characters_in_strings_are_refused(tmp_path: Path, field: str, value: str) -> None:
+    doc = json.loads(text_with(""))
+    doc[field] = value
+    err = error_of(json.dumps(doc), tmp_path)
+    assert err.field == field
+    assert "control character" in str(err)
+
+
+def test_a_note_may_have_lines(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    doc = json.loads(text_with(""))
+    doc["note"] = "first line\n\tsecond line"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert load_config_file(path).note == doc["note"]
+
+
+def test_list_never_sends_a_config_s_escape_sequence_to_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAIVERSE_USER_DATA_DIR", str(tmp_path / "nouser"))
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    doc = json.loads(text_with(""))
+    doc["display_name"] = "evil\u001b[2J\u001b]0;pwned\u0007"
+    (folder / "m.json").write_text(json.dumps(doc), encoding="utf-8")
+    assert main(["--log-file", "/dev/null", "list", "--dir", str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert "\u001b" not in captured.out + captured.err
+    assert "control character U+001B" in captured.out
