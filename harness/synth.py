@@ -175,10 +175,19 @@ class Vocab:
         return self.tokens.index(token)
 
 
-def build_vocab() -> Vocab:
+#: The fewest tokens a vocabulary may be cut to: <unk> <s> </s>, the 256 byte tokens, the
+#: ChatML and tool-call specials and the word-start piece.
+MIN_VOCAB = 264
+
+
+def build_vocab(n_vocab: int | None = None) -> Vocab:
     """A SentencePiece (llama) vocabulary: <unk> <s> </s>, the 256 byte tokens, ChatML and
     tool-call specials, single characters and whole words (with every prefix so the SPM
-    merge loop can reach them). Longer pieces score higher, so words win over characters."""
+    merge loop can reach them). Longer pieces score higher, so words win over characters.
+
+    ``n_vocab`` keeps only the first ``n_vocab`` tokens (at least :data:`MIN_VOCAB`, at most
+    the full list): a model that spells most text with byte tokens. Raises
+    :class:`SynthError` for a size out of range."""
     tokens: list[str] = []
     scores: list[float] = []
     types: list[int] = []
@@ -213,7 +222,13 @@ def build_vocab() -> Vocab:
         for end in range(2, len(piece) + 1):
             prefix = piece[:end]
             add(prefix, float(len(prefix)), _NORMAL)
-    return Vocab(tokens=tokens, scores=scores, types=types)
+    if n_vocab is None:
+        return Vocab(tokens=tokens, scores=scores, types=types)
+    if isinstance(n_vocab, bool) or not MIN_VOCAB <= n_vocab <= len(tokens):
+        raise SynthError(
+            f"synth: n_vocab={n_vocab!r} is out of range; use {MIN_VOCAB}..{len(tokens)}"
+        )
+    return Vocab(tokens=tokens[:n_vocab], scores=scores[:n_vocab], types=types[:n_vocab])
 
 
 #: ChatML (Qwen2.5/Hermes style) with tools in the system prompt and ``<tool_call>`` blocks.
@@ -359,9 +374,12 @@ def synthesize(
     n_head_kv: int | None = None,
     n_ctx: int | None = None,
     dtype: str | None = None,
+    n_vocab: int | None = None,
     progress: ProgressFn | None = None,
 ) -> Path:
     """Write a deterministic random-weight llama GGUF to ``path`` and return it.
+
+    ``n_vocab`` cuts the vocabulary (see :func:`build_vocab`); ``None`` writes the full one.
 
     The file is written to a temporary name beside ``path`` and renamed into place, so a
     crash never leaves a half-written model. ``progress(done_bytes, total_bytes)`` is called
@@ -383,7 +401,7 @@ def synthesize(
     )
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    vocab = build_vocab()
+    vocab = build_vocab(n_vocab)
     tensors = _tensors(spec, len(vocab.tokens))
     total = sum(t.nbytes for t in tensors)
 

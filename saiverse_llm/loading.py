@@ -408,6 +408,8 @@ def default_n_threads() -> int:
 
 _ALLOC_SIZE_RE = re.compile(r"(?:failed to allocate|allocate) \w*\s*buffer of size (\d+)")
 _ALLOC_MIB_RE = re.compile(r"allocating ([\d.]+) MiB on device (\d+)")
+#: llama.cpp's words for running out of memory; ``std::bad_alloc`` is a host allocation of
+#: its own (e.g. the KV cache's per-cell state, sized by n_ctx) that failed.
 _MEMORY_RE = re.compile(
     r"failed to allocate|out of memory|ErrorOutOfDeviceMemory|unable to allocate|"
     r"cannot allocate|insufficient memory|std::bad_alloc",
@@ -504,9 +506,11 @@ def memory_error(spec: LoadSpec, lines: CapturedLog, *, n_ctx: int) -> ModelMemo
         what = "the compute buffers"
     elif "model buffer" in text or "load_tensors" in text or "weights" in text:
         what = "the model weights"
+    elif "bad_alloc" in text and "context" in text:
+        what = "the context (its KV cache state grows with context_length)"
     else:
         what = "a buffer"
-    asked = f" {_size(requested)}" if requested is not None else ""
+    asked = f" {_size(requested)}" if requested is not None else " memory"
     where = f" in {spec.config_source}" if spec.config_source else ""
     fixes = [f"lower context_length{where} (now {n_ctx}; the KV cache grows with it, e.g. 4096)"]
     if spec.n_gpu_layers != 0:

@@ -235,6 +235,48 @@ def unloadable_gguf(tmp_path: Path) -> Path:
     return write_unloadable_gguf(tmp_path / "bad.gguf")
 
 
+#: Weight seed of :func:`byte_vocab_gguf`: with the old ``create_completion`` client this
+#: model's ``generate`` returned '' (96 completion tokens) for "a" at temperature 0, seed 3,
+#: while ``generate_stream`` gave 54 characters (issue #11's second case).
+BYTE_VOCAB_SEED = 24
+
+
+@pytest.fixture(scope="session")
+def byte_vocab_gguf(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random llama GGUF (2 layers, ctx 2048) whose 378-token vocabulary is mostly
+    the 256 byte tokens: nearly every reply is spelled byte by byte, often invalid UTF-8."""
+    from harness.synth import synthesize
+
+    path = tmp_path_factory.mktemp("bytevocab") / "byte-vocab-378.gguf"
+    return synthesize(path, preset="tiny", seed=BYTE_VOCAB_SEED, n_vocab=378)
+
+
+#: :func:`deep_kv_gguf` takes 32 KiB of KV cache per token (32 layers x 256 K + 256 V
+#: values, f16): at this context the KV cache is 204,799,475,712 bytes (190.73 GiB), beyond
+#: any machine's memory, while llama.cpp's per-cell bookkeeping stays near 250 MB.
+HUGE_CONTEXT = 6_249_984  # a multiple of 256: llama.cpp pads n_ctx to one
+
+
+@pytest.fixture(scope="session")
+def huge_context() -> int:
+    return HUGE_CONTEXT
+
+
+@pytest.fixture(scope="session")
+def deep_kv_gguf(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32-layer random model (~30 MB, trained context 2048) with a large KV cache per
+    token. Memory-error tests load it at :data:`HUGE_CONTEXT`: the tiny model would need
+    400,000,000 tokens for the same KV cache, and llama.cpp's per-cell state for those
+    (~20 GB, written before the KV buffer is asked for) got the test process killed by the
+    OOM killer on a shared 24 GiB machine."""
+    from harness.synth import synthesize
+
+    path = tmp_path_factory.mktemp("deepkv") / "deep-kv.gguf"
+    return synthesize(
+        path, preset="tiny", n_layer=32, n_embd=256, n_head=4, n_head_kv=4, n_ff=256, dtype="f16"
+    )
+
+
 @pytest.fixture
 def fresh_pool(is_ours: bool) -> Iterator[Any]:
     from saiverse_llm.pool import ModelPool

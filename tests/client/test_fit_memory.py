@@ -205,15 +205,18 @@ def address_space_limit(headroom: int) -> Iterator[None]:
 
 
 def test_out_of_memory_error_names_the_fit_advice(
-    make_client: Callable[..., Any], tiny: Path, ours_only: None
+    make_client: Callable[..., Any], deep_kv_gguf: Path, huge_context: int, ours_only: None
 ) -> None:
     """shared/cases/08-kv-alloc-failure: the memory error (saiverse_llm.loading.memory_error)
     carries saiverse-llm fit's plan: on the CPU, against the free RAM, with the context that
     fits (never beyond the model's trained 2048). The load runs under an address-space limit
-    (see address_space_limit): std::bad_alloc is then the failure, and it is a memory error."""
+    (see address_space_limit); the model's large KV cache per token keeps llama.cpp's
+    per-cell state small (test_load_errors checks std::bad_alloc on its own)."""
     from saiverse_llm.loading import ModelMemoryError
 
-    client = make_client(tiny, context_length=400_000_000, n_gpu_layers=0, pool=ModelPool())
+    client = make_client(
+        deep_kv_gguf, context_length=huge_context, n_gpu_layers=0, pool=ModelPool()
+    )
     with address_space_limit(2 * 1024**3), pytest.raises(ModelMemoryError) as info:
         client.load_report()
     message = str(info.value)

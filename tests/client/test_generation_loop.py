@@ -45,6 +45,28 @@ def test_stream_and_generate_give_the_same_text(
     assert all(chunks), "an empty chunk was yielded"
 
 
+@pytest.mark.parametrize("seed", [3, 7])
+def test_byte_token_replies_are_the_same_on_both_paths(
+    make_client: Callable[..., Any], byte_vocab_gguf: Path, seed: int
+) -> None:
+    """Issue #11: on a 2-layer random model with a 378-token vocabulary (256 byte tokens,
+    ctx 2048), "a" with max_tokens=96, temperature 0 gave '' from generate (96 completion
+    tokens) and 55 characters from generate_stream (with this model: '' and 54). Both paths
+    must give the same text, and no token's text is dropped (an invalid byte shows as
+    U+FFFD)."""
+    client = make_client(byte_vocab_gguf, context_length=2048)
+    assert client.llama.n_vocab() == 378
+    messages = [{"role": "user", "content": "a"}]
+    kwargs: dict[str, Any] = {"max_tokens": 96, "temperature": 0.0, "seed": seed}
+    whole = client.generate(messages, **kwargs)
+    usage = client.consume_usage()
+    chunks = list(client.generate_stream(messages, **kwargs))
+    assert usage is not None and usage.completion_tokens == 96
+    assert whole, "96 completion tokens and no text"
+    assert "".join(chunks) == whole
+    assert all(chunks), "an empty chunk was yielded"
+
+
 def test_sampled_stream_matches_generate_for_the_same_seed(
     make_client: Callable[..., Any], tiny: Path
 ) -> None:

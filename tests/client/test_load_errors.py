@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,11 @@ pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp buil
 
 
 def test_out_of_memory_says_so_with_the_size_and_what_to_change(
-    make_client: Callable[..., Any], tiny: Path, ours_only: None
+    make_client: Callable[..., Any], deep_kv_gguf: Path, huge_context: int, ours_only: None
 ) -> None:
     """A KV cache far beyond memory: the error said "check that the file is a complete
     GGUF". It must say memory ran out, how much was asked for, and what to change."""
-    client = make_client(tiny, context_length=400_000_000)
+    client = make_client(deep_kv_gguf, context_length=huge_context)
     with pytest.raises(Exception) as info:
         client.generate([{"role": "user", "content": "hi"}], max_tokens=4)
     message = str(info.value)
@@ -35,7 +37,47 @@ def test_out_of_memory_says_so_with_the_size_and_what_to_change(
 
     assert isinstance(info.value, ModelMemoryError)
     assert info.value.requested_bytes == (int(failed[-1]) if failed else 204_800_000_000)
-    assert info.value.n_ctx == 400_000_000
+    assert info.value.n_ctx == huge_context
+
+
+#: Loads the tiny model at 400,000,000 tokens under a 4 GiB address-space limit: llama.cpp's
+#: per-cell KV state for that context (~16 GB) fails with std::bad_alloc before any KV buffer
+#: is asked for. The limit keeps the test from ever taking the machine's memory.
+_BAD_ALLOC = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from saiverse_llm.client import LlamaCppClient
+from saiverse_llm.loading import ModelMemoryError
+client = LlamaCppClient(sys.argv[1], context_length=400_000_000, n_gpu_layers=0,
+                        fallback_on_error=False, n_threads=2)
+try:
+    client.load_report()
+except ModelMemoryError as exc:
+    print("MEMORY", exc)
+    sys.exit(0)
+except BaseException as exc:
+    print("OTHER", type(exc).__name__, exc)
+    sys.exit(3)
+print("LOADED")
+sys.exit(4)
+"""
+
+
+def test_a_failed_host_allocation_is_a_memory_error_too(tiny: Path, ours_only: None) -> None:
+    """shared/cases/08 under a memory limit: llama.cpp's "failed to initialize the context:
+    std::bad_alloc" was reported as a damaged file ("check that the file is a complete
+    GGUF"). It is running out of memory, with what to change."""
+    out = subprocess.run(
+        [sys.executable, "-c", _BAD_ALLOC, str(tiny)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    message = out.stdout
+    assert "bad_alloc" in message  # llama.cpp's own line reached the error
+    assert "not enough memory" in message and "the context" in message
+    assert "context_length" in message and "complete GGUF" not in message
 
 
 def overlapping_copy(src: Path, dst: Path) -> Path:

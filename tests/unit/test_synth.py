@@ -90,6 +90,28 @@ def test_vocab_in_file(tmp_path: Path) -> None:
     assert "<0xE3>" in tokens  # first byte of most Japanese characters
 
 
+def test_cut_vocab_keeps_bytes_specials_and_reachable_pieces(tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    full = build_vocab()
+    cut = build_vocab(378)
+    assert cut.tokens == full.tokens[:378]
+    assert sum(1 for k in cut.types if k == 6) == 256
+    for special in ("<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "<tool_call>"):
+        assert special in cut.tokens
+    for token in cut.tokens:
+        if len(token) > 1 and not token.startswith("<"):
+            assert token[:-1] in cut.tokens, token
+    reader = gguf.GGUFReader(synthesize(tmp_path / "t.gguf", n_vocab=378))
+    assert len(reader.fields["tokenizer.ggml.tokens"].data) == 378
+    assert reader.get_tensor(0).shape.tolist()[-1] == 378  # token_embd rows follow the vocab
+
+
+@pytest.mark.parametrize("n_vocab", [263, 10_000, True])
+def test_cut_vocab_out_of_range_is_an_error(n_vocab: int) -> None:
+    with pytest.raises(SynthError, match="n_vocab"):
+        build_vocab(n_vocab)
+
+
 def _render(**kwargs: Any) -> str:
     jinja2 = pytest.importorskip("jinja2")
     from jinja2.sandbox import ImmutableSandboxedEnvironment
