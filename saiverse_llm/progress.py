@@ -223,7 +223,7 @@ class StepProgress:
             pass
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(min(self.interval, 5.0) if self.interval > 0 else 1.0):
+        while not self._stop.wait(min(self.interval, 1.0) if self.interval > 0 else 1.0):
             with self._lock:
                 due = self.clock() - self._last_line >= self.interval
             if due:

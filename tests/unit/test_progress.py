@@ -114,3 +114,18 @@ def test_heartbeat_is_silent_in_a_terminal(monkeypatch: pytest.MonkeyPatch) -> N
     with heartbeat("x", interval=0.02, stream=out):
         time.sleep(0.1)
     assert out.getvalue() == ""
+
+
+def test_a_due_line_comes_within_a_second_not_up_to_five_late() -> None:
+    """A redirected nox log showed 34 s between two build lines (interval 30): the thread
+    looked every 5 s. It looks every second now."""
+    out, clock = io.StringIO(), Clock()
+    with StepProgress("build cpu", stream=out, bar=False, interval=30, clock=clock) as p:
+        p.update(57, 193, phase="compile")
+        clock.t += 30  # the interval has passed; the next look must print
+        start = time.monotonic()
+        while out.getvalue().count("\n") < 2 and time.monotonic() - start < 4.0:
+            time.sleep(0.05)
+        waited = time.monotonic() - start
+    assert out.getvalue().splitlines()[1] == "build cpu: compile 57/193 (30%), 30s elapsed"
+    assert waited < 4.0
