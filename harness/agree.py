@@ -42,7 +42,7 @@ import yaml
 
 from harness import paths
 from harness.variants import Variant
-from saiverse_llm.atomic import atomic_write_json
+from saiverse_llm.atomic import atomic_write_json, publish_dir
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -298,8 +298,7 @@ def variant_venv(variant: str, wheel: Path, *, say: Say | None = None) -> Path:
                 raise AgreeError(f"making the {variant} venv failed at `{' '.join(cmd[:4])} ...`:"
                                  f"\n{tail}")  # fmt: skip
         atomic_write_json(tmp / "llama-harness-venv.json", {"wheel": str(wheel)})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)  # venvs are relocatable enough for `bin/python` to work
+        publish_dir(tmp, final)  # venvs are relocatable enough for `bin/python` to work
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     # A venv's scripts carry its path; only bin/python is used, which does not.

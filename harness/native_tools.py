@@ -51,7 +51,7 @@ from typing import Any
 from harness import build, paths, toolchain, wheel_cache
 from harness.build import BuildPlan
 from harness.variants import Variant, get_variant
-from saiverse_llm.atomic import atomic_write_json
+from saiverse_llm.atomic import atomic_write_json, publish_dir
 from saiverse_llm.download import sha256_file
 from saiverse_llm.progress import StepProgress, elapsed_text
 
@@ -266,13 +266,7 @@ def _publish(
                 "tools": tools, "libs": libs, **record}  # fmt: skip
         atomic_write_json(tmp / INFO_FILE, info, ensure_ascii=True)
         _check_loadable(tmp, list(tools))
-        old = None
-        if final.exists():
-            old = final.parent / f".tools-old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

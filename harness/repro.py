@@ -37,7 +37,7 @@ import yaml
 
 from harness import doctor, paths
 from saiverse_llm import devices
-from saiverse_llm.atomic import atomic_copy, atomic_write_text
+from saiverse_llm.atomic import atomic_copy, atomic_write_text, publish_dir
 from saiverse_llm.redact import redact_text
 
 REPRO_DIR = paths.PROJECT_ROOT / "repro"
@@ -300,9 +300,7 @@ def ensure_wheelhouse(say: Say | None = None) -> Path:
                 "PyPI (or a local index in pip's config) reachable once"
             )
         atomic_write_text(Path(tmp) / ".complete", time.strftime("%Y-%m-%dT%H:%M:%S"))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+        publish_dir(tmp, root)
         Path(tmp).mkdir()  # let TemporaryDirectory clean up an empty folder
     return root
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from harness import paths
 from saiverse_llm import devices
+from saiverse_llm.atomic import publish_dir
 
 ARCH_ENV = "LLAMA_HARNESS_CUDA_ARCHITECTURES"
 #: Environment variables that change what a build produces (part of the cache key).
@@ -359,9 +360,7 @@ def unpack_cublas_wheel(wheel: Path, dest_root: Path, major: int) -> Cublas:
                 "CUDA_HOME to a toolkit with cuBLAS"
             )
         final = dest_root / f"{package.replace('_', '-')}-{version}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(unpack, final)
+        publish_dir(unpack, final)
     result = _wheel_cublas_dir(final, major)
     assert result is not None
     return result

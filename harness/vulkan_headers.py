@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths
-from saiverse_llm.atomic import atomic_write_json, atomic_write_text
+from saiverse_llm.atomic import atomic_write_json, atomic_write_text, publish_dir
 
 #: Where newer headers come from when the system's are too old.
 DEBIAN_SUITE = "trixie"
@@ -225,9 +225,7 @@ def fetch_headers(minimum: Version) -> Headers:
         }
         atomic_write_json(unpack / "toolchain.json", meta)
         final = root / f"vulkan-headers-debian-{DEBIAN_SUITE}-{format_version(got)}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(unpack, final)
+        publish_dir(unpack, final)
     shutil.rmtree(apt_dir, ignore_errors=True)  # ~20 MB of package lists, not needed again
     headers = _read_meta(final / "toolchain.json")
     assert headers is not None

@@ -30,7 +30,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from harness import paths
-from saiverse_llm.atomic import atomic_copy, atomic_write_json
+from saiverse_llm.atomic import atomic_copy, atomic_write_json, publish_dir
 from saiverse_llm.download import sha256_file
 
 SCHEMA = 1
@@ -316,14 +316,7 @@ def store(
                 **dict(extra or {}),
             }
             atomic_write_json(tmp / "build.json", record, sort_keys=True, ensure_ascii=True)
-            old = None
-            if final.exists():
-                old = base / f".old-{key[:12]}-{os.getpid()}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            publish_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

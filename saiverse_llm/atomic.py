@@ -8,6 +8,7 @@ JSON, ``llama-bench.json``, ``build.json``, cached models, wheels, markers)::
     atomic_write_json(path, doc)            # JSON document (UTF-8, trailing newline)
     atomic_write_text(path, text)           # text
     atomic_copy(src, path)                  # a copy of another file (a wheel, a build.json)
+    publish_dir(tmp_folder, path)           # a complete folder (a cache entry, a venv)
     with atomic_output(path) as tmp:        # anything a library writes to a path:
         fig.savefig(tmp)                    #   matplotlib, tarfile, zipfile, a download...
 
@@ -38,6 +39,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "publish",
+    "publish_dir",
     "temp_path_beside",
 ]
 
@@ -138,3 +140,25 @@ def atomic_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) 
         shutil.copyfile(source, tmp)
         shutil.copystat(source, tmp)
     return Path(target)
+
+
+def publish_dir(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Put the complete folder ``tmp`` in place as ``target`` (same file system): an existing
+    ``target`` is first renamed aside (``.<name>.old-<pid>``), then ``tmp`` is renamed to
+    ``target`` and the old folder removed. If that rename fails, the old folder is put back
+    and the error raised. Readers never see a half-filled ``target``."""
+    src, dest = Path(tmp), Path(target)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    try:
+        os.replace(src, dest)
+    except BaseException:
+        if old is not None and not dest.exists():
+            os.replace(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest

@@ -323,3 +323,32 @@ def test_every_file_writer_uses_the_atomic_helper() -> None:
         + "\nFix: use saiverse_llm.atomic (atomic_write_text / atomic_write_json / "
         "atomic_output / atomic_copy), or add the line to _ALLOWED here with the reason"
     )
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_publish_dir_replaces_a_folder_whole(tmp_path: Path) -> None:
+    from saiverse_llm.atomic import publish_dir
+
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    new = tmp_path / ".entry.tmp"
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    assert publish_dir(new, target) == target
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # nothing left aside
+
+
+def test_publish_dir_puts_the_old_folder_back_when_the_rename_fails(tmp_path: Path) -> None:
+    from saiverse_llm.atomic import publish_dir
+
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(FileNotFoundError):
+        publish_dir(tmp_path / "missing", target)
+    assert (target / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
