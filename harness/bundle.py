@@ -41,7 +41,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -733,14 +733,6 @@ def run_bundle(spec: RunSpec) -> int:
     cmd, extra = session_command(done.manifest, done.root, done.python, spec.session, spec.posargs)
     env = {**done.env, **extra}
     return _run([*done.jail, *cmd], env, cwd=done.root / "project")
-
-
-def iter_members(bundle: Path) -> Iterable[tuple[str, int]]:
-    """(name, size) of every file in a bundle archive."""
-    with tarfile.open(bundle, "r:*") as tar:
-        for member in tar.getmembers():
-            if member.isfile():
-                yield member.name, member.size
 
 
 def main(argv: Sequence[str] | None = None) -> int:

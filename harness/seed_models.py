@@ -170,13 +170,6 @@ SEED_MODELS: tuple[SeedModel, ...] = (
 )
 
 
-def seed_model(key: str) -> SeedModel:
-    for m in SEED_MODELS:
-        if m.key == key:
-            return m
-    raise KeyError(f"no seed model {key!r}; known: {', '.join(m.key for m in SEED_MODELS)}")
-
-
 def tensor_table(m: SeedModel) -> list[TensorShape]:
     """The tensors llama.cpp's converter writes for ``m`` (dims in ggml order)."""
     q_dim = m.n_head * m.head_dim

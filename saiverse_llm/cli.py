@@ -39,7 +39,6 @@ from saiverse_llm.fit_command import register_fit
 from saiverse_llm.gguf_file import GGUFError, read_gguf
 from saiverse_llm.model_commands import (
     RUN_ERRORS,
-    add_config_dir_argument,
     register_chat,
     register_check,
 )
@@ -47,6 +46,7 @@ from saiverse_llm.redact import RedactingFormatter
 from saiverse_llm.registry import (
     ModelNotFoundError,
     RegistryEntry,
+    add_config_dir_argument,
     discover,
     project_models_dir,
     search_dirs,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from saiverse_llm.config import ModelConfig
 from saiverse_llm.download import DownloadError, Fetched, fetch_file, progress_bars
+from saiverse_llm.registry import add_config_dir_argument
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -106,15 +107,7 @@ def register_fetch(sub: Subparsers) -> None:
         ),
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="config key(s)")
-    parser.add_argument(
-        "--dir",
-        dest="dirs",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="also read configs from DIR (highest priority; may be repeated)",
-    )
+    add_config_dir_argument(parser)
     parser.add_argument(
         "--offline",
         action="store_true",

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -919,11 +918,20 @@ def footprint(model: ModelConfig | str | os.PathLike[str]) -> dict[str, Any]:
     ``compute_bytes``, ``device_bytes`` (on the GPU with the config's n_gpu_layers),
     ``host_bytes`` and ``total_bytes`` (their sum). Raises ``GGUFError``/:class:`FitError`."""
     req = request_for(model)
-    e = estimate(req.shape, req.settings)
-    split = e.split(req.n_gpu_layers)
     return {
         "context_length": req.settings.n_ctx,
         "n_gpu_layers": req.n_gpu_layers,
+        **request_bytes(req),
+    }
+
+
+def request_bytes(req: Request) -> dict[str, int]:
+    """What loading ``req`` allocates, in bytes: ``weights_bytes``, ``kv_cache_bytes``,
+    ``compute_bytes``, ``device_bytes`` (the part on the GPU with ``req.n_gpu_layers``),
+    ``host_bytes`` and ``total_bytes`` (device + host)."""
+    e = estimate(req.shape, req.settings)
+    split = e.split(req.n_gpu_layers)
+    return {
         "weights_bytes": e.weights_bytes,
         "kv_cache_bytes": e.kv_cache_bytes,
         "compute_bytes": e.compute_bytes,
@@ -1064,8 +1072,3 @@ def host_available_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def table_rows(plans: Sequence[Plan]) -> list[dict[str, Any]]:
-    """Plain rows (for CLI tables): one per plan."""
-    return [p.to_dict() for p in plans]

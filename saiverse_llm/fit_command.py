@@ -22,8 +22,7 @@ from saiverse_llm import devices, fit
 from saiverse_llm.cli_errors import int_arg
 from saiverse_llm.config import CONTEXT_LENGTH_RANGE, ModelConfig
 from saiverse_llm.gguf_file import GGUFError
-from saiverse_llm.model_commands import add_config_dir_argument
-from saiverse_llm.registry import get_config, search_dirs
+from saiverse_llm.registry import add_config_dir_argument, get_config, search_dirs
 from saiverse_llm.tables import print_table
 from saiverse_llm.user_errors import UsageError, UserError
 

@@ -233,13 +233,6 @@ class _Reader:
     def u64(self) -> int:
         return int(self.unpack("<Q", 8))
 
-    def string_bytes(self) -> bytes:
-        n = self.u64()
-        self.need(n)
-        data = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return data
-
     def skip_string(self) -> int:
         n = self.u64()
         self.need(n)

@@ -31,7 +31,7 @@ from saiverse_llm.config import (
 from saiverse_llm.fallback import FallbackError
 from saiverse_llm.messages import MessageError
 from saiverse_llm.pool import ModelLoadError, max_models_from_env
-from saiverse_llm.registry import search_dirs
+from saiverse_llm.registry import add_config_dir_argument, search_dirs
 from saiverse_llm.tables import message_console, print_table
 from saiverse_llm.tools import ToolCallError
 
@@ -47,19 +47,6 @@ CHAT_MAX_TOKENS = 256
 
 #: What a model command raises as "error: ..." with exit status 1 (see saiverse_llm.cli).
 RUN_ERRORS = (ModelLoadError, FallbackError, GenerationError, ToolCallError, MessageError)
-
-
-def add_config_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """``--dir DIR`` (repeatable): extra config directories, highest priority."""
-    parser.add_argument(
-        "--dir",
-        dest="dirs",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="also read configs from DIR (highest priority; may be repeated)",
-    )
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -267,18 +254,7 @@ def _memory(client: LlamaCppClient, report: dict[str, Any]) -> dict[str, Any]:
     except (ValueError, OSError) as exc:
         out["error"] = str(exc)
         return out
-    e = fit.estimate(req.shape, req.settings)
-    split = e.split(req.n_gpu_layers)
-    out.update(
-        {
-            "weights_bytes": e.weights_bytes,
-            "kv_cache_bytes": e.kv_cache_bytes,
-            "compute_bytes": e.compute_bytes,
-            "device_bytes": split.device_bytes,
-            "host_bytes": split.host_bytes,
-            "total_bytes": split.device_bytes + split.host_bytes,
-        }
-    )
+    out.update(fit.request_bytes(req))
     return out
 
 

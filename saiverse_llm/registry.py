@@ -16,6 +16,7 @@ never hides the others: :func:`discover` returns it as an entry with its error.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import logging
 import os
@@ -172,3 +173,17 @@ def get_config(key: str, dirs: Sequence[Path] | None = None) -> ModelConfig:
     if path is None:
         raise ModelNotFoundError(key, sorted(files), search)
     return load_config_file(path)
+
+
+def add_config_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dir DIR`` (repeatable) on a command that reads configs: extra config directories
+    for :func:`search_dirs`, highest priority (``args.dirs``)."""
+    parser.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also read configs from DIR (highest priority; may be repeated)",
+    )
