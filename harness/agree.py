@@ -274,7 +274,7 @@ def variant_venv(variant: str, wheel: Path, *, say: Say | None = None) -> Path:
     exactly that wheel and its runtime dependencies (made once: temp folder, then rename)."""
     from harness.install import RUNTIME_DEPS
 
-    root = paths.cache_root() / "venvs"
+    root = paths.venvs_dir()
     final = root / f"{variant}-{_sha12(wheel)}"
     python = final / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if (final / "llama-harness-venv.json").is_file() and python.exists():
@@ -412,7 +412,7 @@ def agree(
     tell = say or (lambda _msg: None)
     qtype = quant_type(model)
     limits = load_limits(qtype, thresholds)
-    work_root = paths.cache_root() / "agree"
+    work_root = paths.agree_dir()
     work_root.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory(dir=work_root, prefix=".run-") as tmp:

@@ -212,7 +212,7 @@ def stage_context(
     for rel_dir in CONTEXT_DIRS:
         (dest / rel_dir).mkdir(parents=True, exist_ok=True)
     version = plan.buildargs.get("LLAMA_CPP_PYTHON_VERSION", "")
-    sdist = paths.sdist_dir() / f"llama_cpp_python-{version}.tar.gz"
+    sdist = paths.sdist_file(version)
     if sdist.is_file():
         shutil.copyfile(sdist, dest / "docker/sdist" / sdist.name)
     if wheel is not None:

@@ -24,6 +24,12 @@ def sdist_dir() -> Path:
     return cache_root() / "sdist"
 
 
+def sdist_file(version: str) -> Path:
+    """Where the llama-cpp-python ``version`` sdist is kept: PyPI's file name in
+    :func:`sdist_dir` (``sdist/llama_cpp_python-X.Y.Z.tar.gz``)."""
+    return sdist_dir() / f"llama_cpp_python-{version}.tar.gz"
+
+
 def src_dir() -> Path:
     """Unpacked sdists, one stable folder per version (``src/llama_cpp_python-X.Y.Z``)."""
     return cache_root() / "src"
@@ -46,6 +52,21 @@ def logs_dir() -> Path:
 def toolchains_dir() -> Path:
     """Unpacked helper toolchains, e.g. the ``nvidia-cublas`` wheel for CUDA builds."""
     return cache_root() / "toolchains"
+
+
+def venvs_dir() -> Path:
+    """One venv per (variant, wheel) for ``llama-harness agree`` (``venvs/<variant>-<sha12>``)."""
+    return cache_root() / "venvs"
+
+
+def agree_dir() -> Path:
+    """``llama-harness agree``'s working folders (logits of a run, removed after it)."""
+    return cache_root() / "agree"
+
+
+def repro_dir() -> Path:
+    """Replays of doctor cases: the wheelhouse of their venvs (``repro/wheelhouse``)."""
+    return cache_root() / "repro"
 
 
 def models_dir() -> Path:

@@ -243,7 +243,7 @@ def missing_requirements(needs: Sequence[str]) -> list[str]:
             )
         elif need.startswith("sdist-"):
             version = need.removeprefix("sdist-")
-            path = paths.sdist_dir() / f"llama_cpp_python-{version}.tar.gz"
+            path = paths.sdist_file(version)
             if not path.is_file():
                 reasons.append(
                     f"needs the llama-cpp-python {version} sdist at {path}; fix: `pip download "
@@ -272,7 +272,7 @@ def _builds(cmd: str) -> bool:
 
 
 def sdist_path(version: str) -> Path:
-    path = paths.sdist_dir() / f"llama_cpp_python-{version}.tar.gz"
+    path = paths.sdist_file(version)
     if not path.is_file():
         raise ReplayError(
             f"{path}: the llama-cpp-python {version} sdist is missing; fix: `pip download "
@@ -283,7 +283,7 @@ def sdist_path(version: str) -> Path:
 
 def ensure_wheelhouse(say: Say | None = None) -> Path:
     """Wheels of the replay venvs' dependencies, downloaded once with pip (temp, rename)."""
-    root = paths.cache_root() / "repro" / "wheelhouse"
+    root = paths.repro_dir() / "wheelhouse"
     if (root / ".complete").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)

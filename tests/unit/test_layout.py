@@ -17,3 +17,17 @@ def test_no_product_module_is_named_like_a_test() -> None:
         if p.name.startswith("test_")
     ]
     assert not named, f"product modules named like tests: {named}"
+
+
+def test_every_cache_folder_is_named_in_paths() -> None:
+    """One cache layout: a module asks harness.paths for a folder (``paths.venvs_dir()``),
+    never builds one from the cache root itself."""
+    offenders = [
+        f"{p.relative_to(ROOT).as_posix()}:{n}"
+        for folder in ("saiverse_llm", "harness", "benchmarks")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if p != ROOT / "harness" / "paths.py"
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "cache_root() /" in line
+    ]
+    assert not offenders, f"cache folders outside harness/paths.py: {offenders}"
