@@ -415,9 +415,10 @@ def log_facts(text: str | None) -> dict[str, Any]:
     if not text or not text.strip():
         return {"user.log": None, "log.build_failed": None}
     facts: dict[str, Any] = {"user.log": text}
-    kinds = [step for step, marker in _KIND_RES if marker.search(text)]
-    facts["log.kinds"] = kinds
+    kinds = {step for step, marker in _KIND_RES if marker.search(text)}
     step, line, build_failed = failing_step(text)
+    # a log of the failing line alone (no step marker before it) still shows that step
+    facts["log.kinds"] = [s for s in STEPS if s in kinds or s == step]
     facts["log.failed_step"] = step
     facts["log.failed_step_label"] = STEP_LABELS.get(step or "")
     facts["log.failed_line"] = line

@@ -399,3 +399,22 @@ def test_a_run_time_failure_in_the_log_is_the_verdict() -> None:
         "The log shows a failure at run time (model load / inference): ggml_cuda_init: failed "
         "to initialize CUDA: no CUDA-capable device is detected. Inspected here: "
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CMake Error at CMakeLists.txt: Could not find nvcc\n",
+        "ERROR: Could not find a version that satisfies the requirement llama-cpp-python==9\n",
+    ],
+)
+def test_a_log_of_the_failing_line_alone_shows_that_step(text: str) -> None:
+    """A log holding only its failing line printed "The log shows no pip, CMake, compiler or
+    llama.cpp lines the doctor knows." and then "Failing step: CMake configure: ..."."""
+    from harness.doctor import log_summary
+
+    facts = build_log.log_facts(text)
+    assert facts["log.failed_step"] in facts["log.kinds"]
+    summary = log_summary(facts)
+    assert not any("no pip, CMake" in line for line in summary), summary
+    assert any(line.startswith("Failing step:") for line in summary), summary
