@@ -17,6 +17,7 @@ import math
 import mmap
 import os
 import struct
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -507,7 +508,7 @@ def _parse_body(path: Path, r: _Reader, size: int) -> GGUFInfo:
         context_length=arch_int("context_length"),
         block_count=arch_int("block_count"),
         chat_template=template if isinstance(template, str) else None,
-        name=name_value if isinstance(name_value, str) else None,
+        name=_printable(name_value) if isinstance(name_value, str) else None,
         metadata=metadata,
         tensors=tuple(tensors),
     )
@@ -521,6 +522,18 @@ _SCALARS = {
     for vtype, (_name, fmt) in _VALUE_TYPES.items()
     if fmt is not None
 }
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``): a model's
+    ``general.name`` is printed by ``fit``/``check``, and a file must not be able to send an
+    escape sequence (clear the screen, set the window title) to the user's terminal."""
+    if all(unicodedata.category(c) != "Cc" for c in text):
+        return text
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
+        for c in text
+    )
 
 
 def _read_metadata(

@@ -262,3 +262,23 @@ def test_random_corruption_never_escapes(tmp_path: Path, tiny_bytes: bytes) -> N
         path = write(tmp_path, bytes(data) + tiny_bytes[info.data_offset :])
         with contextlib.suppress(GGUFError):
             read_gguf(path)
+
+
+def test_a_model_name_cannot_send_escape_sequences_to_the_terminal() -> None:
+    """general.name is printed by fit/check: control characters come out as escapes."""
+    import struct
+
+    from saiverse_llm.gguf_file import parse_gguf
+
+    def s(x: bytes) -> bytes:
+        return struct.pack("<Q", len(x)) + x
+
+    def kv_str(k: bytes, v: bytes) -> bytes:
+        return s(k) + struct.pack("<I", 8) + s(v)
+
+    name = "evil\x1b[2J\x1b]0;t\x07 \u30e2\u30c7\u30eb"
+    kvs = [kv_str(b"general.architecture", b"llama"), kv_str(b"general.name", name.encode())]
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
+    info = parse_gguf(head + b"\0" * (-len(head) % 32))
+    assert info.name == "evil\\x1b[2J\\x1b]0;t\\x07 \u30e2\u30c7\u30eb"
+    assert info.metadata["general.name"] == "evil\x1b[2J\x1b]0;t\x07 \u30e2\u30c7\u30eb"
