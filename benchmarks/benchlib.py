@@ -316,11 +316,16 @@ def clear_kv(llm: Any) -> None:
     llama_cpp.llama_perf_context_reset(llm.ctx)
 
 
-def new_conversation(llm: Any) -> None:
-    """Forget the previous prompt (the next completion evaluates it in full) and zero the
-    perf counters; the KV cells are overwritten from position 0."""
+def new_conversation(target: Any) -> None:
+    """Forget the previous prompts (the next completion evaluates its prompt in full) and
+    zero the perf counters. ``target``: a client's loaded model (``client.load()``: its
+    engine's cached prefixes are dropped too) or a bare ``Llama``."""
     import llama_cpp
 
+    engine = getattr(target, "engine", None)
+    llm = getattr(target, "llm", target)
+    if engine is not None:
+        engine.flush()
     llm.reset()
     llama_cpp.llama_perf_context_reset(llm.ctx)
 

@@ -74,6 +74,7 @@ ROUNDS: dict[str, tuple[int, int]] = {
     "load_warm": (20, 2),
     "stream": (5, 1),
     "stream_len": (3, 1),  # test_streaming: 128/512/2,048 tokens per round
+    "batch": (3, 1),  # test_batching: llama-batched-bench + B = 1, 2, 4, 8 streams per round
     "chat": (5, 1),
 }
 

@@ -147,7 +147,7 @@ def test_stream(
         perfs.append(perf(llm.ctx))
 
     benchmark.pedantic(
-        target, setup=lambda: new_conversation(llm), rounds=n_rounds, warmup_rounds=warmup
+        target, setup=lambda: new_conversation(client.load()), rounds=n_rounds, warmup_rounds=warmup
     )
     keep = slice(warmup, None) if len(totals) > warmup else slice(None)
     ttft, totals, tokens, perfs = ttft[keep], totals[keep], tokens[keep], perfs[keep]
@@ -201,7 +201,7 @@ def _chat_bench(
         counts.append(n)
 
     benchmark.pedantic(
-        target, setup=lambda: new_conversation(llm), rounds=n_rounds, warmup_rounds=warmup
+        target, setup=lambda: new_conversation(client.load()), rounds=n_rounds, warmup_rounds=warmup
     )
     kept = counts[warmup:] if len(counts) > warmup else counts
     assert min(kept) > 0, f"{metric}: no tokens generated"

@@ -128,7 +128,7 @@ def test_stream_rate(
         )
 
     benchmark.pedantic(
-        target, setup=lambda: new_conversation(llm), rounds=n_rounds, warmup_rounds=warmup
+        target, setup=lambda: new_conversation(client.load()), rounds=n_rounds, warmup_rounds=warmup
     )
     kept = runs[warmup:] if len(runs) > warmup else runs
     report = client.load_report()

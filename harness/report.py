@@ -42,6 +42,9 @@ PARITY_GOAL = 0.97
 #: Streaming goal (issue #11): generate_stream at >= this share of llama.cpp's eval rate.
 STREAM_GOAL = 0.95
 _STREAM_LEN_RE = re.compile(r"^stream(\d+)(_c|_ratio|_ttft)?$")
+#: Batching goal (issue #19): B client streams at >= this share of llama-batched-bench's S_TG.
+BATCH_GOAL = 0.9
+_BATCH_RE = re.compile(r"^batch(\d+)(_lbb|_ratio|_ttft|_join)?$")
 
 BENCH_FILE = "bench.json"
 LLAMA_BENCH_FILE = "llama-bench.json"
@@ -83,6 +86,12 @@ _PATTERNS: list[tuple[re.Pattern[str], MetricSpec]] = [
     (re.compile(r"^stream\d+_c$"), MetricSpec("{m} C-side eval", "t/s", True)),
     (re.compile(r"^stream\d+_ratio$"), MetricSpec("{m}", "x", True, comparable=False)),
     (re.compile(r"^stream\d+_ttft$"), MetricSpec("{m}", "s", False)),
+    # benchmarks/test_batching.py: B concurrent streams, in their own table
+    (re.compile(r"^batch\d+$"), MetricSpec("{m} streams", "t/s", True)),
+    (re.compile(r"^batch\d+_lbb$"), MetricSpec("{m} llama-batched-bench", "t/s", True)),
+    (re.compile(r"^batch\d+_ratio$"), MetricSpec("{m}", "x", True, comparable=False)),
+    (re.compile(r"^batch\d+_ttft$"), MetricSpec("{m}", "s", False)),
+    (re.compile(r"^batch\d+_join$"), MetricSpec("{m}", "steps", False, comparable=False)),
     (re.compile(r"^pp\d+$"), MetricSpec("{m}", "t/s", True)),
     (re.compile(r"^tg\d+$"), MetricSpec("{m}", "t/s", True)),
     (re.compile(r"^lb_(pp|tg)\d+$"), MetricSpec("llama-bench {s}", "t/s", True)),
@@ -291,6 +300,9 @@ def _settings_from_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
         "load",
         "isolation",
         "c_side_tps",
+        "n_seq_max",
+        "n_ctx_seq",
+        "llama_batched_bench",
     )
     return {k: extra[k] for k in keys if k in extra}
 
@@ -1024,7 +1036,9 @@ def render_markdown(
         )
     lines.append("")
     for model in rs.models():
-        metrics = [m for m in rs.metrics(model) if not _STREAM_LEN_RE.match(m)]
+        metrics = [
+            m for m in rs.metrics(model) if not _STREAM_LEN_RE.match(m) and not _BATCH_RE.match(m)
+        ]
         settings = _model_settings(rs, model)
         lines += [f"## {model}", ""]
         if settings:
@@ -1084,6 +1098,7 @@ def render_markdown(
             )
         lines.append("")
     lines += render_streaming(rs)
+    lines += render_batching(rs)
     if rs.agreements:
         lines += render_agreements(rs.agreements)
     if regressions is not None:
@@ -1198,6 +1213,70 @@ def reduced_set(info: VariantInfo) -> bool:
     """The variant ran the reduced benchmark set (a software device: tiny model, short
     streams), so its rows are not comparable with a full run's beyond what they hold."""
     return str(info.provenance.get("bench_set", "")).lower() == "reduced"
+
+
+def render_batching(rs: ResultSet) -> list[str]:
+    """The batching table (benchmarks/test_batching.py): per variant, model and B, the
+    aggregate t/s of B concurrent client streams, llama-batched-bench's S_TG at the same B
+    in the same run, their ratio, the TTFT of a request joining B - 1 running streams and
+    the decode steps it waited for a sequence, threads and the load while it ran."""
+    rows = sorted(
+        {
+            (m.variant, m.model, int(match.group(1)))
+            for m in rs.measurements
+            if (match := _BATCH_RE.match(m.metric)) and match.group(2) is None
+        },
+        key=lambda r: (r[0] != rs.baseline, r[0], r[1], r[2]),
+    )
+    if not rows:
+        return []
+    command = next(
+        (
+            str(m.settings.get("llama_batched_bench"))
+            for m in rs.measurements
+            if _BATCH_RE.match(m.metric) and m.settings.get("llama_batched_bench")
+        ),
+        "llama-batched-bench",
+    )
+    lines = [
+        "## Batching (concurrent generate_stream calls on one model)",
+        "",
+        "Streams t/s: B threads each read a generate_stream (64-token prompt, 64 tokens, "
+        "temperature 0) on one model; tokens per second over the decode steps that held all B "
+        "sequences. S_TG: llama.cpp's llama-batched-bench, same build, threads and batch, in "
+        f"the same round (`{command}`); ratio: the two divided per round (goal >= "
+        f"{BATCH_GOAL} at every B). TTFT: a request arriving while B - 1 streams decode (its "
+        "prompt included); join: decode steps it waited for a sequence.",
+        "",
+        "| variant | model | B | streams t/s | llama-batched-bench S_TG | ratio | TTFT | join "
+        "| threads | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for var, model, b in rows:
+        ours = rs.get(var, model, f"batch{b}")
+        lbb = rs.get(var, model, f"batch{b}_lbb")
+        ratio = rs.get(var, model, f"batch{b}_ratio")
+        ttft = rs.get(var, model, f"batch{b}_ttft")
+        join = rs.get(var, model, f"batch{b}_join")
+        settings = ours.settings if ours else {}
+        loadavg = settings.get("loadavg")
+        load = f"{loadavg[0]:.2f}" if isinstance(loadavg, list) and loadavg else "-"
+        if row_busy(rs, var, model, (f"batch{b}",)):
+            load += " ⚠ busy"
+        ratio_text = "—"
+        if ratio is not None:
+            flag = "" if ratio.value >= BATCH_GOAL else " ⚠"
+            ratio_text = f"{ratio.value:.3f} ±{ratio.stddev:.3f}{flag}"
+        lines.append(
+            f"| {var} | {model} | {b} | "
+            f"{format_cell(ours, None) if ours else '—'} | "
+            f"{format_cell(lbb, None) if lbb else '—'} | {ratio_text} | "
+            f"{format_cell(ttft, None) if ttft else '—'} | "
+            f"{f'{join.value:.0f}' if join else '—'} | "
+            f"{settings.get('n_threads', '-')} | {load} |"
+        )
+    lines.append("")
+    return lines
 
 
 def software_device(info: VariantInfo) -> bool:

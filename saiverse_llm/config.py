@@ -15,11 +15,12 @@ key. The schema is the one the SAIVerse llama.cpp guide shows::
       "parameters": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 2048}
     }
 
-plus a few optional fields this client adds (``chat_format``, ``n_threads``,
-``fallback_model``, ``test_model``, ``note``, and ``source``: where the GGUF comes from, see
-:class:`ModelSource`, used by ``saiverse-llm fetch``). ``parameters`` may also use
-SAIVerse's spec form (``{"temperature": {"default": 0.7, "min": 0, "max": 2}}``); both forms
-mean the same.
+plus a few optional fields this client adds (``chat_format``, ``n_threads``, ``n_seq_max``:
+how many requests the model decodes together, each with ``context_length`` tokens, null
+sizing it from free memory; ``fallback_model``, ``test_model``, ``note``, and ``source``:
+where the GGUF comes from, see :class:`ModelSource`, used by ``saiverse-llm fetch``).
+``parameters`` may also use SAIVerse's spec form
+(``{"temperature": {"default": 0.7, "min": 0, "max": 2}}``); both forms mean the same.
 
 Every problem raises :class:`ConfigError`, which names the file, the field, the bad value and
 the fix. Harmless oddities (unknown keys, ``model`` not matching the file name) are logged as
@@ -63,12 +64,16 @@ DEFAULT_MAX_TOKENS = 2048
 #   max_tokens     -> compared with n_ctx by Llama.create_completion (so: c_uint32)
 #   seed           -> llama_sampler_init_dist(seed)        ctypes.c_uint32 (0xFFFFFFFF,
 #                     LLAMA_DEFAULT_SEED, means "random"; -1 is llama.cpp's spelling of it)
+#   n_seq_max      -> llama_context_params.n_seq_max       ctypes.c_uint32; llama_context
+#                     refuses more than LLAMA_MAX_SEQ = 256 (src/llama-cparams.h)
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 GGML_MAX_N_THREADS = 512
 N_GPU_LAYERS_RANGE = (-1, INT32_MAX)
 CONTEXT_LENGTH_RANGE = (1, UINT32_MAX)
 N_THREADS_RANGE = (1, GGML_MAX_N_THREADS)
+LLAMA_MAX_SEQ = 256
+N_SEQ_MAX_RANGE = (1, LLAMA_MAX_SEQ)
 MAX_TOKENS_RANGE = (1, UINT32_MAX)
 SEED_RANGE = (0, UINT32_MAX)
 TEMPERATURE_RANGE = (0.0, 2.0)
@@ -93,6 +98,7 @@ KNOWN_KEYS = frozenset(
         "supports_images",
         "chat_format",
         "n_threads",
+        "n_seq_max",
         "test_model",
         "note",
         "source",
@@ -247,6 +253,7 @@ class ModelConfig:
     supports_images: bool = False
     chat_format: str | None = None
     n_threads: int | None = None
+    n_seq_max: int | None = None
     test_model: str | None = None
     parameters: Parameters = field(default_factory=Parameters)
     source: Path | None = None
@@ -277,6 +284,7 @@ class ModelConfig:
             "supports_images": self.supports_images,
             "chat_format": self.chat_format,
             "n_threads": self.n_threads,
+            "n_seq_max": self.n_seq_max,
             "test_model": self.test_model,
             "parameters": {
                 "temperature": self.parameters.temperature,
@@ -583,6 +591,14 @@ def _parse(data: object, *, key: str, source: Path | None) -> ModelConfig:
         why=f"ggml runs at most {GGML_MAX_N_THREADS} threads (GGML_MAX_N_THREADS)",
         fix="use the number of physical cores (e.g. 8), or null for the default",
     )
+    n_seq_max = _optional_int(
+        data,
+        "n_seq_max",
+        bounds=N_SEQ_MAX_RANGE,
+        why=f"llama.cpp holds at most {LLAMA_MAX_SEQ} sequences (LLAMA_MAX_SEQ)",
+        fix="use the number of requests to decode together (1 = one at a time), or null to "
+        "size it from free memory",
+    )
     test_model = _optional_str(data, "test_model")
     note = _optional_str(data, "note")
     model_source = _model_source(data.get("source"), model_path, where)
@@ -610,6 +626,7 @@ def _parse(data: object, *, key: str, source: Path | None) -> ModelConfig:
         supports_images=supports_images,
         chat_format=chat_format,
         n_threads=n_threads,
+        n_seq_max=n_seq_max,
         test_model=test_model,
         parameters=parameters,
         source=source,

@@ -342,10 +342,13 @@ class LoadSettings:
     flash_attn: bool = False
     swa_full: bool = True
     offload_kqv: bool = True
+    n_seq: int = 1  # sequences decoded together (n_seq_max), n_ctx cells each
 
     @property
     def kv_size(self) -> int:
-        """Cells per layer: n_ctx padded to 256 (``GGML_PAD(n_ctx, 256)``)."""
+        """Cells per layer of one sequence: n_ctx padded to 256 (``GGML_PAD(n_ctx, 256)``).
+        With ``n_seq`` sequences the cache is not unified: each has its own stream of
+        this many cells, and the worst-case graph is reserved for one stream's length."""
         return _pad(max(1, self.n_ctx), CTX_PAD)
 
     @property
@@ -523,7 +526,8 @@ class Estimate:
             "quantization": self.shape.file_type,
             "n_layer": self.n_layer,
             "context_length": s.n_ctx,
-            "kv_cells": s.kv_size,
+            "kv_cells": s.kv_size * s.n_seq,
+            "n_seq": s.n_seq,
             "n_ctx_train": self.shape.n_ctx_train,
             "settings": {
                 "n_batch": s.n_batch,
@@ -582,10 +586,11 @@ def estimate(shape: ModelShape, settings: LoadSettings) -> Estimate:
 
     cells = s.kv_size
     swa_cells = cells if s.swa_full else min(cells, _pad(shape.n_swa + s.n_ubatch, CTX_PAD))
+    streams = max(1, s.n_seq)  # one stream of cells per sequence
     v_width_max = max(hv * kv for hv, kv in zip(shape.head_dim_v, shape.n_head_kv, strict=True))
     layers: list[LayerFigures] = []
     for il in range(n_layer):
-        n_cells = swa_cells if shape.swa[il] else cells
+        n_cells = (swa_cells if shape.swa[il] else cells) * streams
         k_width = shape.head_dim_k[il] * shape.n_head_kv[il]
         v_width = shape.head_dim_v[il] * shape.n_head_kv[il]
         if not s.flash_attn:  # V is stored transposed, padded to the widest layer
@@ -702,8 +707,9 @@ class Plan:
         n_ctx = e.settings.n_ctx
         where = f"{gib(self.memory_bytes)} of {'VRAM' if self.device == 'GPU' else 'free RAM'}"
         budget = f"{gib(self.budget_bytes)} after a {gib(self.margin_bytes)} margin"
+        seqs = f" x {e.settings.n_seq} sequences" if e.settings.n_seq > 1 else ""
         head = (
-            f"{e.shape.name} ({e.shape.file_type}) at context_length {n_ctx} needs "
+            f"{e.shape.name} ({e.shape.file_type}) at context_length {n_ctx}{seqs} needs "
             f"{gib(self.needed_bytes)}"
             + (" on the GPU with all layers offloaded" if self.device == "GPU" else "")
             + f" (weights {gib(e.weights_bytes)}, KV cache {gib(e.kv_cache_bytes)}, "
@@ -875,6 +881,33 @@ def _largest_context(
     return lo * CTX_PAD
 
 
+def sequences_that_fit(
+    shape: ModelShape,
+    settings: LoadSettings,
+    free_bytes: int,
+    *,
+    device: str = "RAM",
+    n_gpu_layers: int = 0,
+    most: int = 4,
+    share: float = 0.5,
+    margin_bytes: int = DEFAULT_MARGIN,
+) -> int:
+    """How many sequences of ``settings.n_ctx`` cells each (llama.cpp's ``n_seq_max``, KV
+    cache not unified: ``n_seq`` streams of cells) a load may decode together: the
+    most, up to ``most``, whose extra memory beyond one sequence (KV cache and compute
+    buffer on ``device``) stays within ``share`` of ``free_bytes - margin_bytes``, the
+    memory still free after the one-sequence load. At least 1."""
+    one = _needed(estimate(shape, settings), device, n_gpu_layers)
+    budget = max(0, free_bytes - margin_bytes) * share
+    best = 1
+    for n in range(2, most + 1):
+        e = estimate(shape, replace(settings, n_seq=n))
+        if _needed(e, device, n_gpu_layers) - one > budget:
+            break
+        best = n
+    return best
+
+
 # --------------------------------------------------------------------------- configs
 
 
@@ -891,24 +924,30 @@ def request_for(
     model: ModelConfig | str | os.PathLike[str],
     *,
     n_ctx: int | None = None,
+    n_seq: int | None = None,
     n_gpu_layers: int | None = None,
     llama_kwargs: dict[str, Any] | None = None,
     context_cap: int | None = None,
 ) -> Request:
     """The :class:`Request` of a model config (or a GGUF path) as the client would load it:
     ``n_ctx`` defaults to the config's ``context_length``, else the GGUF's trained context
-    capped at ``context_cap`` (the client's ``DEFAULT_CONTEXT_CAP``); ``n_gpu_layers`` to the
-    config's (-1 for a path). Raises ``GGUFError``/:class:`FitError` for an unusable file."""
+    capped at ``context_cap`` (the client's ``DEFAULT_CONTEXT_CAP``); ``n_seq`` (sequences
+    decoded together, each with ``n_ctx`` cells: the KV cache holds ``n_seq`` times as
+    many) to the config's ``n_seq_max`` (1 when it is unset: the client sizes it from the
+    memory left after the load); ``n_gpu_layers`` to the config's (-1 for a path). Raises
+    ``GGUFError``/:class:`FitError` for an unusable file."""
     if isinstance(model, ModelConfig):
         path: Path = model.model_path
         config_ctx = model.context_length
         config_ngl = model.n_gpu_layers
+        config_seq = model.n_seq_max or 1
     else:
-        path, config_ctx, config_ngl = Path(model).expanduser(), None, -1
+        path, config_ctx, config_ngl, config_seq = Path(model).expanduser(), None, -1, 1
     shape = read_shape(path)
     cap = context_cap or DEFAULT_CONTEXT_CAP
     ctx = n_ctx or config_ctx or (min(shape.n_ctx_train, cap) if shape.n_ctx_train else cap)
     settings = LoadSettings.from_llama_kwargs(ctx, dict(llama_kwargs or {}))
+    settings = replace(settings, n_seq=n_seq or config_seq)
     return Request(shape, settings, config_ngl if n_gpu_layers is None else n_gpu_layers)
 
 

@@ -1,6 +1,7 @@
-"""The generation loop: from prompt tokens to reply text, one token at a time.
+"""The generation loop's per-request part: from sampled tokens to reply text.
 
-Two parts, kept apart so that a batching engine can drive many requests with one decode:
+Kept apart from decoding so that one scheduler drives many requests with one decode
+(:mod:`saiverse_llm.engine`, which serves every call, alone or batched):
 
 * :class:`Generation`: everything one request owns. Its sampler
   (:class:`~saiverse_llm.sampling.Sampler`, own seed and chain) picks a token from one
@@ -12,29 +13,22 @@ Two parts, kept apart so that a batching engine can drive many requests with one
   string minus one character is held), ``max_tokens`` is counted exactly, and the released
   text is fed to the tool-call filter (:class:`~saiverse_llm.tools.ToolCallStreamFilter`).
   ``Generation.step(ctx, idx)`` consumes one token and never calls ``llama_decode``.
-* :func:`run_single`: the driver for one sequence on one context (what the client uses):
-  it reuses the KV cache's common prefix with the previous call, decodes the rest of the
-  prompt, then alternates ``step`` and a one-token decode until the reply is done.
+* :func:`check_decode` turns a failed ``llama_decode`` into the error the client's retry
+  logic reads; :func:`unseen` keeps a retried stream from repeating text.
 
-``generate`` and ``generate_stream`` both run this loop, so they give the same text for
-the same seed. The prompt's last token is always decoded on its own (the rest of the
-prompt in batches of n_batch): llama.cpp's logits depend on the batch a token is computed
-in, and this way a repeated prompt served from the KV cache gives bit-identical logits to
-its first run. Per token the loop costs a dictionary lookup, a UTF-8 decode and two C
-calls, independent of the reply's length.
+``generate`` and ``generate_stream`` both run this loop (through the engine), so they give
+the same text for the same seed. Per token the loop costs a dictionary lookup, a UTF-8
+decode and two C calls, independent of the reply's length.
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from saiverse_llm.errors import RetryDivergedError
-from saiverse_llm.loading import LoadedModel
 from saiverse_llm.sampling import Sampler
 from saiverse_llm.tools import ToolCall, ToolCallStreamFilter
 from saiverse_llm.vocab import Vocab
@@ -157,8 +151,8 @@ class ReplyBuilder:
 
 class Generation:
     """One request's state: its prompt, sampler and reply. Consumes one token per
-    :meth:`step`; whoever owns the context decodes (:func:`run_single`, or a batching
-    engine that gives each sequence its own output row ``idx``)."""
+    :meth:`step`; the engine (:mod:`saiverse_llm.engine`) owns the context, decodes and
+    gives each sequence its own output row ``idx``."""
 
     def __init__(self, prompt: list[int], sampler: Sampler, reply: ReplyBuilder) -> None:
         if not prompt:
@@ -185,7 +179,7 @@ class Generation:
         self.sampler.close()
 
 
-# --- one sequence on one context ------------------------------------------------------
+# --- decoding ---------------------------------------------------------------------------
 
 
 def check_decode(rc: int) -> None:
@@ -194,93 +188,6 @@ def check_decode(rc: int) -> None:
     if rc != 0:
         why = _DECODE_CODES.get(rc, "compute failed")
         raise RuntimeError(f"llama_decode returned {rc} ({why})")
-
-
-def reuse_prefix(model: LoadedModel, prompt: list[int]) -> int:
-    """Keep the KV cache's common prefix with ``prompt`` (never its last token), drop the
-    rest; returns the number of prompt tokens kept. ``Llama.n_tokens``/``input_ids`` stay
-    the record of what the cache holds, so llama-cpp-python's own calls see the truth."""
-    import llama_cpp
-
-    llm = model.llm
-    held = int(llm.n_tokens)
-    keep = 0
-    if held > 0:
-        m = min(held, len(prompt) - 1)
-        if m > 0:
-            differ = np.flatnonzero(llm.input_ids[:m] != np.asarray(prompt[:m]))
-            keep = int(differ[0]) if differ.shape[0] else m
-    memory = llama_cpp.llama_get_memory(llm.ctx)
-    if not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):
-        llama_cpp.llama_memory_clear(memory, True)
-        keep = 0
-    llm.n_tokens = keep
-    llm._requires_eval = True  # our logits are not the ones llama-cpp-python expects
-    return keep
-
-
-def decode_tokens(model: LoadedModel, tokens: list[int], *, logits_last: bool) -> None:
-    """Decode ``tokens`` on sequence 0 after what the cache holds, in n_batch chunks;
-    only the very last token gets logits (when ``logits_last``)."""
-    import llama_cpp
-
-    llm = model.llm
-    batch = model.batch()
-    cap = batch.capacity
-    for start in range(0, len(tokens), cap):
-        chunk = tokens[start : start + cap]
-        n = len(chunk)
-        pos = int(llm.n_tokens)
-        batch.token[:n] = chunk
-        batch.pos[:n] = np.arange(pos, pos + n, dtype=np.int32)
-        batch.logits[:n] = 0
-        if logits_last and start + n == len(tokens):
-            batch.logits[n - 1] = 1
-        batch.raw.n_tokens = n
-        check_decode(llama_cpp.llama_decode(llm.ctx, batch.raw))
-        llm.input_ids[pos : pos + n] = chunk
-        llm.n_tokens = pos + n
-
-
-def run_single(model: LoadedModel, gen: Generation) -> Iterator[str]:
-    """Generate ``gen`` on ``model``'s context (the caller holds the model's lock); yields
-    text as it becomes safe to show, the tail last."""
-    import llama_cpp
-
-    llm = model.llm
-    ctx = llm.ctx
-    prompt = gen.prompt
-    gen.cached_tokens = reuse_prefix(model, prompt)
-    if len(prompt) - 1 > gen.cached_tokens:
-        decode_tokens(model, prompt[gen.cached_tokens : -1], logits_last=False)
-    decode_tokens(model, prompt[-1:], logits_last=True)
-    batch = model.batch()
-    token_arr, pos_arr, logits_arr, raw = batch.token, batch.pos, batch.logits, batch.raw
-    decode = llama_cpp.llama_decode
-    input_ids = llm.input_ids
-    sample, push, reply = gen.sampler.sample, gen.reply.push, gen.reply
-    logits_arr[0] = 1
-    pos = int(llm.n_tokens)
-    while True:
-        token = sample(ctx, -1)
-        gen.last_token = token
-        text = push(token)
-        if text:
-            yield text
-        if reply.done:
-            break
-        token_arr[0] = token
-        pos_arr[0] = pos
-        raw.n_tokens = 1
-        rc = decode(ctx, raw)
-        if rc:
-            check_decode(rc)
-        input_ids[pos] = token
-        pos += 1
-        llm.n_tokens = pos
-    tail = gen.finish()
-    if tail:
-        yield tail
 
 
 def unseen(produced: str, emitted: str) -> str:

@@ -17,15 +17,15 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from saiverse_llm import fit
-from saiverse_llm.errors import GenerationError
+from saiverse_llm.engine import Engine, EngineSettings
 from saiverse_llm.native import (
     CapturedLog,
+    gpu_free_bytes,
     llama_cpp_module,
     native_log,
     parse_load_log,
@@ -69,33 +69,10 @@ def check_gguf(path: Path) -> GGUFSummary:
     return summary
 
 
-class DecodeBatch:
-    """A ``llama_batch`` of ``capacity`` tokens for sequence 0, with numpy views of its
-    token, pos and logits arrays (the sequence ids are set once, here)."""
-
-    def __init__(self, capacity: int) -> None:
-        import llama_cpp
-        import numpy as np
-
-        self.capacity = capacity
-        self.raw = llama_cpp.llama_batch_init(capacity, 0, 1)
-        self.token = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
-        self.pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
-        self.logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
-        np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))[:] = 1
-        for i in range(capacity):
-            self.raw.seq_id[i][0] = 0
-        self._free = llama_cpp.llama_batch_free
-
-    def free(self) -> None:
-        if self._free is not None:
-            self._free(self.raw)
-            self._free = None
-
-
 class LoadedModel:
-    """One ``Llama`` in the pool: its load report, chat template and vocabulary, the lock
-    that serialises generation on it, and a count of the calls using it.
+    """One ``Llama`` in the pool: its load report, chat template and vocabulary, its
+    batching :class:`~saiverse_llm.engine.Engine` (every generation on the model is a job
+    of it), and a count of the calls using it.
 
     A model is freed only when nobody uses it: :meth:`close` (the pool evicting or
     unloading it) while a call holds it (:meth:`acquire` ... :meth:`release`, e.g. a stream
@@ -103,46 +80,39 @@ class LoadedModel:
     marked model cannot be acquired again (the caller loads a fresh one)."""
 
     def __init__(
-        self, llm: Any, key: ModelKey, report: dict[str, Any], template: ChatTemplate
+        self,
+        llm: Any,
+        key: ModelKey,
+        report: dict[str, Any],
+        template: ChatTemplate,
+        engine_settings: EngineSettings | None = None,
     ) -> None:
         self.llm = llm
         self.key = key
         self.report = report
         self.template = template
         self.vocab = Vocab(llm)
-        #: held for the whole of a generation on this model (not re-entrant)
-        self.lock = threading.Lock()
+        self.n_ctx = usable_n_ctx(llm)
+        self.engine = Engine(
+            llm,
+            engine_settings or EngineSettings(),
+            name=str(report.get("model") or Path(key.path).name),
+            n_ctx_seq=self.n_ctx,
+        )
         self._state = threading.Lock()
         self._users = 0
         self._close_pending = False
         self.closed = False
-        self._batch: DecodeBatch | None = None
-        self._owner: int | None = None
 
-    @contextlib.contextmanager
-    def generating(self) -> Iterator[None]:
-        """Hold the generation lock. The same thread asking again (a stream on this model
-        is still open there, and the new call would overwrite its KV cache) is an error,
-        not a deadlock."""
-        me = threading.get_ident()
-        if self._owner == me:
-            raise GenerationError(
-                f"{self.report.get('model', self.key.path)}: a stream on this model is still "
-                "open in this thread. Fix: read the stream to its end or close() it before "
-                "the next call on the same model"
-            )
-        with self.lock:
-            self._owner = me
-            try:
-                yield
-            finally:
-                self._owner = None
+    @property
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """``with model.lock:`` uses the ``Llama`` directly (llama-cpp-python's own calls,
+        on sequence 0), once no request runs on it: :meth:`Engine.exclusive`."""
+        return self.engine.exclusive()
 
-    def batch(self) -> DecodeBatch:
-        """The decode batch of this context (n_batch tokens), made on first use."""
-        if self._batch is None:
-            self._batch = DecodeBatch(int(self.llm.n_batch))
-        return self._batch
+    def generating(self) -> contextlib.AbstractContextManager[None]:
+        """The same as :attr:`lock` (the name the generation loop used before the engine)."""
+        return self.engine.exclusive()
 
     @property
     def in_use(self) -> bool:
@@ -185,24 +155,86 @@ class LoadedModel:
         self._free()
 
     def _free(self) -> None:
-        if self._batch is not None:
-            self._batch.free()
-            self._batch = None
+        self.engine.close()
         self.llm.close()
 
 
 def usable_n_ctx(llm: Any) -> int:
-    """Tokens a prompt plus reply may use. llama.cpp may round n_ctx up (to 256), but
-    llama-cpp-python sizes its token buffer by the requested n_ctx: the smaller one counts."""
-    actual = int(llm.n_ctx())
+    """Tokens a prompt plus reply may use in one sequence. llama.cpp may round a
+    sequence's cells up (to 256), but llama-cpp-python sizes its token buffer by the
+    requested n_ctx: the smaller one counts."""
+    import llama_cpp
+
+    actual = int(llama_cpp.llama_n_ctx_seq(llm.ctx))
     requested = int(getattr(llm.context_params, "n_ctx", 0) or actual)
     return min(actual, requested)
+
+
+#: Sequences a config without ``n_seq_max`` gets at most (when memory allows, see
+#: :func:`auto_n_seq`).
+AUTO_N_SEQ_MAX = 4
+#: Share of the memory left free after the load that more sequences may take.
+AUTO_N_SEQ_SHARE = 0.5
+
+
+def open_sequences(llm: Any, n_seq: int) -> None:
+    """Give ``llm`` a context of ``n_seq`` sequences with its ``n_ctx`` cells each
+    (``kv_unified`` off, as ``llama-batched-bench`` runs), in place of the one-sequence
+    context ``Llama`` made (freed first). llama-cpp-python has no parameter for it."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+    params.n_seq_max = n_seq
+    params.n_ctx = n_seq * int(llm.context_params.n_ctx)
+    params.kv_unified = False
+    llm._ctx.close()
+    ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=llm.verbose)
+    llm._ctx = llm._stack.enter_context(contextlib.closing(ctx))
+    llm.n_tokens = 0
+
+
+def auto_n_seq(spec: LoadSpec, n_ctx: int, report: dict[str, Any]) -> tuple[int, str]:
+    """How many sequences a config without ``n_seq_max`` gets, and why: as many as
+    :func:`saiverse_llm.fit.sequences_that_fit` allows (at most :data:`AUTO_N_SEQ_MAX`)
+    in half the memory still free after the load (system RAM for a CPU load, the GPU's
+    free memory when the KV cache is offloaded); one when that is unknown or short."""
+    on_gpu = int(report.get("n_layers_offloaded") or 0) > 0
+    if on_gpu:
+        free = gpu_free_bytes()
+        where = "free GPU memory"
+    else:
+        free = fit.host_available_bytes()
+        where = "free RAM"
+    if free is None:
+        return 1, f"auto: 1 ({where} unknown; set n_seq_max in the config to batch)"
+    try:
+        req = fit.request_for(
+            spec.path,
+            n_ctx=n_ctx,
+            n_gpu_layers=spec.n_gpu_layers if on_gpu else 0,
+            llama_kwargs=spec.llama_kwargs,
+        )
+    except (ValueError, OSError) as exc:
+        return 1, f"auto: 1 (no memory estimate: {exc})"
+    n = fit.sequences_that_fit(
+        req.shape,
+        req.settings,
+        free,
+        device="GPU" if on_gpu else "RAM",
+        n_gpu_layers=req.n_gpu_layers,
+        most=AUTO_N_SEQ_MAX,
+        share=AUTO_N_SEQ_SHARE,
+    )
+    return n, f"auto: {n} of at most {AUTO_N_SEQ_MAX} ({fit.gib(free)} {where} after the load)"
 
 
 @dataclass(frozen=True)
 class LoadSpec:
     """What to load and how: the resolved file, n_ctx inputs, offload, threads, template.
 
+    ``n_seq_max``: sequences decoded together (each with ``context_length`` cells); None
+    sizes it from the memory left after the load (:func:`auto_n_seq`).
     ``path_raw`` is the config's unexpanded ``model_path`` (for error messages);
     ``path_error`` is the reason the path could not be expanded, if any; ``fetch_hint``
     (``saiverse-llm fetch KEY``) and ``test_model`` (the ``llama-harness models fetch``
@@ -221,6 +253,7 @@ class LoadSpec:
     test_model: str | None = None
     fetch_hint: str | None = None
     path_error: str | None = None
+    n_seq_max: int | None = None
 
     def key(self) -> ModelKey:
         """The pool key: everything that changes what llama.cpp loads."""
@@ -230,7 +263,11 @@ class LoadSpec:
             n_gpu_layers=self.n_gpu_layers,
             n_threads=self.n_threads,
             chat_format=self.chat_format,
-            extra={"context_cap": self.context_cap, **self.llama_kwargs},
+            extra={
+                "context_cap": self.context_cap,
+                "n_seq_max": self.n_seq_max,
+                **self.llama_kwargs,
+            },
         )
 
     def _expansion_note(self) -> str:
@@ -320,9 +357,14 @@ class LoadSpec:
                 llm = llama_cpp.Llama(**kwargs)
             except Exception as exc:
                 raise load_error(self, exc, lines, n_ctx=n_ctx) from exc
-        elapsed = time.perf_counter() - started
         report = parse_load_log(lines)
-        report["memory_mib"] = parse_memory_log(lines)
+        n_seq, n_seq_source, context_lines = self._n_seq(llm, n_ctx, report)
+        elapsed = time.perf_counter() - started
+        memory = parse_memory_log(lines)
+        if context_lines:  # the context was made again for n_seq sequences: its buffers
+            again = parse_memory_log(context_lines)
+            memory.update({kind: mib for kind, mib in again.items() if kind != "model" and mib})
+        report["memory_mib"] = memory
         if not report["n_layers_total"] and summary.block_count:
             report["n_layers_total"] = summary.block_count + 1
         report.update(
@@ -341,6 +383,8 @@ class LoadSpec:
                 "system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace"),
                 "llama_cpp_version": getattr(llama_cpp, "__version__", "?"),
                 "load_seconds": round(elapsed, 3),
+                "n_seq_max": n_seq,
+                "n_seq_source": n_seq_source,
             }
         )
         try:
@@ -367,16 +411,57 @@ class LoadSpec:
                 why,
             )
         logger.info(
-            "loaded %s in %.2fs: backend=%s, %d/%d layers offloaded, n_ctx=%d, template=%s",
+            "loaded %s in %.2fs: backend=%s, %d/%d layers offloaded, n_ctx=%d per sequence, "
+            "n_seq_max=%d (%s), template=%s",
             self.model_name,
             elapsed,
             report["backend"],
             report["n_layers_offloaded"],
             report["n_layers_total"],
             report["n_ctx"],
+            n_seq,
+            n_seq_source,
             template.name,
         )
-        return LoadedModel(llm=llm, key=key, report=report, template=template)
+        return LoadedModel(
+            llm=llm,
+            key=key,
+            report=report,
+            template=template,
+            engine_settings=EngineSettings(n_seq=n_seq),
+        )
+
+    def _n_seq(
+        self, llm: Any, n_ctx: int, report: dict[str, Any]
+    ) -> tuple[int, str, CapturedLog]:
+        """Open the sequences the config asks for (or :func:`auto_n_seq` sizes); one when
+        the larger context cannot be allocated (logged). Returns the count, where it came
+        from and llama.cpp's log of the new context (empty when it was kept)."""
+        if self.n_seq_max is not None:
+            n_seq, source = self.n_seq_max, "config"
+        else:
+            n_seq, source = auto_n_seq(self, n_ctx, report)
+        lines = CapturedLog()
+        if n_seq <= 1:
+            return 1, source, lines
+        try:
+            with native_log.capture() as lines:
+                open_sequences(llm, n_seq)
+        except Exception as exc:
+            logger.warning(
+                "%s: could not allocate %d sequences of %d tokens (%s%s); running one "
+                "sequence. Fix: lower n_seq_max or context_length in the config (saiverse-llm "
+                "fit plans it)",
+                self.model_name,
+                n_seq,
+                n_ctx,
+                exc,
+                _native_detail(lines),
+            )
+            with native_log.capture() as lines:
+                open_sequences(llm, 1)
+            return 1, f"{source}: {n_seq} did not fit, 1", lines
+        return n_seq, source, lines
 
 
 # --- threads ---------------------------------------------------------------------------

@@ -218,7 +218,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         ),
         ("GPU offload in this build", "yes" if report["gpu_offload_supported"] else "no"),
         ("devices", devices),
-        ("n_ctx", f"{report['n_ctx']} (trained {report['n_ctx_train']})"),
+        ("n_ctx", f"{report['n_ctx']} per sequence (trained {report['n_ctx_train']})"),
+        (
+            "sequences",
+            f"{report.get('n_seq_max', 1)} decoded together ({report.get('n_seq_source', '-')})",
+        ),
         ("chat template", str(report["chat_template"])),
         ("n_threads", _threads(report, args.n_threads)),
         ("load", f"{report['load_seconds']:.2f} s"),
@@ -248,6 +252,7 @@ def _memory(client: LlamaCppClient, report: dict[str, Any]) -> dict[str, Any]:
         req = fit.request_for(
             client.model_path,
             n_ctx=report["n_ctx"],
+            n_seq=int(report.get("n_seq_max") or 1),
             n_gpu_layers=report["n_layers_offloaded"],
             llama_kwargs=getattr(client, "_llama_kwargs", None),
         )

@@ -161,7 +161,7 @@ def test_fast_sampling_routes_pick_the_same_tokens_as_llama_cpps_chain(
     """Gemma's 262,144-token vocabulary takes the numpy routes (greedy argmax, exact top-k
     then the rest of the chain); llama.cpp's own chain on the full vocabulary must pick the
     same tokens for the same seed."""
-    from saiverse_llm.generation import Generation, ReplyBuilder, run_single
+    from saiverse_llm.generation import Generation, ReplyBuilder
     from saiverse_llm.sampling import Sampler, SamplingParams
 
     client = make_client(gemma, context_length=256, chat_format="gemma")
@@ -172,12 +172,8 @@ def test_fast_sampling_routes_pick_the_same_tokens_as_llama_cpps_chain(
         params = SamplingParams(temperature=temperature, top_p=0.9, seed=seed, ignore_eos=True)
         sampler = Sampler(model.vocab, params, route=route)
         gen = Generation(prompt, sampler, ReplyBuilder(model.vocab, max_tokens=12))
-        with model.generating():
-            model.llm.reset()  # the same (fresh) cache state for both routes
-            try:
-                return sampler.route, "".join(run_single(model, gen))
-            finally:
-                gen.close()
+        model.engine.flush()  # the same (fresh) cache state for both routes
+        return sampler.route, model.engine.submit(gen).result()
 
     for seed in (1, 2):
         fast_route, fast = run(None, seed)
@@ -187,18 +183,19 @@ def test_fast_sampling_routes_pick_the_same_tokens_as_llama_cpps_chain(
         assert fast == chain, f"seed {seed}"
 
 
-def test_a_call_under_an_open_stream_in_the_same_thread_is_an_error(
-    make_client: Callable[..., Any], tiny: Path, ours_only: None
+@pytest.mark.parametrize("n_seq_max", [1, 2])
+def test_a_call_under_an_open_stream_in_the_same_thread_gets_its_own_text(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None, fresh_pool: Any, n_seq_max: int
 ) -> None:
-    """The second call would overwrite the open stream's KV cache (and a re-entrant lock
-    let it): a clear error instead, and the stream still finishes with its own text."""
-    from saiverse_llm.errors import GenerationError
-
-    client = make_client(tiny, context_length=512)
+    """Each call is a job of the model's engine with its own sequence (issue #19): a second
+    call while a stream is open in the same thread runs beside it (or, with one sequence,
+    once the unread stream pauses or ends) instead of overwriting its KV cache, and both
+    get their own text. (Before the engine it was an error: one lock per model.)"""
+    client = make_client(tiny, context_length=512, pool=fresh_pool, n_seq_max=n_seq_max)
     kwargs: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "seed": 2}
     alone = client.generate([{"role": "user", "content": "hello"}], **kwargs)
+    other = client.generate([{"role": "user", "content": "other"}], **kwargs)
     stream = client.generate_stream([{"role": "user", "content": "hello"}], **kwargs)
     first = next(stream)
-    with pytest.raises(GenerationError, match="still open in this thread"):
-        client.generate([{"role": "user", "content": "other"}], max_tokens=4)
+    assert client.generate([{"role": "user", "content": "other"}], **kwargs) == other
     assert first + "".join(stream) == alone

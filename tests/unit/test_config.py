@@ -330,6 +330,21 @@ def test_n_threads_must_be_positive_int(value: object) -> None:
     assert err.value == value
 
 
+@pytest.mark.parametrize("value", [0, -1, 257, "4", 2.0, True])
+def test_n_seq_max_is_a_sequence_count_llama_cpp_accepts(value: object) -> None:
+    """Sequences decoded together (issue #19): 1..LLAMA_MAX_SEQ (256), or null (sized from
+    the memory left after the load)."""
+    err = error_of(minimal(n_seq_max=value))
+    assert err.field == "n_seq_max"
+    assert ("without the .0" if isinstance(value, float) else "null") in err.fix
+
+
+def test_n_seq_max_is_read_and_defaults_to_null() -> None:
+    assert parse_config(minimal(), key="m").n_seq_max is None
+    cfg = parse_config(minimal(n_seq_max=4), key="m")
+    assert cfg.n_seq_max == 4 and cfg.to_dict()["n_seq_max"] == 4
+
+
 # --- booleans and strings ----------------------------------------------------------------------
 
 

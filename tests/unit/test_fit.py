@@ -10,6 +10,7 @@ tests/harness/test_fit_vs_fit_params.py measure the same figures live.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -509,3 +510,43 @@ def test_quantized_kv_cache(
     log = str(tmp_path / "log.txt")
     assert main(["fit", str(path), "--vram", "8", "--cache-type", "q8_0", "--log-file", log]) == 2
     assert "add --flash-attn" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- sequences (issue #19)
+
+
+def test_sequences_multiply_the_kv_cache_not_the_compute_buffer(
+    tiny_gguf: Path, gemma_gguf: Path
+) -> None:
+    """n_seq sequences (KV not unified) get n_seq streams of cells; llama.cpp reserves the
+    worst-case graph for one stream. Measured with the cpu build (load log, n_seq_max 4):
+    tiny at 2048 tokens: KV 4.00 MiB, compute 21.51 MiB (one sequence: 1.00, 21.51);
+    Gemma 3 270M at 8192: KV 576.0 MiB, compute 514.5 MiB (one: 144.0, 514.5)."""
+    measured = ((tiny_gguf, 2048, 4.0, 21.51), (gemma_gguf, 8192, 576.0, 514.5))
+    for path, n_ctx, kv, compute in measured:
+        req = fit.request_for(path, n_ctx=n_ctx, n_seq=4, n_gpu_layers=0)
+        e = fit.estimate(req.shape, req.settings)
+        assert abs(_pct(e.kv_cache_bytes / fit.MIB, kv)) < 1
+        assert abs(_pct(e.compute_bytes / fit.MIB, compute)) < 1
+        one = fit.estimate(req.shape, fit.LoadSettings(n_ctx=n_ctx))
+        assert e.kv_cache_bytes == 4 * one.kv_cache_bytes
+        assert e.to_dict()["kv_cells"] == 4 * one.to_dict()["kv_cells"]
+
+
+def test_sequences_that_fit_the_memory_left(seed_files: dict[str, Path]) -> None:
+    """Llama 3 8B at 8192 tokens: 1 GiB of KV cache per sequence. More sequences may take
+    half the memory still free after a one-sequence load (minus the margin)."""
+    shape = fit.read_shape(seed_files["llama-3-8b-instruct-q8"])
+    settings = fit.LoadSettings(n_ctx=8192)
+
+    def fits(free_gib: float, most: int = 4) -> int:
+        return fit.sequences_that_fit(shape, settings, int(free_gib * GIB), most=most)
+
+    assert fits(1.5) == 1  # short: one sequence stays the default
+    assert fits(4.0) == 2  # (4 - 1) / 2 = 1.5 GiB: room for one more
+    assert fits(8.0) == 4
+    assert fits(64.0) == 4 and fits(64.0, most=8) == 8
+    gpu = fit.sequences_that_fit(shape, settings, int(8 * GIB), device="GPU", n_gpu_layers=-1)
+    assert gpu == 4
+    plan = fit.plan(shape, replace(settings, n_seq=4), 16 * GIB)
+    assert "context_length 8192 x 4 sequences" in plan.advice()

@@ -395,3 +395,35 @@ def test_a_variant_without_bench_json_names_no_private_path(tmp_path: Path) -> N
     row = next(line for line in text.splitlines() if line.startswith("| cpu-native |"))
     assert "no-bench: cpu-native/bench.json missing (`nox -s bench-cpu-native` writes it)" in row
     assert str(tmp_path) not in text
+
+
+def test_batching_rows_have_their_own_table(tmp_path: Path) -> None:
+    """benchmarks/test_batching.py: B client streams next to llama-batched-bench's S_TG of
+    the same round, the ratio (flagged below 0.9), TTFT, join steps, threads and load."""
+    root = tmp_path / "reports"
+    doc = bench_doc("cpu", "gemma-3-270m", {"tg128": 50})
+    metrics: dict[str, Any] = {}
+    for b, (ours, lbb) in {1: (50.0, 52.0), 8: (85.0, 100.0)}.items():
+        metrics[f"batch{b}"] = _metric(ours, 1.0, "t/s", True)
+        metrics[f"batch{b}_lbb"] = _metric(lbb, 1.0, "t/s", True)
+        metrics[f"batch{b}_ratio"] = _metric(ours / lbb, 0.01, "x", True)
+        metrics[f"batch{b}_ttft"] = _metric(0.25, 0.01, "s", False)
+        metrics[f"batch{b}_join"] = _metric(1.0 if b > 1 else 0.0, 0.0, "steps", False)
+    extra = {
+        **doc["benchmarks"][0]["extra_info"],
+        "metric": "batch",
+        "loadavg": [0.7, 0.4, 0.3],
+        "llama_batched_bench": "llama-batched-bench -m MODEL -npl 1,8",
+        "metrics": metrics,
+    }
+    doc["benchmarks"].append({"name": "test_batched_streams[gemma-3-270m]", "extra_info": extra})
+    write_variant(root, "cpu", doc)
+    lines = report.render_markdown(report.collect(root)).splitlines()
+    model = lines[lines.index("## gemma-3-270m") : lines.index("## gemma-3-270m") + 6]
+    assert not any("batch8" in line for line in model)  # not a column of the model table
+    start = next(i for i, line in enumerate(lines) if line.startswith("## Batching"))
+    assert "`llama-batched-bench -m MODEL -npl 1,8`" in lines[start + 2]
+    rows = [line for line in lines[start:] if line.startswith("| cpu | gemma-3-270m |")]
+    assert rows[0].startswith("| cpu | gemma-3-270m | 1 | 50.0 ±2.0% | 52.0 ±1.9% | 0.962 ±0.010 |")
+    assert rows[0].endswith("| 250.0 ms ±4.0% | 0 | 2 | 0.70 |")
+    assert rows[1].startswith("| cpu | gemma-3-270m | 8 |") and "0.850 ±0.010 ⚠" in rows[1]

@@ -1,0 +1,818 @@
+"""Continuous batching: one scheduler thread per loaded model decodes every request at once.
+
+A loaded model's context holds ``n_seq`` sequences (llama.cpp's ``n_seq_max``; each has its
+own ``context_length`` of KV cells, ``kv_unified`` off as in ``llama-batched-bench``). Each
+request is a :class:`Job` around the request's own
+:class:`~saiverse_llm.generation.Generation` (its sampler chain and seed, stop strings,
+``max_tokens``, grammar and tool-call filter). The scheduler thread repeats one *step*:
+
+1. between steps, jobs that were cancelled, closed or timed out give their sequence back
+   (``llama_memory_seq_rm`` at once), and waiting jobs take free sequences: a request
+   submitted while a step runs joins at the next one;
+2. one ``llama_batch`` gets one token for every decoding sequence plus, while others decode,
+   at most ``prefill_chunk`` prompt tokens of joining ones (the whole ``n_batch`` when
+   nobody decodes): a long prompt is evaluated over several steps, never stalling the
+   others for more than one chunk;
+3. one ``llama_decode``; each sequence's sampler reads its own output row
+   (``llama_get_logits_ith``) and its reply builder turns the token into text, which goes to
+   the job's reader.
+
+A prompt's last token is always decoded as a row of its own (the rest in chunks), like a
+generated token: a prompt served from the KV cache then gives the same logits as its first
+run, and on the CPU backend with f32 weights a sequence's text does not depend on what else
+is in the batch. (Quantized weights that llama.cpp repacks for the CPU take a different
+kernel for 1 than for 4+ rows, so greedy text can differ there: llama.cpp's own server
+behaves the same.)
+
+Readers never hold anyone up. A job whose reader has ``max_unread`` chunks waiting is paused
+(left out of the batch, its KV kept); when another request needs its sequence it is
+preempted (its cells freed; it re-evaluates its prompt and reply so far when its reader
+catches up); after ``stall_timeout`` seconds unread it is dropped, with a log line. Closing
+a stream (or the garbage collector closing an abandoned one) cancels its job.
+
+A finished sequence's tokens stay in its cells as a cached prefix (``cache_prompts``): the
+next request whose prompt starts the same way (a persona's next turn) is served from them
+(``Generation.cached_tokens``); any other request on that sequence overwrites them. Sequence
+0's record is llama-cpp-python's own (``Llama.input_ids``/``n_tokens``), so ``Llama.reset()``
+and raw ``Llama`` calls under :meth:`Engine.exclusive` stay truthful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from saiverse_llm.errors import GenerationError
+from saiverse_llm.generation import Generation, check_decode
+
+logger = logging.getLogger("saiverse_llm")
+
+#: Prompt tokens a joining request may add to a step while other sequences decode.
+DEFAULT_PREFILL_CHUNK = 64
+#: Chunks a stream may hold unread before its sequence pauses.
+DEFAULT_MAX_UNREAD = 64
+#: Seconds a paused (unread) stream keeps its state before it is dropped.
+DEFAULT_STALL_TIMEOUT = 300.0
+
+
+class StreamTimeoutError(GenerationError):
+    """A stream was left unread for longer than the engine's ``stall_timeout``; its
+    sequence was freed."""
+
+
+class EngineClosedError(GenerationError):
+    """The model was unloaded while a request was waiting or running."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How one model's scheduler runs.
+
+    ``n_seq``: sequences decoded together (llama.cpp's ``n_seq_max``); ``prefill_chunk``:
+    prompt tokens per step while others decode; ``max_unread``: chunks a reader may leave
+    waiting before its sequence pauses; ``stall_timeout``: seconds a paused stream is kept;
+    ``cache_prompts``: a finished sequence's KV stays as a prefix for the next request."""
+
+    n_seq: int = 1
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    max_unread: int = DEFAULT_MAX_UNREAD
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    cache_prompts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_seq < 1:
+            raise ValueError(f"n_seq: bad value {self.n_seq!r}; use a positive integer")
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk: bad value {self.prefill_chunk!r}; use >= 1")
+        if self.max_unread < 2:
+            raise ValueError(f"max_unread: bad value {self.max_unread!r}; use >= 2")
+        if not self.stall_timeout > 0:
+            raise ValueError(f"stall_timeout: bad value {self.stall_timeout!r}; use > 0 s")
+
+
+# --- one request ------------------------------------------------------------------------
+
+_QUEUED, _RUNNING, _PARKED = "queued", "running", "parked"
+_DONE, _FAILED, _CANCELLED = "done", "failed", "cancelled"
+_FINAL = frozenset({_DONE, _FAILED, _CANCELLED})
+
+
+class Job:
+    """One request in the engine. Iterate it (one reader) for the reply's text chunks; the
+    iteration ends with the reply, or raises the error that ended it. :meth:`cancel` (or
+    closing the iterator) gives its sequence back.
+
+    ``gen`` is the request's :class:`Generation` (after the end: its reply, usage and tool
+    calls). ``submitted_step``/``admitted_step``: the engine's step count when the job was
+    submitted and when it got a sequence (the difference is at most 1 when a sequence is
+    free); ``first_token_at``: ``time.perf_counter()`` of its first sampled token."""
+
+    def __init__(self, engine: Engine, gen: Generation) -> None:
+        self.engine = engine
+        self.gen = gen
+        self.tokens: list[int] = list(gen.prompt)  # what belongs in its KV, in order
+        self.n_past = 0  # how many of ``tokens`` are in its KV
+        self.state = _QUEUED
+        self.error: BaseException | None = None
+        self.slot: _Slot | None = None
+        self.admitted = False
+        self.submitted_step = -1
+        self.admitted_step = -1
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.paused_since: float | None = None
+        self.preemptions = 0
+        self._out: deque[str] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._reader_waiting = False
+        self._cancel = False
+
+    @property
+    def done(self) -> bool:
+        return self.state in _FINAL
+
+    @property
+    def unread(self) -> int:
+        return len(self._out)
+
+    # -- reader side -------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[str]:
+        return self.chunks()
+
+    def chunks(self) -> Iterator[str]:
+        """The reply's text chunks as the scheduler produces them (never an empty one)."""
+        out = self._out
+        cond = self._cond
+        engine = self.engine
+        limit = engine.settings.max_unread
+        while True:
+            with cond:
+                while not out and self.state not in _FINAL:
+                    self._reader_waiting = True
+                    cond.wait()
+                    self._reader_waiting = False
+                was_full = len(out) >= limit
+                taken = list(out)
+                out.clear()
+                final = self.state in _FINAL
+            if was_full:
+                engine._reader_caught_up(self)
+            yield from taken
+            if final and not out:
+                break
+        if self.state == _FAILED and self.error is not None:
+            raise self.error
+        if self.state == _CANCELLED:
+            raise GenerationError("the request was cancelled")
+
+    def result(self) -> str:
+        """Read the whole reply (blocks until it ends)."""
+        return "".join(self.chunks())
+
+    def cancel(self) -> None:
+        """Stop the request and give its sequence back before the next step (non-blocking,
+        idempotent; safe from a finalizer)."""
+        self.engine._cancel(self)
+
+    # -- scheduler side ----------------------------------------------------------------
+
+    def _push(self, text: str) -> None:
+        self._out.append(text)  # the reader is woken by _wake, once per step
+
+    def _wake(self) -> None:
+        with self._cond:
+            if self._reader_waiting:
+                self._cond.notify()
+
+    def _end(self, state: str, error: BaseException | None = None) -> None:
+        with self._cond:
+            self.state = state
+            self.error = error
+            self._cond.notify_all()
+
+
+# --- sequences --------------------------------------------------------------------------
+
+
+class _Slot:
+    """One sequence of the context and the tokens its KV cells hold (``ids[:n]``)."""
+
+    def __init__(self, seq: int, n_ctx: int) -> None:
+        self.seq = seq
+        self.ids: np.ndarray[Any, np.dtype[np.intc]] = np.zeros(n_ctx, dtype=np.intc)
+        self._n = 0
+        self.job: Job | None = None
+        self.last_used = 0
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._n = value
+
+
+class _LlamaSlot(_Slot):
+    """Sequence 0: its record is llama-cpp-python's (``Llama.input_ids``/``n_tokens``)."""
+
+    def __init__(self, llm: Any) -> None:
+        self.seq = 0
+        self.ids = llm.input_ids
+        self._llm = llm
+        self.job = None
+        self.last_used = 0
+
+    @property
+    def n(self) -> int:
+        return int(self._llm.n_tokens)
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._llm.n_tokens = value
+        self._llm._requires_eval = True  # our logits are not the ones llama-cpp-python keeps
+
+
+class _Batch:
+    """A ``llama_batch`` over numpy arrays we own (one sequence id per token)."""
+
+    def __init__(self, llama_cpp: Any, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        int32_p = ctypes.POINTER(ctypes.c_int32)
+        base = self.seq.ctypes.data
+        self._seq_ptrs = (int32_p * capacity)(
+            *(ctypes.cast(base + 4 * i, int32_p) for i in range(capacity))
+        )
+        raw = llama_cpp.llama_batch()
+        raw.n_tokens = 0
+        raw.token = self.token.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+        # raw.embd stays NULL: token input
+        raw.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
+        raw.n_seq_id = self.n_seq_id.ctypes.data_as(int32_p)
+        raw.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(int32_p))
+        raw.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.raw = raw
+
+
+class _Call:
+    """A function to run on the scheduler thread between steps."""
+
+    def __init__(self, fn: Callable[[], None], idle: bool) -> None:
+        self.fn = fn
+        self.idle = idle
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.finished.set()
+
+
+# --- the engine -------------------------------------------------------------------------
+
+
+class Engine:
+    """The scheduler of one loaded ``llama_cpp.Llama`` (see the module docstring).
+
+    ``llm``'s context must have been created with ``n_seq_max >= settings.n_seq``;
+    ``n_ctx_seq`` is the cells each sequence may use. The scheduler thread starts with
+    the first :meth:`submit` and ends with :meth:`close`. Thread-safe."""
+
+    def __init__(self, llm: Any, settings: EngineSettings, *, name: str, n_ctx_seq: int) -> None:
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self.llm = llm
+        self.settings = settings
+        self.name = name
+        self.n_ctx_seq = n_ctx_seq
+        self.n_batch = int(llm.n_batch)
+        have = int(llama_cpp.llama_n_seq_max(llm.ctx))
+        if have < settings.n_seq:
+            raise ValueError(f"{name}: the context has n_seq_max {have} < {settings.n_seq}")
+        self._slots: list[_Slot] = [_LlamaSlot(llm)] + [
+            _Slot(s, n_ctx_seq) for s in range(1, settings.n_seq)
+        ]
+        self._batch = _Batch(llama_cpp, self.n_batch)
+        self._positions = np.arange(n_ctx_seq + self.n_batch, dtype=np.int32)
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[Job] = deque()  # waiting for a sequence (FIFO)
+        self._parked: list[Job] = []  # preempted, waiting for their reader
+        self._cancels: list[Job] = []
+        self._calls: deque[_Call] = deque()
+        self._in_step = False
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self.rows = 0
+        self.decode_seconds = 0.0
+        self.last_join_wait = -1  # steps the last admitted request waited for a sequence
+        #: when a list: (time.perf_counter() after the step, tokens sampled, seconds in
+        #: llama_decode) per step (benchmarks set it)
+        self.trace: list[tuple[float, int, float]] | None = None
+
+    # -- public ----------------------------------------------------------------------------
+
+    def submit(self, gen: Generation) -> Job:
+        """Queue ``gen``; it joins the batch at the next step. Iterate the returned job."""
+        if len(gen.prompt) >= self.n_ctx_seq:
+            raise GenerationError(
+                f"{self.name}: the prompt has {len(gen.prompt)} tokens but a sequence holds "
+                f"{self.n_ctx_seq}"
+            )
+        job = Job(self, gen)
+        with self._cond:
+            if self._closing:
+                raise EngineClosedError(f"{self.name}: the model has been unloaded")
+            job.submitted_step = self.steps
+            self._queue.append(job)
+            self._start()
+            self._cond.notify_all()
+        return job
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Use the ``Llama`` directly (its own calls decode sequence 0): waits until no
+        sequence runs (paused ones are preempted) and holds the scheduler meanwhile. The
+        other sequences' cached prefixes are dropped first (llama-cpp-python's calls trim
+        every sequence)."""
+        entered = threading.Event()
+        leave = threading.Event()
+
+        def hold() -> None:
+            for slot in self._slots[1:]:
+                self._forget(slot)
+            entered.set()
+            leave.wait()
+
+        call = self._call(hold, idle=True, wait=False)
+        try:
+            while not entered.wait(0.05):
+                if call.error is not None:
+                    raise call.error
+            yield
+        finally:
+            leave.set()
+            call.finished.wait()
+
+    def flush(self) -> None:
+        """Drop the cached prefixes of idle sequences (their cells are freed)."""
+
+        def forget_idle() -> None:
+            for slot in self._slots:
+                if slot.job is None:
+                    self._forget(slot)
+
+        self._call(forget_idle)
+
+    def cells_used(self) -> int:
+        """KV cells in use over all sequences (llama.cpp's memory: ``seq_pos_max -
+        seq_pos_min + 1`` per non-empty sequence), read between two steps."""
+        lc = self._lc
+        box: list[int] = []
+
+        def count() -> None:
+            mem = lc.llama_get_memory(self.llm.ctx)
+            total = 0
+            for slot in self._slots:
+                hi = int(lc.llama_memory_seq_pos_max(mem, slot.seq))
+                if hi >= 0:
+                    total += hi - int(lc.llama_memory_seq_pos_min(mem, slot.seq)) + 1
+            box.append(total)
+
+        self._call(count)
+        return box[0]
+
+    def stats(self) -> dict[str, Any]:
+        """Sequences running/paused, queued and parked jobs, cached tokens, steps so far."""
+        with self._cond:
+            running = [s.job for s in self._slots if s.job is not None]
+            return {
+                "n_seq": self.settings.n_seq,
+                "running": len(running),
+                "paused": sum(1 for j in running if j.paused_since is not None),
+                "queued": len(self._queue),
+                "parked": len(self._parked),
+                "cached_tokens": sum(s.n for s in self._slots if s.job is None),
+                "steps": self.steps,
+                "rows": self.rows,
+                "decode_seconds": self.decode_seconds,
+                "last_join_wait": self.last_join_wait,
+            }
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no job is queued, running or parked; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while (
+                self._queue
+                or self._parked
+                or self._cancels
+                or self._calls
+                or self._in_step
+                or any(s.job is not None for s in self._slots)
+            ):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.05 if left is None else min(left, 0.05))
+        return True
+
+    def close(self) -> None:
+        """Stop the scheduler; jobs still waiting or running fail with
+        :class:`EngineClosedError`. Called before the model is freed."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        error = EngineClosedError(f"{self.name}: the model was unloaded")
+        with self._cond:
+            jobs = [s.job for s in self._slots if s.job is not None]
+            jobs += [*self._queue, *self._parked]
+            self._queue.clear()
+            self._parked.clear()
+            for slot in self._slots:
+                slot.job = None
+            calls = list(self._calls)
+            self._calls.clear()
+        for job in jobs:
+            job.gen.close()
+            job._end(_FAILED, error)
+        for call in calls:
+            call.error = error
+            call.finished.set()
+
+    def _start(self) -> None:
+        """Under the lock: the scheduler thread, started once."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"saiverse-llm engine {self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def _call(self, fn: Callable[[], None], *, idle: bool = False, wait: bool = True) -> _Call:
+        """Run ``fn`` on the scheduler thread between two steps (after every running
+        sequence ended when ``idle``: nobody is admitted meanwhile)."""
+        call = _Call(fn, idle)
+        with self._cond:
+            if self._closing:
+                raise EngineClosedError(f"{self.name}: the model has been unloaded")
+            self._calls.append(call)
+            self._start()
+            self._cond.notify_all()
+        if wait:
+            call.finished.wait()
+            if call.error is not None:
+                raise call.error
+        return call
+
+    # -- called by readers -------------------------------------------------------------
+
+    def _cancel(self, job: Job) -> None:
+        with self._cond:
+            if job.state in _FINAL or job._cancel:
+                return
+            job._cancel = True
+            self._cancels.append(job)
+            self._cond.notify_all()
+
+    def _reader_caught_up(self, job: Job) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the scheduler thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        """The scheduler thread: the only one that touches the context (decode, sampling,
+        the KV memory) while the engine runs."""
+        try:
+            while True:
+                with self._cond:
+                    work = self._next_work()
+                    if work is None:
+                        return
+                    self._in_step = isinstance(work, list)
+                try:
+                    if isinstance(work, _Call):
+                        work.run()
+                    else:
+                        self._step(work)
+                finally:
+                    with self._cond:
+                        if self._in_step:
+                            self.steps += 1
+                        self._in_step = False
+                        self._cond.notify_all()
+        except BaseException:  # pragma: no cover - a bug in the scheduler itself
+            logger.exception("%s: the batching scheduler stopped", self.name)
+            with self._cond:
+                self._closing = True
+            raise
+
+    def _next_work(self) -> list[tuple[Job, int, bool]] | _Call | None:
+        """Under the lock: housekeeping, then a call to run or what the next step decodes,
+        as (job, rows, with logits); waits while there is nothing to do; None when closing."""
+        while True:
+            if self._closing:
+                return None
+            now = time.perf_counter()
+            self._housekeeping(now)
+            if self._calls:
+                call = self._calls[0]
+                running = any(s.job is not None for s in self._slots)
+                if not call.idle or not running:
+                    return self._calls.popleft()
+                self._preempt_paused(all_of_them=True)
+            plan = self._plan()
+            if plan:
+                return plan
+            self._cond.wait(self._next_deadline(now))
+
+    def _housekeeping(self, now: float) -> None:
+        # cancelled jobs give their sequence back at once
+        for job in self._cancels:
+            self._finish(job, _CANCELLED, None, keep=False)
+        self._cancels.clear()
+        # pausing, resuming and stall timeouts
+        limit = self.settings.max_unread
+        timeout = self.settings.stall_timeout
+        for slot in self._slots:
+            running = slot.job
+            if running is None:
+                continue
+            if running.unread >= limit:
+                if running.paused_since is None:
+                    running.paused_since = now
+                    logger.debug("%s: stream unread, sequence %d paused", self.name, slot.seq)
+                elif now - running.paused_since > timeout:
+                    self._stalled(running, now)
+            else:
+                running.paused_since = None
+        for parked in list(self._parked):
+            if parked.unread < limit // 2:
+                self._parked.remove(parked)
+                parked.paused_since = None
+                parked.state = _QUEUED
+                self._queue.append(parked)
+            elif parked.paused_since is not None and now - parked.paused_since > timeout:
+                self._parked.remove(parked)
+                self._stalled(parked, now)
+        # admissions (none while a call waits for the sequences to drain)
+        if any(c.idle for c in self._calls):
+            return
+        while self._queue:
+            free = self._free_slot(self._queue[0]) or self._preempt_paused(all_of_them=False)
+            if free is None:
+                break
+            self._admit(self._queue.popleft(), free)
+
+    def _stalled(self, job: Job, now: float) -> None:
+        waited = now - (job.paused_since or now)
+        logger.warning(
+            "%s: a stream was left unread for %.0f s (%d chunks waiting); its sequence is "
+            "freed and the request ended. Fix: read streams to the end or close() them",
+            self.name,
+            waited,
+            job.unread,
+        )
+        self._finish(
+            job,
+            _FAILED,
+            StreamTimeoutError(
+                f"{self.name}: the stream was left unread for {waited:.0f} s "
+                f"(stall_timeout {self.settings.stall_timeout:g} s); its sequence was freed"
+            ),
+            keep=False,
+        )
+
+    def _next_deadline(self, now: float) -> float | None:
+        paused = [
+            j.paused_since
+            for s in self._slots
+            if (j := s.job) is not None and j.paused_since is not None
+        ]
+        paused += [j.paused_since for j in self._parked if j.paused_since is not None]
+        if not paused:
+            return None
+        return max(0.01, min(paused) + self.settings.stall_timeout - now + 0.01)
+
+    def _free_slot(self, job: Job) -> _Slot | None:
+        """The free sequence that already holds the longest prefix of ``job``'s tokens,
+        else the one used least recently."""
+        free = [s for s in self._slots if s.job is None]
+        if not free:
+            return None
+        want = np.asarray(job.tokens[:-1], dtype=np.intc)
+        best, best_keep = None, -1
+        for slot in free:
+            keep = _common_prefix(slot.ids, slot.n, want)
+            if keep > best_keep or (keep == best_keep and best and slot.last_used < best.last_used):
+                best, best_keep = slot, keep
+        return best
+
+    def _preempt_paused(self, *, all_of_them: bool) -> _Slot | None:
+        """Take the sequence of the job paused longest (its reader is behind); it re-joins
+        when the reader catches up. Returns the freed slot."""
+        paused = [s for s in self._slots if s.job is not None and s.job.paused_since is not None]
+        paused.sort(key=lambda s: s.job.paused_since or 0.0)  # type: ignore[union-attr]
+        freed: _Slot | None = None
+        for slot in paused if all_of_them else paused[:1]:
+            job = slot.job
+            assert job is not None
+            logger.info(
+                "%s: sequence %d paused (reader %d chunks behind) gives way to another request",
+                self.name,
+                slot.seq,
+                job.unread,
+            )
+            self._release(slot, keep=False)
+            job.slot = None
+            job.n_past = 0
+            job.state = _PARKED
+            job.preemptions += 1
+            self._parked.append(job)
+            freed = slot
+        return freed
+
+    def _admit(self, job: Job, slot: _Slot) -> None:
+        keep = _common_prefix(slot.ids, slot.n, np.asarray(job.tokens[:-1], dtype=np.intc))
+        mem = self._lc.llama_get_memory(self.llm.ctx)
+        if not self._lc.llama_memory_seq_rm(mem, slot.seq, keep, -1):
+            self._lc.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+            keep = 0
+        slot.n = keep
+        slot.job = job
+        job.slot = slot
+        job.n_past = keep
+        job.state = _RUNNING
+        if not job.admitted:
+            job.admitted = True
+            job.admitted_step = self.steps
+            self.last_join_wait = job.admitted_step - job.submitted_step
+            job.gen.cached_tokens = keep
+
+    def _plan(self) -> list[tuple[Job, int, bool]]:
+        decode: list[tuple[Job, int, bool]] = []
+        prefill: list[Job] = []
+        for slot in self._slots:
+            job = slot.job
+            if job is None or job.paused_since is not None:
+                continue
+            if len(job.tokens) - job.n_past == 1:
+                decode.append((job, 1, True))
+            else:
+                prefill.append(job)
+        budget = self.n_batch - len(decode)
+        if decode:
+            budget = min(budget, self.settings.prefill_chunk)
+        plan = decode
+        for job in sorted(prefill, key=lambda j: j.admitted_step):
+            take = min(budget, len(job.tokens) - job.n_past - 1)  # the last token alone
+            if take <= 0:
+                break
+            plan.append((job, take, False))
+            budget -= take
+        return plan
+
+    def _step(self, plan: list[tuple[Job, int, bool]]) -> None:
+        b = self._batch
+        token, pos, seq, logits = b.token, b.pos, b.seq, b.logits
+        row = 0
+        outputs: list[tuple[Job, int]] = []
+        for job, n, want in plan:
+            slot = job.slot
+            assert slot is not None
+            start = job.n_past
+            if n == 1:  # a decoding sequence: one token
+                token[row] = job.tokens[start]
+                pos[row] = start
+                seq[row] = slot.seq
+                logits[row] = want
+            else:
+                token[row : row + n] = job.tokens[start : start + n]
+                pos[row : row + n] = self._positions[start : start + n]
+                seq[row : row + n] = slot.seq
+                logits[row : row + n] = 0
+                logits[row + n - 1] = want
+            if want:
+                outputs.append((job, row + n - 1))
+            row += n
+        b.raw.n_tokens = row
+        ctx = self.llm.ctx
+        failed: BaseException | None = None
+        t0 = time.perf_counter()
+        rc = self._lc.llama_decode(ctx, b.raw)
+        t_decode = time.perf_counter() - t0
+        self.decode_seconds += t_decode
+        self.rows += row
+        if rc:
+            try:
+                check_decode(rc)
+            except RuntimeError as exc:
+                failed = exc
+        else:
+            steps = self.steps
+            for job, n, _ in plan:
+                slot = job.slot
+                assert slot is not None
+                start = job.n_past
+                end = start + n
+                if n == 1:
+                    slot.ids[start] = job.tokens[start]
+                else:
+                    slot.ids[start:end] = job.tokens[start:end]
+                job.n_past = end
+                slot.n = end
+                slot.last_used = steps
+            for job, idx in outputs:
+                self._sample(job, ctx, idx)
+            # readers are woken after the whole step: they run while the next decode
+            # (which releases the GIL) does, instead of taking it from the sampling
+            for job, _ in outputs:
+                job._wake()
+            if self.trace is not None:
+                self.trace.append((time.perf_counter(), len(outputs), t_decode))
+        if failed is not None:
+            with self._cond:
+                for job, _, _ in plan:
+                    if job.state == _RUNNING:
+                        self._finish(job, _FAILED, failed, keep=False)
+
+    def _sample(self, job: Job, ctx: Any, idx: int) -> None:
+        gen = job.gen
+        try:
+            text = gen.step(ctx, idx)
+            if job.first_token_at is None:
+                job.first_token_at = time.perf_counter()
+            if text:
+                job._push(text)
+            if gen.done:
+                tail = gen.finish()
+                if tail:
+                    job._push(tail)
+        except Exception as exc:  # a hook or the tool-call filter: this request only
+            with self._cond:
+                self._finish(job, _FAILED, exc, keep=False)
+            return
+        if gen.done:
+            with self._cond:
+                self._finish(job, _DONE, None, keep=self.settings.cache_prompts)
+        else:
+            job.tokens.append(gen.last_token)
+
+    def _finish(self, job: Job, state: str, error: BaseException | None, *, keep: bool) -> None:
+        """Under the lock: end ``job``; its sequence is freed (or kept as a prefix)."""
+        if job.state in _FINAL:
+            return
+        slot = job.slot
+        if slot is not None:
+            self._release(slot, keep=keep)
+            job.slot = None
+        with contextlib.suppress(ValueError):
+            self._queue.remove(job)
+        with contextlib.suppress(ValueError):
+            self._parked.remove(job)
+        job.gen.close()
+        job._end(state, error)
+        self._cond.notify_all()
+
+    def _release(self, slot: _Slot, *, keep: bool) -> None:
+        slot.job = None
+        if not keep:
+            self._forget(slot)
+
+    def _forget(self, slot: _Slot) -> None:
+        mem = self._lc.llama_get_memory(self.llm.ctx)
+        self._lc.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+        slot.n = 0
+
+
+def _common_prefix(ids: np.ndarray[Any, Any], n: int, want: np.ndarray[Any, Any]) -> int:
+    m = min(n, want.shape[0])
+    if m <= 0:
+        return 0
+    differ = np.flatnonzero(ids[:m] != want[:m])
+    return int(differ[0]) if differ.shape[0] else m

@@ -1,0 +1,379 @@
+"""Concurrent requests on one model share the decoder (issue #19): continuous batching.
+
+Every call is a job of the model's engine (``saiverse_llm.engine``). These tests run the
+real build on the tiny model (f32 weights: the CPU backend computes a row the same way
+whatever else is in the batch, so a request's text must not change when it runs beside
+others). Texts that must not cross between sequences are forced with GBNF grammars.
+
+No wall-clock limits: a join timeout here only tells "finished" from "blocked".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
+
+#: Long enough to tell a blocked call from a slow machine; a blocked call never ends.
+BLOCKED = 300.0
+
+
+def forced(text: str) -> Any:
+    return llama_cpp.LlamaGrammar.from_string(f"root ::= {json.dumps(text)}", verbose=False)
+
+
+def ask(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Tell me about topic number {i}, please."}]
+
+
+LONG = [{"role": "user", "content": " ".join(f"word{i}" for i in range(60))}]
+
+
+@pytest.fixture
+def batched(
+    make_client: Callable[..., Any], tiny: Path, fresh_pool: Any, ours_only: None
+) -> Callable[..., Any]:
+    """``batched(n_seq_max, **kwargs)``: a tiny-model client on a pool of its own, one
+    thread (these tests check scheduling, not speed: one thread keeps them quick on a
+    machine other jobs keep busy)."""
+
+    def make(n_seq_max: int | None = 4, **kwargs: Any) -> Any:
+        kwargs.setdefault("context_length", 768)
+        kwargs.setdefault("n_threads", 1)
+        return make_client(tiny, pool=fresh_pool, n_seq_max=n_seq_max, **kwargs)
+
+    return make
+
+
+def run_threads(work: Callable[[int], None], n: int) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def wrapped(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:  # collected and re-raised by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrapped, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(BLOCKED)
+    alive = [t.name for t in threads if t.is_alive()]
+    assert not alive, f"threads still blocked after {BLOCKED:.0f} s: {alive}"
+    return errors
+
+
+def settle(model: Any) -> None:
+    assert model.engine.wait_idle(BLOCKED), model.engine.stats()
+
+
+# --- an unread stream blocks no one ---------------------------------------------------
+
+
+@pytest.mark.parametrize("n_seq_max", [1, 4])
+def test_an_unread_stream_does_not_block_another_thread(
+    batched: Callable[..., Any], n_seq_max: int
+) -> None:
+    """Issue #19: after one next() on a generate_stream generator, a second thread's
+    generate_stream on the same model was still blocked 20 s later (the model's lock was
+    held for the whole stream). With one sequence the unread stream is paused and gives
+    its sequence way; with more, the second request simply takes another."""
+    client = batched(n_seq_max)
+    opened = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)
+    first = next(opened)
+    assert first
+    got: list[str] = []
+
+    def second(_: int) -> None:
+        got.append("".join(client.generate_stream(ask(1), max_tokens=24, temperature=0.0)))
+
+    errors = run_threads(second, 1)
+    assert not errors, errors
+    assert got and got[0]
+    rest = "".join(opened)  # the paused stream still ends normally when read
+    usage = client.consume_usage()
+    assert usage is not None and usage.completion_tokens == 400
+    assert rest
+    settle(client.load())
+
+
+def test_a_stream_paused_and_preempted_resumes_with_the_same_text(
+    batched: Callable[..., Any],
+) -> None:
+    client = batched(1)
+    alone = "".join(client.generate_stream(LONG, max_tokens=150, temperature=0.0, ignore_eos=True))
+    model = client.load()
+    model.engine.flush()
+    opened = client.generate_stream(LONG, max_tokens=150, temperature=0.0, ignore_eos=True)
+    head = next(opened)
+    errors = run_threads(lambda _: client.generate(ask(2), max_tokens=16, temperature=0.0), 1)
+    assert not errors, errors
+    assert head + "".join(opened) == alone
+
+
+def test_a_stream_left_unread_too_long_is_freed_with_a_log_line(
+    batched: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    from saiverse_llm.engine import StreamTimeoutError
+
+    client = batched(2)
+    model = client.load()
+    model.engine.settings = dataclasses.replace(model.engine.settings, stall_timeout=0.5)
+    opened = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)
+    with caplog.at_level(logging.WARNING, logger="saiverse_llm"):
+        next(opened)
+        settle(model)  # the stalled job ends by itself
+    assert any("left unread" in r.getMessage() for r in caplog.records)
+    assert model.engine.stats()["running"] == 0
+    with pytest.raises(StreamTimeoutError, match="left unread"):
+        for _ in opened:
+            pass
+    model.engine.flush()
+    assert model.engine.cells_used() == 0
+
+
+@pytest.mark.parametrize("how", ["close", "garbage-collected"])
+def test_an_abandoned_stream_frees_its_sequence(batched: Callable[..., Any], how: str) -> None:
+    client = batched(
+        2,
+    )
+    model = client.load()
+    model.engine.settings = dataclasses.replace(model.engine.settings, cache_prompts=False)
+    stream = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)
+    next(stream)
+    assert model.in_use
+    if how == "close":
+        stream.close()
+    else:
+        del stream
+        gc.collect()
+    settle(model)
+    assert not model.in_use
+    assert model.engine.cells_used() == 0
+    usage = client.consume_usage()
+    assert usage is not None and usage.finish_reason == "cancelled"
+
+
+# --- the same text alone or beside others ----------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_a_request_gives_the_same_text_alone_and_beside_others(
+    batched: Callable[..., Any], temperature: float
+) -> None:
+    """Greedy, and sampled with a fixed seed (each request has its own sampler chain):
+    six requests (one with a prompt long enough to be evaluated in chunks while others
+    decode) on four sequences give the texts they give one at a time."""
+    client = batched(4)
+    model = client.load()
+    prompts = [ask(i) for i in range(5)] + [LONG]
+    kwargs = {"max_tokens": 40, "temperature": temperature, "seed": 7}
+    alone = []
+    for p in prompts:
+        model.engine.flush()
+        alone.append(client.generate(p, **kwargs))
+    assert len(set(alone)) > 1
+    model.engine.flush()
+    together: dict[int, str] = {}
+    barrier = threading.Barrier(len(prompts))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        if i % 2:
+            together[i] = "".join(client.generate_stream(prompts[i], **kwargs))
+        else:
+            together[i] = client.generate(prompts[i], **kwargs)
+
+    errors = run_threads(work, len(prompts))
+    assert not errors, errors
+    assert [together[i] for i in range(len(prompts))] == alone
+    assert model.engine.stats()["steps"] > 0
+
+
+def test_each_request_keeps_its_own_stop_strings_limits_grammar_and_tools(
+    batched: Callable[..., Any],
+) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "東京"}}\n</tool_call>'
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    client = batched(4)
+    jobs: list[Callable[[], Any]] = [
+        lambda: client.generate(ask(0), grammar=forced("alpha beta<<END>>gamma"), stop=["<<END>>"]),
+        lambda: "".join(client.generate_stream(ask(1), max_tokens=7, ignore_eos=True, seed=3)),
+        lambda: client.generate(ask(2), tools=tools, grammar=forced("調べます。" + call)),
+        lambda: client.generate(ask(3), response_schema=schema, grammar=forced('{"n": 42}')),
+        lambda: client.generate(ask(4), max_tokens=12, temperature=0.0),
+    ]
+    alone = [job() for job in jobs]
+    assert alone[0] == "alpha beta"
+    assert alone[2]["type"] == "both" and alone[2]["tool_args"] == {"city": "東京"}
+    assert alone[3] == {"n": 42}
+    together: dict[int, Any] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        together[i] = jobs[i]()
+
+    errors = run_threads(work, len(jobs))
+    assert not errors, errors
+    assert [together[i] for i in range(len(jobs))] == alone
+
+
+# --- many threads, early closes ----------------------------------------------------------
+
+
+def test_eight_threads_twenty_requests_with_random_early_closes(
+    batched: Callable[..., Any],
+) -> None:
+    """8 threads x 20 requests on 4 sequences: generate and generate_stream, some streams
+    closed after a few chunks. Nothing deadlocks, every forced text arrives whole in its
+    own request (no text crosses sequences), every free text (greedy) equals its solo
+    run, an early-closed stream's text is a prefix of it, and the KV cells come back."""
+    client = batched(4)
+    model = client.load()
+    n_threads, per_thread = 8, 20
+    rng = random.Random(19)
+    plan: list[list[dict[str, Any]]] = []
+    for t in range(n_threads):
+        row = []
+        for i in range(per_thread):
+            kind = rng.choice(["forced", "free", "free-stream", "close-early"])
+            row.append({"kind": kind, "i": (t * per_thread + i) % 6, "cut": rng.randint(1, 6)})
+        plan.append(row)
+    free_kwargs = {"max_tokens": 24, "temperature": 0.0}
+    solo = {}
+    for i in range(6):
+        model.engine.flush()
+        solo[i] = client.generate(ask(i), **free_kwargs)
+
+    def forced_text(t: int, i: int) -> str:
+        return f"thread {t} request {i}: " + "abcdefghijklmnopqrstuvwxyz"[(t + i) % 26] * 9
+
+    results: dict[tuple[int, int], tuple[str, str]] = {}
+
+    def work(t: int) -> None:
+        for i, item in enumerate(plan[t]):
+            kind, p = item["kind"], item["i"]
+            if kind == "forced":
+                text = forced_text(t, i)
+                got = "".join(client.generate_stream(ask(p), grammar=forced(text), max_tokens=64))
+                results[t, i] = (kind, got)
+            elif kind == "free":
+                results[t, i] = (kind, client.generate(ask(p), **free_kwargs))
+            elif kind == "free-stream":
+                results[t, i] = (kind, "".join(client.generate_stream(ask(p), **free_kwargs)))
+            else:
+                stream: Iterator[str] = client.generate_stream(ask(p), **free_kwargs)
+                got = ""
+                for n, chunk in enumerate(stream):
+                    got += chunk
+                    if n + 1 >= item["cut"]:
+                        break
+                stream.close()  # type: ignore[attr-defined]
+                results[t, i] = (kind, got)
+
+    errors = run_threads(work, n_threads)
+    assert not errors, errors
+    assert len(results) == n_threads * per_thread
+    for (t, i), (kind, got) in results.items():
+        p = plan[t][i]["i"]
+        if kind == "forced":
+            assert got == forced_text(t, i), (t, i)
+        elif kind == "close-early":
+            assert solo[p].startswith(got), (t, i, got)
+        else:
+            assert got == solo[p], (t, i, kind)
+    settle(model)
+    stats = model.engine.stats()
+    assert stats["running"] == stats["queued"] == stats["parked"] == 0, stats
+    assert model.engine.cells_used() == stats["cached_tokens"]  # finished prompts, kept
+    model.engine.flush()
+    assert model.engine.cells_used() == 0
+    assert not model.in_use
+
+
+# --- joining -----------------------------------------------------------------------------
+
+
+def test_a_new_request_joins_at_the_next_step(batched: Callable[..., Any]) -> None:
+    """While three streams decode, a fourth request gets a sequence at the next step
+    (steps counted by the engine), and its tokens are decoded in the same batches."""
+    from saiverse_llm.generation import Generation, ReplyBuilder
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    client = batched(4)
+    model = client.load()
+    streams = [
+        client.generate_stream(ask(i), max_tokens=300, temperature=0.0, ignore_eos=True)
+        for i in range(3)
+    ]
+    readers = [threading.Thread(target=lambda s=s: "".join(s), daemon=True) for s in streams]
+    for r in readers:
+        r.start()
+    while model.engine.stats()["steps"] < 20:
+        threading.Event().wait(0.01)
+    prompt = client.format_prompt(ask(4)).tokens
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+    waits = []
+    for _ in range(3):
+        gen = Generation(
+            prompt, Sampler(model.vocab, params), ReplyBuilder(model.vocab, max_tokens=8)
+        )
+        job = model.engine.submit(gen)
+        text = job.result()
+        assert text
+        assert job.admitted_step >= 0
+        waits.append(job.admitted_step - job.submitted_step)
+    assert max(waits) <= 1, waits
+    for r in readers:
+        r.join(BLOCKED)
+    settle(model)
+
+
+def test_direct_use_of_the_llama_waits_for_running_requests(
+    batched: Callable[..., Any],
+) -> None:
+    """``with model.lock:`` (llama-cpp-python's own calls) waits until no request runs;
+    the requests around it are unaffected."""
+    client = batched(4)
+    model = client.load()
+    kwargs = {"max_tokens": 60, "temperature": 0.0, "ignore_eos": True}
+    model.engine.flush()
+    alone = client.generate(ask(1), **kwargs)
+    model.engine.flush()
+    got: list[str] = []
+    stream = client.generate_stream(ask(1), **kwargs)
+    head = next(stream)
+    reader = threading.Thread(target=lambda: got.append(head + "".join(stream)), daemon=True)
+    reader.start()
+    with model.lock:
+        out = model.llm.create_completion("hello", max_tokens=4, temperature=0.0)
+        assert model.engine.stats()["running"] == 0
+    reader.join(BLOCKED)
+    assert out["choices"][0]["text"] is not None
+    assert got == [alone]
