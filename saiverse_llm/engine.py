@@ -62,6 +62,9 @@ DEFAULT_PREFILL_CHUNK = 64
 DEFAULT_MAX_UNREAD = 64
 #: Seconds a paused (unread) stream keeps its state before it is dropped.
 DEFAULT_STALL_TIMEOUT = 300.0
+#: Seconds between the scheduler's checks for cancels while every job waits (paused
+#: streams, queued or parked requests); it sleeps without a timeout when there are none.
+CANCEL_POLL = 0.5
 
 
 class StreamTimeoutError(GenerationError):
@@ -161,9 +164,12 @@ class Job:
                     self._reader_waiting = True
                     cond.wait()
                     self._reader_waiting = False
-                was_full = len(out) >= limit
-                taken = list(out)
-                out.clear()
+                # the scheduler appends without this lock: take exactly what is there
+                # (popleft is atomic; list(out) + out.clear() could drop a chunk pushed
+                # between the two)
+                n = len(out)
+                was_full = n >= limit
+                taken = [out.popleft() for _ in range(n)]
                 final = self.state in _FINAL
             if was_full:
                 engine._reader_caught_up(self)
@@ -314,10 +320,11 @@ class Engine:
         ]
         self._batch = _Batch(llama_cpp, self.n_batch)
         self._positions = np.arange(n_ctx_seq + self.n_batch, dtype=np.int32)
-        self._cond = threading.Condition(threading.Lock())
+        # re-entrant: a finalizer that cancels a job may run on a thread that holds it
+        self._cond = threading.Condition(threading.RLock())
         self._queue: deque[Job] = deque()  # waiting for a sequence (FIFO)
         self._parked: list[Job] = []  # preempted, waiting for their reader
-        self._cancels: list[Job] = []
+        self._cancels: deque[Job] = deque()
         self._calls: deque[_Call] = deque()
         self._in_step = False
         self._closing = False
@@ -437,6 +444,10 @@ class Engine:
                 self._cond.wait(0.05 if left is None else min(left, 0.05))
         return True
 
+    def on_scheduler_thread(self) -> bool:
+        """True when called on this engine's scheduler thread (e.g. from a finalizer)."""
+        return self._thread is not None and self._thread is threading.current_thread()
+
     def close(self) -> None:
         """Stop the scheduler; jobs still waiting or running fail with
         :class:`EngineClosedError`. Called before the model is freed."""
@@ -492,12 +503,19 @@ class Engine:
     # -- called by readers -------------------------------------------------------------
 
     def _cancel(self, job: Job) -> None:
-        with self._cond:
-            if job.state in _FINAL or job._cancel:
-                return
-            job._cancel = True
-            self._cancels.append(job)
-            self._cond.notify_all()
+        # May run in a finalizer (an abandoned stream collected by the garbage collector),
+        # on any thread and at any allocation, even one that holds a job's or this engine's
+        # lock: never block here. The request is queued for the scheduler, which polls
+        # while jobs exist (:meth:`_next_deadline`), and woken when the lock is free.
+        if job.state in _FINAL or job._cancel:
+            return
+        job._cancel = True
+        self._cancels.append(job)  # a deque: append is atomic
+        if self._cond.acquire(blocking=False):
+            try:
+                self._cond.notify_all()
+            finally:
+                self._cond.release()
 
     def _reader_caught_up(self, job: Job) -> None:
         with self._cond:
@@ -553,9 +571,8 @@ class Engine:
 
     def _housekeeping(self, now: float) -> None:
         # cancelled jobs give their sequence back at once
-        for job in self._cancels:
-            self._finish(job, _CANCELLED, None, keep=False)
-        self._cancels.clear()
+        while self._cancels:
+            self._finish(self._cancels.popleft(), _CANCELLED, None, keep=False)
         # pausing, resuming and stall timeouts
         limit = self.settings.max_unread
         timeout = self.settings.stall_timeout
@@ -615,9 +632,13 @@ class Engine:
             if (j := s.job) is not None and j.paused_since is not None
         ]
         paused += [j.paused_since for j in self._parked if j.paused_since is not None]
+        # while jobs exist, poll now and then: a cancel from a finalizer may not have been
+        # able to wake this thread (see _cancel)
+        poll = CANCEL_POLL if self._queue or self._parked or paused else None
         if not paused:
-            return None
-        return max(0.01, min(paused) + self.settings.stall_timeout - now + 0.01)
+            return poll
+        wait = max(0.01, min(paused) + self.settings.stall_timeout - now + 0.01)
+        return min(wait, CANCEL_POLL)
 
     def _free_slot(self, job: Job) -> _Slot | None:
         """The free sequence that already holds the longest prefix of ``job``'s tokens,

@@ -155,6 +155,11 @@ class LoadedModel:
         self._free()
 
     def _free(self) -> None:
+        if self.engine.on_scheduler_thread():
+            # the last user let go in a finalizer on the scheduler thread (mid-step): free
+            # from another thread, once the scheduler has stopped
+            threading.Thread(target=self._free, name="saiverse-llm free", daemon=True).start()
+            return
         self.engine.close()
         self.llm.close()
 
@@ -431,9 +436,7 @@ class LoadSpec:
             engine_settings=EngineSettings(n_seq=n_seq),
         )
 
-    def _n_seq(
-        self, llm: Any, n_ctx: int, report: dict[str, Any]
-    ) -> tuple[int, str, CapturedLog]:
+    def _n_seq(self, llm: Any, n_ctx: int, report: dict[str, Any]) -> tuple[int, str, CapturedLog]:
         """Open the sequences the config asks for (or :func:`auto_n_seq` sizes); one when
         the larger context cannot be allocated (logged). Returns the count, where it came
         from and llama.cpp's log of the new context (empty when it was kept)."""
