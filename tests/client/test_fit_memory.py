@@ -49,6 +49,7 @@ def _compare(make_client: Callable[..., Any], path: Path, n_ctx: int, **kwargs: 
     req = fit.request_for(
         path,
         n_ctx=n_ctx,
+        n_seq=report["n_seq_max"],  # the sequences the client opened (issue #19)
         n_gpu_layers=report["n_layers_offloaded"],
         llama_kwargs={k: v for k, v in kwargs.items() if k not in ("chat_format",)},
     )
@@ -141,7 +142,9 @@ def test_device_buffers_of_a_gpu_load(
     client = make_client(path, context_length=8192, n_gpu_layers=-1, pool=ModelPool())
     report = client.load_report()
     used = before - free()
-    req = fit.request_for(path, n_ctx=8192, n_gpu_layers=report["n_layers_offloaded"])
+    req = fit.request_for(
+        path, n_ctx=8192, n_seq=report["n_seq_max"], n_gpu_layers=report["n_layers_offloaded"]
+    )
     split = fit.estimate(req.shape, req.settings).split(req.n_gpu_layers)
     device_mib = sum(
         mib
