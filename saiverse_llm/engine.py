@@ -333,6 +333,7 @@ class Engine:
         self.rows = 0
         self.decode_seconds = 0.0
         self.last_join_wait = -1  # steps the last admitted request waited for a sequence
+        self.peak_sequences = 0  # the most sequences one step has decoded
         #: when a list: (time.perf_counter() after the step, tokens sampled, seconds in
         #: llama_decode) per step (benchmarks set it)
         self.trace: list[tuple[float, int, float]] | None = None
@@ -410,7 +411,8 @@ class Engine:
         return box[0]
 
     def stats(self) -> dict[str, Any]:
-        """Sequences running/paused, queued and parked jobs, cached tokens, steps so far."""
+        """Sequences running/paused, queued and parked jobs, cached tokens, steps so far,
+        the most sequences one step decoded (``peak_sequences``)."""
         with self._cond:
             running = [s.job for s in self._slots if s.job is not None]
             return {
@@ -424,6 +426,7 @@ class Engine:
                 "rows": self.rows,
                 "decode_seconds": self.decode_seconds,
                 "last_join_wait": self.last_join_wait,
+                "peak_sequences": self.peak_sequences,
             }
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -742,6 +745,7 @@ class Engine:
                 outputs.append((job, row + n - 1))
             row += n
         b.raw.n_tokens = row
+        self.peak_sequences = max(self.peak_sequences, len(plan))
         ctx = self.llm.ctx
         failed: BaseException | None = None
         t0 = time.perf_counter()

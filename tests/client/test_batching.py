@@ -232,6 +232,8 @@ def test_each_request_keeps_its_own_stop_strings_limits_grammar_and_tools(
     assert alone[0] == "alpha beta"
     assert alone[2]["type"] == "both" and alone[2]["tool_args"] == {"city": "東京"}
     assert alone[3] == {"n": 42}
+    engine = client.load().engine
+    assert engine.stats()["peak_sequences"] == 1
     together: dict[int, Any] = {}
     barrier = threading.Barrier(len(jobs))
 
@@ -242,6 +244,7 @@ def test_each_request_keeps_its_own_stop_strings_limits_grammar_and_tools(
     errors = run_threads(work, len(jobs))
     assert not errors, errors
     assert [together[i] for i in range(len(jobs))] == alone
+    assert engine.stats()["peak_sequences"] >= 2  # they were decoded in one batch
 
 
 # --- many threads, early closes ----------------------------------------------------------
