@@ -67,7 +67,10 @@ def arguments(model: str, s: BatchedSettings) -> list[str]:
         "-ub", str(s.n_ubatch),
         "-npp", str(s.n_prompt),
         "-ntg", str(s.n_gen),
-        "-npl", ",".join(str(b) for b in s.batches),
+        # the smallest B once more at the end, a line that may be lost: measured here, the
+        # pinned tool sometimes exits 0 without its last JSON line (-npl 4,8 printed only
+        # B = 4); parse() keeps the first record of each B
+        "-npl", ",".join(str(b) for b in (*s.batches, min(s.batches))),
         "-t", str(s.n_threads),
         "-tb", str(s.n_threads),
         "-fa", "on" if s.flash_attn else "off",
@@ -81,7 +84,8 @@ def command(tools: NativeTools, model: Path, s: BatchedSettings) -> list[str]:
 
 
 def parse(text: str) -> dict[int, dict[str, Any]]:
-    """The JSON lines of ``--output-format jsonl``, by B (``pl``)."""
+    """The JSON lines of ``--output-format jsonl``, by B (``pl``; the first record of each
+    B when one appears twice)."""
     out: dict[int, dict[str, Any]] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -92,7 +96,7 @@ def parse(text: str) -> dict[int, dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and "pl" in record and "speed_tg" in record:
-            out[int(record["pl"])] = record
+            out.setdefault(int(record["pl"]), record)
     return out
 
 
