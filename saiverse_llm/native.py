@@ -144,41 +144,18 @@ def llama_cpp_module() -> Any:
     return llama_cpp
 
 
-#: ``ggml_backend_dev_type``: GPU and integrated GPU devices (ggml-backend.h).
-_GPU_DEVICE_TYPES = (1, 2)
-
-
 def gpu_free_bytes() -> int | None:
-    """Free memory of the GPU devices llama.cpp sees (ggml's backend device API, which
-    llama-cpp-python does not bind: called through ctypes on ``llama_cpp._ggml.libggml``),
-    summed; None when there is no GPU device or the API is missing."""
-    try:
-        from llama_cpp import _ggml
+    """Free memory of the GPU devices llama.cpp sees
+    (:func:`saiverse_llm.devices.loaded_devices`, the one device probe), summed, in bytes;
+    None when there is no GPU device or ggml lacks the device API."""
+    from saiverse_llm.devices import loaded_devices
 
-        lib = _ggml.libggml
-        vp = ctypes.c_void_p
-        count = lib["ggml_backend_dev_count"]  # fresh function objects: llama_cpp's stay
-        count.restype, count.argtypes = ctypes.c_size_t, []
-        get = lib["ggml_backend_dev_get"]
-        get.restype, get.argtypes = vp, [ctypes.c_size_t]
-        kind = lib["ggml_backend_dev_type"]
-        kind.restype, kind.argtypes = ctypes.c_int, [vp]
-        memory = lib["ggml_backend_dev_memory"]
-        memory.restype = None
-        memory.argtypes = [vp, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
-        total_free = 0
-        found = False
-        for i in range(int(count())):
-            dev = get(i)
-            if int(kind(dev)) not in _GPU_DEVICE_TYPES:
-                continue
-            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-            memory(dev, ctypes.byref(free), ctypes.byref(total))
-            total_free += int(free.value)
-            found = True
+    try:
+        devices = loaded_devices()
     except (ImportError, AttributeError, OSError):
         return None
-    return total_free if found else None
+    gpus = [d for d in devices if d.type in ("GPU", "IGPU")]
+    return sum(d.memory_free for d in gpus) if gpus else None
 
 
 _LAYER_RE = re.compile(r"layer\s+(\d+) assigned to device ([^,\s]+)")
