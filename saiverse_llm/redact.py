@@ -113,9 +113,13 @@ _NUMBER_RE = re.compile(r"[+-]?\d+(?:\.\d+)?(?:e[+-]?\d+)?%?", re.IGNORECASE)
 _MIN_SECRET_LEN = 4
 
 
-# "<what>_KEY" names that identify something rather than unlock it (the harness's cache keys).
+# "<what>_KEY" names that identify something rather than unlock it (the harness's cache keys,
+# also as the sessions export them: LLAMA_HARNESS_BUILD_KEY is the wheel's cache key; masked, it
+# turned every build key in llama-bench.json into the mask, and the report then said the
+# benchmarks and llama-bench ran different builds).
 _KEY_NOT_SECRET = re.compile(
-    r"^(?:BUILD|WHEEL|CACHE|TREE|SORT|PRIMARY|FOREIGN|PUBLIC|GROUP|PARTITION|IDEMPOTENCY)_KEY$",
+    r"^(?:LLAMA_HARNESS_)?"
+    r"(?:BUILD|WHEEL|CACHE|TREE|SORT|PRIMARY|FOREIGN|PUBLIC|GROUP|PARTITION|IDEMPOTENCY)_KEY$",
     re.IGNORECASE,
 )
 

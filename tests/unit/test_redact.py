@@ -46,6 +46,8 @@ PUBLIC = {"PATH": "/usr/local/bin:/usr/bin", "CMAKE_ARGS": "-DGGML_CUDA=on", "HO
         ("max_tokens", False),
         ("build_key", False),
         ("wheel_key", False),
+        ("LLAMA_HARNESS_BUILD_KEY", False),  # the wheel's cache key, set by bench-<variant>
+        ("OTHER_BUILD_KEY", True),
         ("key", False),
         ("X-Api-Key", True),
         ("PRIVATE-TOKEN", True),
