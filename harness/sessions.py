@@ -444,14 +444,34 @@ def _prepare_and_check(
     return Prepared(wheel=wheel, key=key, python=python, details=details)
 
 
-def run_test_session(session: NoxSession, variant: Variant) -> None:
-    name = f"test-{variant.name}"
+@dataclass
+class Started:
+    """A test/bench session past its checks: its name, options, prepared venv and the
+    environment the suite runs with."""
+
+    name: str
+    opts: SessionOptions
+    ready: Prepared
+    env: dict[str, str]
+
+
+def start_run(session: NoxSession, variant: Variant, kind: str) -> Started | None:
+    """``test``/``bench`` sessions begin the same way: options -> (``--container``: the whole
+    session in a container, None) -> :func:`_prepare_and_check` -> the client environment."""
+    name = f"{kind}-{variant.name}"
     opts = parse_posargs(session.posargs)
     if opts.container:
         _container(session, variant, name, opts)
-        return
+        return None
     ready = _prepare_and_check(session, variant, name, opts)
-    env = client_env(variant, ready.key, ready.wheel)
+    return Started(name, opts, ready, client_env(variant, ready.key, ready.wheel))
+
+
+def run_test_session(session: NoxSession, variant: Variant) -> None:
+    started = start_run(session, variant, "test")
+    if started is None:
+        return
+    name, opts, ready, env = started.name, started.opts, started.ready, started.env
     _run_pytest(session, variant, name, ["tests/client", *opts.rest], env, ready)
     run_agree(session, variant, name, env, ready)
 
@@ -497,14 +517,11 @@ def run_agree(
 
 
 def run_bench_session(session: NoxSession, variant: Variant) -> None:
-    name = f"bench-{variant.name}"
-    opts = parse_posargs(session.posargs)
-    if opts.container:
-        _container(session, variant, name, opts)
+    started = start_run(session, variant, "bench")
+    if started is None:
         return
-    ready = _prepare_and_check(session, variant, name, opts)
+    name, opts, ready, env = started.name, started.opts, started.ready, started.env
     out = paths.reports_dir() / variant.name / "bench.json"
-    env = client_env(variant, ready.key, ready.wheel)
     if opts.isolate:
         env["LLAMA_HARNESS_ISOLATE"] = "1"
     # pytest-benchmark writes its JSON in place: give it a temporary file beside bench.json
