@@ -88,7 +88,8 @@ _HEADER_RE = re.compile(
 # URL query parameters that carry a credential even under a generic name.
 _QUERY_RE = re.compile(
     r"(?i)(?P<head>[?&;](?:key|api_?key|token|access_?token|auth|sig|signature|pass(?:word)?)=)"
-    r"(?P<value>[^&\s\"'#<>]+)"
+    # the value stops before a ")" and never ends in a sentence's "." "," ";" ":"
+    r"(?P<value>[^&\s\"'#<>)]+?)(?=[.,;:]*(?:[&\s\"'#<>)]|$))"
 )
 _BEARER_RE = re.compile(r"(?i)\b(?P<kind>bearer|basic)\s+(?P<value>[A-Za-z0-9._~+/=-]{8,})")
 _TOKEN_SHAPES = re.compile(

@@ -161,6 +161,17 @@ SECRET_SHAPES: list[tuple[str, str]] = [
         ),
         ("error: bad token=abc123def. Fix: y", f"error: bad token={MASK}. Fix: y"),
         ("C:/Users/me/model.gguf and file:///tmp/a.gguf", None),
+        # a URL query token inside parentheses (saiverse-llm chat's not-found error for a
+        # model_path URL): the ")." was eaten and the line got a second "Fix:"
+        (
+            "error: not found (model_path 'https://h/x.gguf?token=abc123def456'). Fix: z",
+            f"error: not found (model_path 'https://h/x.gguf?token={MASK}'). Fix: z",
+        ),
+        (
+            "error: not found (https:/h/x.gguf?token=abc123def456). Fix: z",
+            f"error: not found (https:/h/x.gguf?token={MASK}). Fix: z",
+        ),
+        ("see https://h/x?sig=abc.def.ghi.", f"see https://h/x?sig={MASK}."),
     ],
 )
 def test_a_masked_value_keeps_the_sentence_around_it(text: str, expected: str | None) -> None:
