@@ -432,6 +432,7 @@ class Split:
     device_weights: int
     device_kv: int
     device_compute: int
+    host_weights: int = 0  # the weights in system memory (file-backed when mmapped)
 
 
 @dataclass(frozen=True)
@@ -515,6 +516,7 @@ class Estimate:
             device_weights=dev_w,
             device_kv=dev_kv,
             device_compute=dev_compute,
+            host_weights=host_w,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -1101,13 +1103,30 @@ def context_warning(shape: ModelShape, n_ctx: int) -> str | None:
     )
 
 
-def host_available_bytes() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` (Linux), else ``None``."""
+def _meminfo(*fields: str) -> dict[str, int] | None:
+    """The ``fields`` of ``/proc/meminfo`` in bytes (Linux); None when one is missing or the
+    file cannot be read (another OS)."""
+    found: dict[str, int] = {}
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                name, _, rest = line.partition(":")
+                if name in fields:
+                    found[name] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         return None
-    return None
+    return found if len(found) == len(fields) else None
+
+
+def host_available_bytes() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` (Linux), else ``None``."""
+    info = _meminfo("MemAvailable")
+    return None if info is None else info["MemAvailable"]
+
+
+def host_memory_limit_bytes() -> int | None:
+    """What this machine can still give a process: ``MemAvailable + SwapFree`` from
+    ``/proc/meminfo`` (Linux), else ``None``. An allocation beyond it cannot succeed
+    without the kernel's OOM killer ending a process."""
+    info = _meminfo("MemAvailable", "SwapFree")
+    return None if info is None else info["MemAvailable"] + info["SwapFree"]

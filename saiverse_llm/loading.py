@@ -336,6 +336,12 @@ class LoadSpec:
         summary = check_gguf(path)
         n_ctx = self._resolve_n_ctx(summary)
         llama_cpp = llama_cpp_module()
+        check_host_memory(
+            self,
+            n_ctx=n_ctx,
+            gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+            available=fit.host_memory_limit_bytes(),
+        )
         kwargs: dict[str, Any] = {
             "model_path": str(path),
             "n_ctx": n_ctx,
@@ -508,8 +514,11 @@ MAX_NATIVE_LINES = 8
 
 
 class ModelMemoryError(ModelLoadError):
-    """Loading ran out of memory (host RAM or GPU memory). ``requested_bytes`` is the
-    allocation that failed (None when llama.cpp did not say), ``what`` what it was for."""
+    """Loading ran out of memory (host RAM or GPU memory), or would have
+    (:func:`check_host_memory` refused it before llama.cpp was called). ``requested_bytes``
+    is the allocation that failed (None when llama.cpp did not say) or the system memory the
+    load needs, ``what`` what it was for; ``available_bytes`` is what the machine had
+    (MemAvailable + SwapFree) when the load was refused beforehand, else None."""
 
     def __init__(
         self,
@@ -520,9 +529,11 @@ class ModelMemoryError(ModelLoadError):
         what: str,
         n_ctx: int,
         n_gpu_layers: int,
+        available_bytes: int | None = None,
     ) -> None:
         super().__init__(message, path=path)
         self.requested_bytes = requested_bytes
+        self.available_bytes = available_bytes
         self.what = what
         self.n_ctx = n_ctx
         self.n_gpu_layers = n_gpu_layers
@@ -573,6 +584,98 @@ def _memory_plan(spec: LoadSpec, *, n_ctx: int, on_device: bool) -> str:
     )
 
 
+def _memory_fixes(spec: LoadSpec, *, n_ctx: int, weights_first: bool = False) -> str:
+    """The guide's remedies for a memory error, joined with "; or "."""
+    where = f" in {spec.config_source}" if spec.config_source else ""
+    fixes = [f"lower context_length{where} (now {n_ctx}; the KV cache grows with it, e.g. 4096)"]
+    if spec.n_gpu_layers != 0:
+        fixes.append(
+            f"lower n_gpu_layers (now {spec.n_gpu_layers}) so that some layers stay in system "
+            "RAM when the GPU is full"
+        )
+    fixes.append("use a smaller quantization of the model (e.g. Q4_K_M instead of Q8_0)")
+    if weights_first:
+        fixes.reverse()
+    return "; or ".join(fixes)
+
+
+#: ``SAIVERSE_LLM_MEMORY_GUARD=0`` turns :func:`check_host_memory` off (load anyway).
+MEMORY_GUARD_ENV = "SAIVERSE_LLM_MEMORY_GUARD"
+#: A load is refused only when its system-memory estimate exceeds what the machine can give
+#: by this factor: only clearly impossible loads are refused, never one the estimate
+#: (within a few percent of llama.cpp's own figures, tests/unit/test_fit.py) might fit.
+MEMORY_GUARD_SLACK = 1.25
+
+
+def host_load_bytes(spec: LoadSpec, *, n_ctx: int, gpu_offload: bool) -> dict[str, int] | None:
+    """The anonymous system memory a load of ``spec`` at ``n_ctx`` allocates, from
+    :mod:`saiverse_llm.fit`: the KV cache and compute buffer kept on the CPU (all of them
+    for a CPU load: ``n_gpu_layers`` 0 or a build without GPU offload), the CPU repack and
+    the output buffer; the weights only with ``use_mmap=False`` (mmapped weights are
+    file-backed pages the kernel can drop). Keys: ``host_bytes`` and ``weights_bytes``
+    (what of it is weights). None when fit cannot estimate the file."""
+    ngl = spec.n_gpu_layers if gpu_offload else 0
+    try:
+        req = fit.request_for(
+            spec.path,
+            n_ctx=n_ctx,
+            n_seq=spec.n_seq_max,
+            n_gpu_layers=ngl,
+            llama_kwargs=spec.llama_kwargs,
+        )
+    except (ValueError, OSError) as exc:  # GGUFError, FitError
+        logger.debug("%s: no memory estimate before the load: %s", spec.model_name, exc)
+        return None
+    split = fit.estimate(req.shape, req.settings).split(ngl)
+    mmapped = bool(spec.llama_kwargs.get("use_mmap", True))
+    weights = 0 if mmapped else split.host_weights
+    return {"host_bytes": split.host_bytes - split.host_weights + weights, "weights_bytes": weights}
+
+
+def check_host_memory(
+    spec: LoadSpec, *, n_ctx: int, gpu_offload: bool, available: int | None
+) -> None:
+    """Refuse a load whose system memory (:func:`host_load_bytes`) is more than
+    :data:`MEMORY_GUARD_SLACK` times ``available`` (MemAvailable + SwapFree,
+    :func:`saiverse_llm.fit.host_memory_limit_bytes`; None: not Linux, no check) BEFORE
+    llama.cpp is called: llama.cpp writes its per-cell KV state (~48 bytes per cell) before
+    any buffer fails, and the kernel's OOM killer ends the process (or another one).
+    ``SAIVERSE_LLM_MEMORY_GUARD=0`` turns the check off. Raises :class:`ModelMemoryError`
+    naming the bytes needed, the bytes available and what to change."""
+    if available is None or os.environ.get(MEMORY_GUARD_ENV, "").strip() == "0":
+        return
+    need = host_load_bytes(spec, n_ctx=n_ctx, gpu_offload=gpu_offload)
+    if need is None or need["host_bytes"] <= available * MEMORY_GUARD_SLACK:
+        return
+    requested = need["host_bytes"]
+    on_cpu = not gpu_offload or spec.n_gpu_layers == 0
+    what = "the KV cache and compute buffers" + (" (and weights)" if need["weights_bytes"] else "")
+    plan = fit.advice(
+        spec.path,
+        n_ctx=n_ctx,
+        n_gpu_layers=0 if on_cpu else spec.n_gpu_layers,
+        llama_kwargs=spec.llama_kwargs,
+        memory_bytes=available if on_cpu else None,
+        device="RAM" if on_cpu else None,
+    )
+    raise ModelMemoryError(
+        f"not enough memory to load {spec.model_name} ({spec.path}): {what} at n_ctx={n_ctx} "
+        f"(n_gpu_layers={spec.n_gpu_layers}{'' if gpu_offload else ', a CPU-only build'}) "
+        f"need {_size(requested)} ({requested:,} bytes) of system memory, and this machine "
+        f"has {_size(available)} ({available:,} bytes) available (MemAvailable + SwapFree); "
+        "the load was refused before llama.cpp was called. Fix: "
+        + _memory_fixes(spec, n_ctx=n_ctx)
+        + f" (or set {MEMORY_GUARD_ENV}=0 to try anyway). Memory plan: "
+        + plan,
+        path=str(spec.path),
+        requested_bytes=requested,
+        what=what,
+        n_ctx=n_ctx,
+        n_gpu_layers=spec.n_gpu_layers,
+        available_bytes=available,
+    )
+
+
 def memory_error(spec: LoadSpec, lines: CapturedLog, *, n_ctx: int) -> ModelMemoryError:
     """Loading ran out of memory: say so, how much was asked for and for what, and what to
     change (the guide's steps for memory errors: context_length, n_gpu_layers, a smaller
@@ -599,21 +702,11 @@ def memory_error(spec: LoadSpec, lines: CapturedLog, *, n_ctx: int) -> ModelMemo
     else:
         what = "a buffer"
     asked = f" {_size(requested)}" if requested is not None else " memory"
-    where = f" in {spec.config_source}" if spec.config_source else ""
-    fixes = [f"lower context_length{where} (now {n_ctx}; the KV cache grows with it, e.g. 4096)"]
-    if spec.n_gpu_layers != 0:
-        fixes.append(
-            f"lower n_gpu_layers (now {spec.n_gpu_layers}) so that some layers stay in system "
-            "RAM when the GPU is full"
-        )
-    fixes.append("use a smaller quantization of the model (e.g. Q4_K_M instead of Q8_0)")
-    if what == "the model weights":
-        fixes.reverse()
     return ModelMemoryError(
         f"not enough memory to load {spec.model_name} ({spec.path}): llama.cpp could not "
         f"allocate{asked} for {what}{device} (n_ctx={n_ctx}, n_gpu_layers={spec.n_gpu_layers})"
         f"{_native_detail(lines)}. Fix: "
-        + "; or ".join(fixes)
+        + _memory_fixes(spec, n_ctx=n_ctx, weights_first=what == "the model weights")
         + ". Memory plan: "
         + _memory_plan(spec, n_ctx=n_ctx, on_device=bool(device)),
         path=str(spec.path),

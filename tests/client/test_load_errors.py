@@ -17,10 +17,16 @@ pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp buil
 
 
 def test_out_of_memory_says_so_with_the_size_and_what_to_change(
-    make_client: Callable[..., Any], deep_kv_gguf: Path, huge_context: int, ours_only: None
+    make_client: Callable[..., Any],
+    deep_kv_gguf: Path,
+    huge_context: int,
+    ours_only: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A KV cache far beyond memory: the error said "check that the file is a complete
-    GGUF". It must say memory ran out, how much was asked for, and what to change."""
+    GGUF". It must say memory ran out, how much was asked for, and what to change.
+    (llama.cpp's own failure: the pre-load guard, which refuses this load first, is off.)"""
+    monkeypatch.setenv("SAIVERSE_LLM_MEMORY_GUARD", "0")
     client = make_client(deep_kv_gguf, context_length=huge_context)
     with pytest.raises(Exception) as info:
         client.generate([{"role": "user", "content": "hi"}], max_tokens=4)
@@ -72,12 +78,65 @@ def test_a_failed_host_allocation_is_a_memory_error_too(tiny: Path, ours_only: N
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "SAIVERSE_LLM_MEMORY_GUARD": "0"},  # llama.cpp's own failure
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     message = out.stdout
     assert "bad_alloc" in message  # llama.cpp's own line reached the error
     assert "not enough memory" in message and "the context" in message
     assert "context_length" in message and "complete GGUF" not in message
+
+
+#: shared/cases/08 as SAIVerse runs it: no memory limit of its own. The 4 GiB address-space
+#: limit is only the test's safety net (without the guard llama.cpp writes ~20 GB of per-cell
+#: KV state and the OOM killer ends the process): the guard must refuse the load before
+#: llama.cpp is called, from fit's estimate against MemAvailable + SwapFree.
+_GUARDED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from saiverse_llm.client import LlamaCppClient
+from saiverse_llm.loading import ModelMemoryError
+client = LlamaCppClient(sys.argv[1], context_length=400_000_000, n_gpu_layers=0,
+                        fallback_on_error=False, n_threads=2)
+try:
+    client.generate([{"role": "user", "content": "hi"}], max_tokens=4)
+except ModelMemoryError as exc:
+    print("AVAILABLE", getattr(exc, "available_bytes", None))
+    print("REQUESTED", exc.requested_bytes)
+    print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print("MEMORY", exc)
+    sys.exit(0)
+except BaseException as exc:
+    print("OTHER", type(exc).__name__, exc)
+    sys.exit(3)
+print("LOADED")
+sys.exit(4)
+"""
+
+
+def test_a_load_far_beyond_memory_is_refused_before_llama_cpp(tiny: Path, ours_only: None) -> None:
+    """shared/cases/08: LlamaCppClient(tiny, context_length=400_000_000).generate() got the
+    process OOM-killed. It is refused before llama.cpp allocates anything, naming the bytes
+    needed, the bytes available and what to change."""
+    env = {k: v for k, v in os.environ.items() if k != "SAIVERSE_LLM_MEMORY_GUARD"}
+    out = subprocess.run(
+        [sys.executable, "-c", _GUARDED, str(tiny)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    fields = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert fields["AVAILABLE"] != "None", out.stdout  # refused by the guard, not by llama.cpp
+    available, requested = int(fields["AVAILABLE"]), int(fields["REQUESTED"])
+    assert requested > available
+    assert int(fields["MAXRSS_KIB"]) < 1024 * 1024  # nothing near the KV state was touched
+    message = fields["MEMORY"]
+    assert f"{requested:,} bytes" in message and f"{available:,} bytes" in message
+    assert "before llama.cpp" in message and "bad_alloc" not in message
+    assert "context_length" in message and "quantization" in message
+    assert "complete GGUF" not in message
 
 
 def overlapping_copy(src: Path, dst: Path) -> Path:
