@@ -13,11 +13,17 @@ import re
 from saiverse_llm.fallback import FallbackError
 from saiverse_llm.messages import MessageError
 from saiverse_llm.pool import ModelLoadError
+from saiverse_llm.redact import redact_text
 from saiverse_llm.tools import ToolCallError
 
 
 class GenerationError(RuntimeError):
-    """A generation failed in a way a retry would not fix."""
+    """A generation failed in a way a retry would not fix. Its text is redacted
+    (:func:`saiverse_llm.redact.redact_text`) when it is made, as a
+    :class:`~saiverse_llm.pool.ModelLoadError`'s is."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class ContextOverflowError(GenerationError):

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from saiverse_llm.redact import redact_text
 from saiverse_llm.request import Reply, Request
 from saiverse_llm.tools import ToolCall
 
@@ -52,9 +53,11 @@ class FallbackError(RuntimeError):
             "check the fallback's settings (see saiverse_log.txt), or fix the local model"
         )
         super().__init__(
-            f"model {model!r} failed: {type(primary).__name__}: {primary}; "
-            f"fallback {fallback_name!r} failed too: {type(fallback_error).__name__}: "
-            f"{fallback_error}. Fix: {fix}"
+            redact_text(
+                f"model {model!r} failed: {type(primary).__name__}: {primary}; "
+                f"fallback {fallback_name!r} failed too: {type(fallback_error).__name__}: "
+                f"{fallback_error}. Fix: {fix}"
+            )
         )
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from saiverse_llm.redact import redact_text
 from saiverse_llm.user_errors import env_int
 
 logger = logging.getLogger("saiverse_llm.pool")
@@ -31,12 +32,16 @@ DEFAULT_MAX_MODELS = 4
 
 
 class ModelLoadError(RuntimeError):
-    """A model could not be loaded. ``remembered`` is true when this is a cached failure."""
+    """A model could not be loaded. ``remembered`` is true when this is a cached failure.
+
+    The message and ``path`` are redacted (:func:`saiverse_llm.redact.redact_text`) when the
+    error is made: a ``model_path`` such as ``https://user:pass@host/x.gguf?token=...`` must
+    not reach the caller's logs through the error's text."""
 
     def __init__(self, message: str, *, path: str = "", remembered: bool = False) -> None:
-        self.path = path
+        self.path = redact_text(path)
         self.remembered = remembered
-        super().__init__(message)
+        super().__init__(redact_text(message))
 
 
 @dataclass(frozen=True)
