@@ -382,9 +382,14 @@ def make_env(case: Case, root: Path, say: Say | None = None) -> ReplayEnv:
         "PIP_NO_INPUT": "1",
         "PIP_VERBOSE": "1",
     }
-    for name in ("TMPDIR", "LLAMA_HARNESS_CACHE", "CCACHE_DIR", "LD_LIBRARY_PATH"):
+    for name in ("LLAMA_HARNESS_CACHE", "CCACHE_DIR", "LD_LIBRARY_PATH"):
         if os.environ.get(name):
             env[name] = os.environ[name]
+    # pip's build folders (the unpacked sdist, ~217 MB) go inside the replay's root: a build
+    # stopped once CMake has configured never gets to clean them up, and the root is removed
+    # after the replay (left in the system's temp folder, every replay leaked one).
+    env["TMPDIR"] = str(root / "tmp")
+    (root / "tmp").mkdir(exist_ok=True)
     (root / "home").mkdir(exist_ok=True)
     cuda = any(CUDA_SWITCH_RE.search(c) for c in case.install)
     site_args = _cuda_site_args() if cuda else []

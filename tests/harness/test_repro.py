@@ -5,6 +5,7 @@ CUDA wheel are skipped with the reason."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,12 @@ def test_a_case_whose_symptom_is_absent_fails(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_case_reproduces_symptom_cause_and_fix(path: Path) -> None:
     case = repro.load_case(path)
+    pip_dirs = set(Path(tempfile.gettempdir()).glob("pip-*"))
     result = repro.replay(case, fix=True)
+    leaked = set(Path(tempfile.gettempdir()).glob("pip-*")) - pip_dirs
+    # A build the replay stops at CMake's configure step leaves pip's build folder behind:
+    # it must stay inside the replay's root (removed after it), never fill the system's /tmp.
+    assert not any(p.is_dir() and p.name.startswith("pip-install-") for p in leaked), leaked
     if result.skipped:
         pytest.skip(result.skipped)
     text = repro.render(result)
