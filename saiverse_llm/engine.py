@@ -65,6 +65,12 @@ DEFAULT_STALL_TIMEOUT = 300.0
 #: Seconds between the scheduler's checks for cancels while every job waits (paused
 #: streams, queued or parked requests); it sleeps without a timeout when there are none.
 CANCEL_POLL = 0.5
+#: Seconds a reader blocked on an empty stream may be left asleep after text arrived: the
+#: scheduler wakes it at most this often (and at once for its first text, when
+#: ``max_unread // 2`` chunks wait, and when the request ends). Waking the reader for each
+#: token of a fast model (a thread switch and a GIL hand-over per token) cost a quarter of
+#: the decode rate on a tiny model; a slow model's step is longer than this anyway.
+WAKE_INTERVAL = 0.002
 
 
 class StreamTimeoutError(GenerationError):
@@ -137,6 +143,8 @@ class Job:
         self._out: deque[str] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._reader_waiting = False
+        self._woken_at = -WAKE_INTERVAL  # perf_counter() of the last wake-up
+        self._wake_backlog = max(1, engine.settings.max_unread // 2)
         self._cancel = False
 
     @property
@@ -195,9 +203,17 @@ class Job:
     def _push(self, text: str) -> None:
         self._out.append(text)  # the reader is woken by _wake, once per step
 
-    def _wake(self) -> None:
+    def _wake(self, now: float) -> None:
+        """After a step that sampled for this job: wake its reader if it sleeps on an
+        empty stream (at most once per :data:`WAKE_INTERVAL`, unless text piles up). A
+        skipped wake is made up at a later step: the job keeps decoding until its reader
+        has ``max_unread`` chunks (past the backlog that always wakes) or it ends
+        (:meth:`_end` wakes)."""
+        if now - self._woken_at < WAKE_INTERVAL and len(self._out) < self._wake_backlog:
+            return
         with self._cond:
-            if self._reader_waiting:
+            if self._reader_waiting and self._out:
+                self._woken_at = now
                 self._cond.notify()
 
     def _end(self, state: str, error: BaseException | None = None) -> None:
@@ -529,28 +545,31 @@ class Engine:
     def _run(self) -> None:
         """The scheduler thread: the only one that touches the context (decode, sampling,
         the KV memory) while the engine runs."""
+        cond = self._cond
+        work: list[tuple[Job, int, bool]] | _Call | None = None
         try:
             while True:
-                with self._cond:
+                # one lock hold per step: the last step's bookkeeping, then the next plan
+                with cond:
+                    if work is not None:
+                        if self._in_step:
+                            self.steps += 1
+                        self._in_step = False
+                        cond.notify_all()
                     work = self._next_work()
                     if work is None:
                         return
                     self._in_step = isinstance(work, list)
-                try:
-                    if isinstance(work, _Call):
-                        work.run()
-                    else:
-                        self._step(work)
-                finally:
-                    with self._cond:
-                        if self._in_step:
-                            self.steps += 1
-                        self._in_step = False
-                        self._cond.notify_all()
+                if isinstance(work, _Call):
+                    work.run()
+                else:
+                    self._step(work)
         except BaseException:  # pragma: no cover - a bug in the scheduler itself
             logger.exception("%s: the batching scheduler stopped", self.name)
-            with self._cond:
+            with cond:
+                self._in_step = False
                 self._closing = True
+                cond.notify_all()
             raise
 
     def _next_work(self) -> list[tuple[Job, int, bool]] | _Call | None:
@@ -591,7 +610,7 @@ class Engine:
                     self._stalled(running, now)
             else:
                 running.paused_since = None
-        for parked in list(self._parked):
+        for parked in list(self._parked) if self._parked else ():
             if parked.unread < limit // 2:
                 self._parked.remove(parked)
                 parked.paused_since = None
@@ -601,7 +620,7 @@ class Engine:
                 self._parked.remove(parked)
                 self._stalled(parked, now)
         # admissions (none while a call waits for the sequences to drain)
-        if any(c.idle for c in self._calls):
+        if self._calls and any(c.idle for c in self._calls):
             return
         while self._queue:
             free = self._free_slot(self._queue[0]) or self._preempt_paused(all_of_them=False)
@@ -776,8 +795,9 @@ class Engine:
                 self._sample(job, ctx, idx)
             # readers are woken after the whole step: they run while the next decode
             # (which releases the GIL) does, instead of taking it from the sampling
+            now = time.perf_counter()
             for job, _ in outputs:
-                job._wake()
+                job._wake(now)
             if self.trace is not None:
                 self.trace.append((time.perf_counter(), len(outputs), t_decode))
         if failed is not None:
