@@ -562,7 +562,10 @@ class Engine:
                     self._in_step = isinstance(work, list)
                 if isinstance(work, _Call):
                     work.run()
-                else:
+                    continue
+                self._step(work)
+                while self._same_plan(work):  # nothing else to do: no lock, no planning
+                    self.steps += 1
                     self._step(work)
         except BaseException:  # pragma: no cover - a bug in the scheduler itself
             logger.exception("%s: the batching scheduler stopped", self.name)
@@ -590,6 +593,24 @@ class Engine:
             if plan:
                 return plan
             self._cond.wait(self._next_deadline(now))
+
+    def _same_plan(self, plan: list[tuple[Job, int, bool]]) -> bool:
+        """Without the lock, after a step: True when the next step decodes ``plan`` again
+        (one token for each of its jobs, still running, none near a pause, every running
+        job in it) and nothing waits (a cancel, a submit, a call, a parked job, a close):
+        what :meth:`_next_work` would return. A submit or cancel that lands just after this
+        look is seen after the next step, as when it lands while a step runs."""
+        if self._cancels or self._queue or self._calls or self._parked or self._closing:
+            return False
+        limit = self.settings.max_unread
+        for job, n, _ in plan:
+            if n != 1 or job.state != _RUNNING or job._cancel or len(job._out) >= limit:
+                return False
+        running = 0
+        for slot in self._slots:
+            if slot.job is not None:
+                running += 1
+        return running == len(plan)
 
     def _housekeeping(self, now: float) -> None:
         # cancelled jobs give their sequence back at once
