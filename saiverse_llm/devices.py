@@ -132,6 +132,17 @@ def nvidia_gpu_lines(run: Runner = run_quiet) -> tuple[str, ...]:
     return tuple(line.strip() for line in proc.stdout.splitlines() if line.startswith("GPU "))
 
 
+def machine_gpus(run: Runner = run_quiet) -> tuple[str, ...]:
+    """The GPUs a GPU build of llama.cpp could use on this machine, one line each: NVIDIA's
+    (:func:`nvidia_gpu_lines`) and, on Apple silicon, its Metal GPU. Empty on a machine
+    without one (a CPU-only build is then the right build; Mesa's llvmpipe is no GPU)."""
+    import platform
+
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return ("Apple silicon GPU (Metal)",)
+    return nvidia_gpu_lines(run)
+
+
 # --------------------------------------------------------------------------- ggml devices
 
 # ggml backend registry names -> the canonical names used across the project.

@@ -405,22 +405,7 @@ class LoadSpec:
             raise
         report["chat_template"] = template.name
         if self.n_gpu_layers != 0 and report["n_layers_offloaded"] == 0:
-            why = (
-                "this llama_cpp build has no GPU offload (llama_supports_gpu_offload() is "
-                "False: a CPU-only build, or no usable GPU/driver). Fix: install a GPU build "
-                f"into this Python (`llama-harness install cuda --python {sys.executable}`, "
-                "or metal/vulkan), or set n_gpu_layers 0 to run on the CPU on purpose; "
-                "`llama-harness doctor` says why"
-                if not report["gpu_offload_supported"]
-                else "no GPU device was used"
-            )
-            logger.warning(
-                "%s: n_gpu_layers=%d requested but 0/%d layers were offloaded: %s",
-                self.model_name,
-                self.n_gpu_layers,
-                report["n_layers_total"],
-                why,
-            )
+            offload_note(self.model_name, self.n_gpu_layers, report)
         logger.info(
             "loaded %s in %.2fs: backend=%s, %d/%d layers offloaded, n_ctx=%d per sequence, "
             "n_seq_max=%d (%s), template=%s",
@@ -471,6 +456,59 @@ class LoadSpec:
                 open_sequences(llm, 1)
             return 1, f"{source}: {n_seq} did not fit, 1", lines
         return n_seq, source, lines
+
+
+# --- n_gpu_layers on a build or machine without a GPU ---------------------------------
+
+_cpu_only_noted = threading.Event()
+
+
+def offload_note(
+    model_name: str,
+    n_gpu_layers: int,
+    report: dict[str, Any],
+    gpus: tuple[str, ...] | None = None,
+) -> tuple[int, str]:
+    """Log why ``n_gpu_layers`` (not 0) offloaded nothing, and return (level, message).
+
+    A CPU-only build on a machine with no GPU (``gpus``: :func:`saiverse_llm.devices.
+    machine_gpus`, probed when None) is the right build: INFO, once per process, that
+    n_gpu_layers is ignored (the embedded config asks for -1 so that GPU builds use the GPU).
+    A CPU-only build where a GPU is present: WARNING, install a GPU build. A GPU build that
+    offloaded nothing: WARNING."""
+    total = report.get("n_layers_total")
+    if report.get("gpu_offload_supported"):
+        level, message = logging.WARNING, "no GPU device was used"
+    else:
+        if gpus is None:
+            from saiverse_llm.devices import machine_gpus
+
+            gpus = machine_gpus()
+        if not gpus:
+            message = (
+                f"{model_name}: this llama_cpp build is CPU-only and this machine has no GPU: "
+                f"n_gpu_layers={n_gpu_layers} is ignored and all {total} layers run on the CPU"
+            )
+            level = logging.DEBUG if _cpu_only_noted.is_set() else logging.INFO
+            _cpu_only_noted.set()
+            logger.log(level, "%s", message)
+            return level, message
+        level, message = (
+            logging.WARNING,
+            (
+                "this llama_cpp build has no GPU offload (llama_supports_gpu_offload() is "
+                f"False: a CPU-only build) but this machine has a GPU ({gpus[0]}). Fix: install "
+                f"a GPU build into this Python (`llama-harness install cuda --python "
+                f"{sys.executable}`, or metal/vulkan), or set n_gpu_layers 0 to run on the CPU on "
+                "purpose; `llama-harness doctor` says why"
+            ),
+        )
+    message = (
+        f"{model_name}: n_gpu_layers={n_gpu_layers} requested but 0/{total} layers were "
+        f"offloaded: {message}"
+    )
+    logger.log(level, "%s", message)
+    return level, message
 
 
 # --- threads ---------------------------------------------------------------------------

@@ -65,3 +65,48 @@ def test_chat_and_check_print_the_configs_note(
     assert re.search(r"n_threads\W+\d+ \(batch \d+; default \(physical cores\)\)", captured.out)
     assert _run("check", "noted", "--dir", str(configs), "--tokens", "2", "--n-threads", "1") == 0
     assert re.search(r"n_threads\W+1 \(batch 1; --n-threads\)", capsys.readouterr().out)
+
+
+def test_check_and_chat_on_a_cpu_build_without_a_gpu_give_no_cuda_advice(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], ours_only: None
+) -> None:
+    """The README's cpu path: the embedded config asks for n_gpu_layers -1. On a CPU-only
+    build on a machine with no GPU, check and chat warned to install the cuda variant; now
+    one INFO line (in the log) says n_gpu_layers is ignored. Where a GPU is present the
+    warning stays (tests/unit/test_offload_note.py)."""
+    import llama_cpp
+
+    from saiverse_llm import loading
+    from saiverse_llm.devices import machine_gpus
+
+    if llama_cpp.llama_supports_gpu_offload() or machine_gpus():
+        pytest.skip("a GPU build or a GPU is present: the install advice is right there")
+    loading._cpu_only_noted.clear()  # once per process: this test's load says it
+    configs = tmp_path / "configs"
+    _config(configs, "allgpu", tiny, n_gpu_layers=-1, chat_format="chatml")
+    log = tmp_path / "saiverse_log.txt"
+    assert (
+        main(["check", "allgpu", "--dir", str(configs), "--tokens", "2", "--log-file", str(log)])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "chat",
+                "allgpu",
+                "hi",
+                "--dir",
+                str(configs),
+                "--max-tokens",
+                "2",
+                "--log-file",
+                str(log),
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "WARNING" not in err and "install cuda" not in err, err
+    text = log.read_text()
+    assert "install cuda" not in text
+    assert text.count("is CPU-only and this machine has no GPU: n_gpu_layers=-1 is ignored") == 1
