@@ -103,7 +103,10 @@ try:
 except ModelMemoryError as exc:
     print("AVAILABLE", getattr(exc, "available_bytes", None))
     print("REQUESTED", exc.requested_bytes)
-    print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM: this process's own peak RSS since exec (getrusage's ru_maxrss carries the
+    # forking parent's peak across exec on Linux: a big pytest process read as 4.6 GB here)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+    print("MAXRSS_KIB", int(hwm[0].split()[1]) if hwm else 0)
     print("MEMORY", exc)
     sys.exit(0)
 except BaseException as exc:
