@@ -8,14 +8,14 @@ build-/test-/bench-<variant> for every llama-cpp-python build variant.
                                 verify it, exercise it, run tests/client
     nox -t gpu                  every session of the GPU variants
     nox -s test-cuda -- --wheel PATH   test a wheel built elsewhere
-    nox -s test-cuda -- --container    run the session in a container (harness.container)
+    nox -s test-cuda -- --container    run the session in a container (harness.ship.container)
     nox -s build-cuda -- --wheel-out DIR --force
 
 Sessions of a variant whose build tools are missing here are skipped with the reason. A GPU
 variant on a machine without its GPU builds, verifies the compiled backend and then stops
 with session.skip("<variant>: built OK, no GPU to run on (...)"): nox shows it as skipped
 with that reason (not as a pass) and reports/<variant>/status.json records "built-no-gpu".
-The registry lives in harness/variants.yaml (plus $LLAMA_HARNESS_VARIANTS).
+The registry lives in harness/build/variants.yaml (plus $LLAMA_HARNESS_VARIANTS).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 try:
     from harness import sessions
-    from harness.variants import Variant
+    from harness.build.variants import Variant
 except ImportError as exc:  # pragma: no cover - depends on how nox was installed
     raise SystemExit(
         f"noxfile.py: cannot import the harness ({exc}); nox's own environment needs pyyaml "
@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on how nox was installe
 
 try:
     _VARIANTS = sessions.variants()
-except ValueError as exc:  # harness.variants.VariantError: names file, variant, field, fix
+except ValueError as exc:  # harness.build.variants.VariantError: names file, variant, field, fix
     raise SystemExit(f"noxfile.py: the variant registry is invalid: {exc}") from exc
 
 nox.options.default_venv_backend = "venv"

@@ -10,7 +10,7 @@ What is measured, and how, mirrors llama.cpp's ``llama-bench`` (tools/llama-benc
 * flash attention off, n_batch = n_ubatch = 512, ``swa_full=False``, an explicit n_threads
   (llama-bench's own defaults differ: ``-fa auto -b 2048 -t <physical cores>``).
 
-Shapes come from :class:`harness.llama_bench.BenchSettings`, so ``llama-harness llama-bench``
+Shapes come from :class:`harness.bench.llama_bench.BenchSettings`, so ``llama-harness llama-bench``
 runs exactly the same test. ``llama_cpp`` is imported inside functions only: importing this
 module never needs a build.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
-from harness.llama_bench import BenchSettings
+from harness.bench.llama_bench import BenchSettings
 
 GPU_MODEL = "synth-1b"  # ~1 GB f16 synthesized model: tg as a fraction of memory bandwidth
 DEFAULT_MODELS = "tiny,gemma-3-270m"
@@ -71,7 +71,7 @@ def peak_bandwidth_gbps(gpu_name: str | None) -> float | None:
 
 def nvidia_smi() -> dict[str, str] | None:
     """Name, driver and memory of the first GPU, or None (the report's own query)."""
-    from harness.report import gpu_info
+    from harness.bench.report import gpu_info
 
     gpus = gpu_info()
     return gpus[0] if gpus else None
@@ -80,7 +80,7 @@ def nvidia_smi() -> dict[str, str] | None:
 def vulkan_device(descriptions: list[str]) -> dict[str, str] | None:
     """The first Vulkan device ggml registered (its description), marked ``software: yes``
     for llvmpipe and other CPU implementations of Vulkan; None without one."""
-    from harness.vulkan_devices import is_software_name
+    from harness.build.vulkan_devices import is_software_name
 
     if not descriptions:
         return None
@@ -219,7 +219,7 @@ def weight_bytes_per_token(path: Path) -> tuple[int, int | None]:
 
 def synth_gpu_model() -> Path:
     """The ~1 GB bandwidth model (deterministic; written once into the model cache)."""
-    from harness.synth import synthesize
+    from harness.models.synth import synthesize
 
     target = paths.models_dir() / "synth-1b-s0.gguf"
     if not target.is_file():

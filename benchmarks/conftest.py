@@ -13,7 +13,7 @@ LLAMA_HARNESS_PEAK_BW_GBPS, LLAMA_HARNESS_BENCH_ROUNDS and the BenchSettings var
 each test, at most LLAMA_HARNESS_ISOLATE_WAIT seconds, default 120).
 
 Every result records what else ran meanwhile (``load``: cores other work kept busy during
-the test, from /proc/stat, plus the load average; harness.machine_load); the report flags
+the test, from /proc/stat, plus the load average; harness.bench.machine_load); the report flags
 every row measured while other work competed for the benchmark's cores.
 """
 
@@ -41,9 +41,9 @@ from benchlib import (
     weight_bytes_per_token,
 )
 
-from harness import machine_load
-from harness.llama_bench import BenchSettings
-from harness.report import runner_info
+from harness.bench import machine_load
+from harness.bench.llama_bench import BenchSettings
+from harness.bench.report import runner_info
 
 # --- reuse the shared model fixtures of tests/conftest.py (tiny_gguf, gemma_gguf) -----------
 _spec = importlib.util.spec_from_file_location(
@@ -111,7 +111,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def bench_env() -> BenchEnv:
     pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
-    from harness.buildinfo import collect_build_info
+    from harness.build.buildinfo import collect_build_info
 
     info = collect_build_info()
     key, meta = build_key()
@@ -153,12 +153,12 @@ def bench_model(request: pytest.FixtureRequest, model_name: str) -> BenchModel:
     elif model_name == GPU_MODEL:
         path = synth_gpu_model()
     else:
-        from harness.model_manifest import ensure_model
+        from harness.models.model_manifest import ensure_model
 
         path = ensure_model(model_name, offline=True)
     chat_format: str | None = None
     with contextlib.suppress(Exception):
-        from harness.model_manifest import get_model
+        from harness.models.model_manifest import get_model
 
         chat_format = get_model(model_name).chat_format
     wbytes, n_layer = weight_bytes_per_token(path)

@@ -2,7 +2,7 @@
 llama.cpp's ``llama-batched-bench`` at the same B, in the same run.
 
 Each round runs ``llama-batched-bench`` (built once in the wheel's tree,
-:mod:`harness.batched_bench`; B = 1, 2, 4, 8 sequences of 64 prompt and 64 generated tokens,
+:mod:`harness.bench.batched_bench`; B = 1, 2, 4, 8 sequences of 64 prompt and 64 generated tokens,
 a 256-token context per sequence, the same threads and batch) and then, for each B, B
 threads that each read a ``generate_stream`` (temperature 0, exactly 64 tokens,
 ``ignore_eos``) of a ~64-token prompt of its own, on a client with ``n_seq_max`` 8 and
@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 from benchlib import BenchEnv, BenchModel, latency_metric, mean_std
 
-from harness import batched_bench
-from harness.llama_bench import BenchSettings
+from harness.bench import batched_bench
+from harness.bench.llama_bench import BenchSettings
 
 pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
 

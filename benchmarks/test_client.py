@@ -24,7 +24,7 @@ from benchlib import (
     synchronize,
 )
 
-from harness.llama_bench import BenchSettings
+from harness.bench.llama_bench import BenchSettings
 
 pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
 

@@ -35,7 +35,7 @@ from benchlib import (
     stream_lengths,
 )
 
-from harness.llama_bench import BenchSettings
+from harness.bench.llama_bench import BenchSettings
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
 

@@ -26,7 +26,7 @@ from benchlib import (
     throughput_metric,
 )
 
-from harness.llama_bench import BenchSettings
+from harness.bench.llama_bench import BenchSettings
 
 pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
 

@@ -5,8 +5,8 @@ A test session::
     wheel (the cache / a fresh build / --wheel PATH) -> install it into the session's own
     venv by path (--no-deps), its runtime deps, the project, and a constraint file pinning
     llama-cpp-python to that exact file for every later pip call -> verify the installed
-    build against the variant (harness.verify) -> GPU variant without a GPU: stop, status
-    "built-no-gpu" -> exercise it in a child process (harness.exercise: a native crash becomes
+    build against the variant (harness.build.verify) -> GPU variant without a GPU: stop, status
+    "built-no-gpu" -> exercise it in a child process (harness.build.exercise: a native crash becomes
     "crashed in native code: SIGSEGV ...", status "crashed-native") -> pytest tests/client
 
 Each outcome is written to ``reports_dir()/<variant>/status.json`` (read by the report):
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import paths
-from harness.install import RUNTIME_DEPS, write_constraints
-from harness.variants import Registry, Variant, load_registry
+from harness.build.install import RUNTIME_DEPS, write_constraints
+from harness.build.variants import Registry, Variant, load_registry
 from saiverse_llm.atomic import (
     atomic_copy,
     atomic_write_json,
@@ -54,7 +54,7 @@ SEVERITY = (
 )
 #: The status each kind of session writes when it did its job (build-<v>: "built",
 #: test-<v>/bench-<v>: "passed"). CI's status gate accepts exactly this, plus what a job
-#: allows explicitly (harness/status_gate.py).
+#: allows explicitly (harness/ship/status_gate.py).
 SUCCESS = {"build": "built", "test": "passed", "bench": "passed"}
 
 
@@ -116,7 +116,7 @@ class SessionOptions:
 
 def parse_posargs(posargs: Iterable[str]) -> SessionOptions:
     """``--wheel PATH``, ``--wheel-out DIR``, ``--container``, ``--force``, ``--isolate``
-    (bench: own scheduler group, wait for a quiet machine, harness.machine_load); the rest is
+    (bench: own scheduler group, wait for a quiet machine, harness.bench.machine_load); the rest is
     for pytest."""
     opts = SessionOptions()
     items = list(posargs)
@@ -199,8 +199,8 @@ def obtain_wheel(
     session: NoxSession, variant: Variant, opts: SessionOptions, name: str
 ) -> tuple[Path, str | None]:
     """(wheel, cache key) from --wheel, the cache, or a build."""
-    from harness import wheel_cache
-    from harness.build import BuildError, build_wheel, check_wheel_libraries
+    from harness.build import wheel_cache
+    from harness.build.build import BuildError, build_wheel, check_wheel_libraries
 
     if opts.wheel is not None:
         if not opts.wheel.is_file():
@@ -233,7 +233,7 @@ def obtain_wheel(
 
 def cached_wheel(variant: str) -> Path | None:
     """The newest already-built wheel of ``variant`` (sha256 re-checked), or None: no build."""
-    from harness import wheel_cache
+    from harness.build import wheel_cache
 
     entry = wheel_cache.newest(variant)
     return entry.wheel if entry is not None else None
@@ -289,7 +289,7 @@ def install_wheel(session: NoxSession, wheel: Path, *, extras: str = "test") -> 
 def exercise_model() -> Path:
     """A tiny q8_0 model: quantized, so an AMX -march=native build crashes on it like on a
     real model (an f32 model never reaches the AMX path)."""
-    from harness.synth import synthesize
+    from harness.models.synth import synthesize
 
     path = paths.models_dir() / "exercise-tiny-q8_0.gguf"
     if not path.is_file():
@@ -324,17 +324,17 @@ def software_device(variant: Variant) -> bool:
     """The variant runs on a software Vulkan device here (llvmpipe): correct, not a GPU."""
     if variant.backend != "VULKAN":
         return False
-    from harness import vulkan_devices
+    from harness.build import vulkan_devices
 
     return vulkan_devices.software_only()
 
 
 def _container(session: NoxSession, variant: Variant, name: str, opts: SessionOptions) -> None:
     try:
-        from harness import container  # type: ignore[attr-defined, unused-ignore]
+        from harness.ship import container  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         session.error(
-            "--container: harness/container.py is not available in this checkout; run the "
+            "--container: harness/ship/container.py is not available in this checkout; run the "
             "session without --container, or update the project"
         )
         return
@@ -353,7 +353,7 @@ def run_build_session(session: NoxSession, variant: Variant) -> None:
     reason = variant.skip_reason()
     if reason:
         session.skip(reason)
-    from harness.build import BuildError, build_wheel
+    from harness.build.build import BuildError, build_wheel
 
     try:
         built = build_wheel(variant, force=opts.force, say=session.log)
@@ -391,8 +391,8 @@ def _prepare_and_check(
     session: NoxSession, variant: Variant, name: str, opts: SessionOptions
 ) -> Prepared:
     """wheel -> install -> verify -> (GPU variant without GPU: stop) -> exercise."""
-    from harness.exercise import exercise
-    from harness.verify import verify_python
+    from harness.build.exercise import exercise
+    from harness.build.verify import verify_python
 
     if opts.wheel is None:
         reason = variant.skip_reason()
@@ -493,7 +493,7 @@ def run_agree(
 ) -> None:
     """``llama-harness agree cpu <variant>=<this session's python>`` on each model: the
     session fails with the numbers when the build's distributions are outside the limits
-    of harness/agree-thresholds.yaml. Skipped (and said) without a reference wheel."""
+    of harness/bench/agree-thresholds.yaml. Skipped (and said) without a reference wheel."""
     if variant.name == AGREE_REFERENCE:
         session.log(f"agree: {variant.name} is the reference build; nothing to compare")
         return

@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 #: Known error types of a CLI -> exit status (1 failure, 2 usage). A key is a class, or its
-#: dotted name ("harness.build.BuildError") so the CLI need not import every module to list it;
+#: dotted name ("harness.build.build.BuildError") so the CLI need not import every module to list
+# it;
 #: subclasses count.
 Known = Mapping[type[BaseException] | str, int]
 

@@ -14,9 +14,9 @@ It lives in ``saiverse_llm`` because both packages need it (``saiverse-llm fit``
 free GPU memory; the harness's build inspection, doctor, verification and reports use the same
 probes) and ``harness`` depends on ``saiverse_llm``, never the reverse. It needs only the
 standard library and no other project module, so :func:`child_command` can load it by file
-path into an interpreter that holds nothing but llama-cpp-python (``harness.buildinfo`` runs
+path into an interpreter that holds nothing but llama-cpp-python (``harness.build.buildinfo`` runs
 that way). The Vulkan loader's own view (``vulkaninfo``) is the Vulkan variant's business and
-stays in ``harness/vulkan_devices.py``.
+stays in ``harness/build/vulkan_devices.py``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ type's block falls back to a smaller-block type. :func:`tensor_type` follows
 importance matrix, for the file types in :data:`FILE_TYPES`.
 
 Used by :mod:`saiverse_llm.fit` (what a smaller quantization of the same model would weigh)
-and by the header-only GGUFs of the seed's models (``harness/seed_models.py``).
+and by the header-only GGUFs of the seed's models (``harness/models/seed_models.py``).
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ TINY="$W/b/cache/models/synth-tiny-s0.gguf"
 cd "$W/b/project"
 
 step "verify: is the installed llama_cpp the cuda variant?"
-"$PY" -m harness.verify cuda --python "$PY"; echo "verify rc=$?"
+"$PY" -m harness.build.verify cuda --python "$PY"; echo "verify rc=$?"
 step "exercise in a child process, n_gpu_layers=-1"
-"$PY" -m harness.exercise --python "$PY" --model "$TINY" --n-gpu-layers -1; echo "exercise rc=$?"
+"$PY" -m harness.build.exercise --python "$PY" --model "$TINY" --n-gpu-layers -1; echo "exercise rc=$?"
 
 step "test-cuda: the client suite, all layers on the GPU (LLAMA_HARNESS_REQUIRE_GPU=1)"
 K=(); [ "$QUICK" = 1 ] && K=(-k "offload or usage")
@@ -64,7 +64,7 @@ step report
 cp "$OUT"/report/*.md "$OUT/" 2>/dev/null
 step "the harness's own offline path: llama-harness bundle run BUNDLE -- test-cuda"
 cd "$OLDPWD_REPO"
-LLAMA_HARNESS_REPORTS="$OUT/bundle-run-reports" PYTHONPATH="$OLDPWD_REPO" timeout 300 "$BASEPY" -m harness.bundle run .gpu/cuda-bundle.tar.gz -- test-cuda -q -p no:cacheprovider -rs $([ "$QUICK" = 1 ] && echo "-k offload") 2>&1 | tail -25
+LLAMA_HARNESS_REPORTS="$OUT/bundle-run-reports" PYTHONPATH="$OLDPWD_REPO" timeout 300 "$BASEPY" -m harness.ship.bundle run .gpu/cuda-bundle.tar.gz -- test-cuda -q -p no:cacheprovider -rs $([ "$QUICK" = 1 ] && echo "-k offload") 2>&1 | tail -25
 echo "bundle run rc=${PIPESTATUS[0]}"
 step "done"
 tar -czf "$OUT/all.tar.gz" -C "$OUT" --exclude all.tar.gz . 2>/dev/null

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.model_manifest import ensure_model
+from harness.models.model_manifest import ensure_model
 
 
 @pytest.fixture(scope="session")

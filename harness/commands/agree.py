@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.agree import (
+from harness.bench.agree import (
     TEXT_FILE,
     THRESHOLDS_FILE,
     AgreeError,
@@ -17,7 +17,7 @@ from harness.agree import (
     variant_venv,
     write_result,
 )
-from harness.variants import Variant, VariantError, load_registry
+from harness.build.variants import Variant, VariantError, load_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "and compare every position's next-token distribution with the reference "
             "variant's: KL divergence (mean, 99%, max), top-1 agreement and the perplexity "
             "ratio, as llama.cpp's `llama-perplexity --kl-divergence` reports them. Limits "
-            "per quantization type are in harness/agree-thresholds.yaml; a variant outside "
+            "per quantization type are in harness/bench/agree-thresholds.yaml; a variant outside "
             "them fails (exit 1) with the numbers. Each variant runs in a venv made from its "
             "cached wheel (`llama-harness build VARIANT` first), or in the interpreter given "
             "as VARIANT=PYTHON. GPU variants run with all layers offloaded "
@@ -44,12 +44,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="a test model name (models/test-models.yaml) or a GGUF path "
                    "(default: tiny)")  # fmt: skip
     p.add_argument("--text", type=Path, default=TEXT_FILE,
-                   help="UTF-8 text to score (default: harness/data/agree-text.txt)")  # fmt: skip
+                   help="UTF-8 text to score "
+                   "(default: harness/bench/data/agree-text.txt)")  # fmt: skip
     p.add_argument("--n-ctx", type=int, default=128, help="chunk length in tokens (default 128)")
     p.add_argument("--chunks", type=int, default=4, help="at most this many chunks (default 4)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per build (default 2)")
     p.add_argument("--thresholds", type=Path, default=THRESHOLDS_FILE,
-                   help="limits file (default: harness/agree-thresholds.yaml)")  # fmt: skip
+                   help="limits file (default: harness/bench/agree-thresholds.yaml)")  # fmt: skip
     p.add_argument("--self-test-noise", type=float, default=0.0, metavar="SIGMA",
                    help="add Gaussian noise of SIGMA to the other builds' logits: a check "
                    "that the limits catch a wrong build (the run must fail)")  # fmt: skip
@@ -101,7 +102,7 @@ def _model(spec: str) -> tuple[Path, str]:
             raise AgreeError(f"--model {spec}: no such file; fix: give a GGUF file or a test "
                              "model name (`llama-harness models list`)")  # fmt: skip
         return path, path.stem
-    from harness.model_manifest import ManifestError, ModelFetchError, ensure_model
+    from harness.models.model_manifest import ManifestError, ModelFetchError, ensure_model
 
     try:
         return ensure_model(spec, say=lambda m: print(m, file=sys.stderr)), spec

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from harness.build import build_wheel, import_wheel, prepare
-from harness.variants import get_variant
+from harness.build.build import build_wheel, import_wheel, prepare
+from harness.build.variants import get_variant
 from saiverse_llm.atomic import atomic_copy
 from saiverse_llm.user_errors import UsageError
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness import bundle
+from harness.ship import bundle
 from saiverse_llm.cli_errors import ArgumentParser
 from saiverse_llm.tables import message_console
 from saiverse_llm.user_errors import UsageError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from harness import container, images
+from harness.ship import container, images
 from saiverse_llm.user_errors import UsageError, UserError
 
 
@@ -29,11 +29,11 @@ def register(subparsers: Any) -> None:
     check.add_argument("--gpu", action="store_true", help="also require the NVIDIA runtime")
     check.set_defaults(func=_check)
     build = sub.add_parser("build", help="build or reuse a variant's image; prints the tag")
-    build.add_argument("variant", help="a variant of harness/variants.yaml, e.g. cuda")
+    build.add_argument("variant", help="a variant of harness/build/variants.yaml, e.g. cuda")
     build.add_argument("--wheel", help="put this built wheel into the image (no compile)")
     build.set_defaults(func=_build)
     run = sub.add_parser("run", help="run a Nox session of a variant inside its image")
-    run.add_argument("variant", help="a variant of harness/variants.yaml, e.g. cuda")
+    run.add_argument("variant", help="a variant of harness/build/variants.yaml, e.g. cuda")
     run.add_argument("session", help="e.g. test-cpu, bench-cuda")
     run.add_argument("args", nargs="*", help="after --: arguments for the session")
     run.set_defaults(func=_run)
@@ -42,8 +42,10 @@ def register(subparsers: Any) -> None:
         help="resolve each base image tag to its current digest and rewrite the pins",
         description=(
             "Ask the Docker engine's registry access for the digest of every tag in "
-            "harness/images.py (PINS) and rewrite `<tag>@sha256:<digest>` wherever it appears: "
-            "docker/Dockerfile.*, harness/images.py. Needs an engine that reaches the registry. "
+            "harness/ship/images.py (PINS) and rewrite `<tag>@sha256:<digest>` wherever it "
+            "appears: "
+            "docker/Dockerfile.*, harness/ship/images.py. Needs an engine that reaches the "
+            "registry. "
             "--check only reports (exit 1 when a pin is out of date)."
         ),
     )

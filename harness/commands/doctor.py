@@ -8,8 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import build_log, paths
-from harness.doctor import DoctorOptions, render_json, render_markdown, render_text, run_doctor
+from harness import paths
+from harness.doctor import build_log
+from harness.doctor.doctor import (
+    DoctorOptions,
+    render_json,
+    render_markdown,
+    render_text,
+    run_doctor,
+)
 from saiverse_llm.atomic import atomic_write_text
 from saiverse_llm.cli_errors import int_arg, split_fix
 from saiverse_llm.config import N_GPU_LAYERS_RANGE
@@ -49,7 +56,7 @@ def _kwargs(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _read_log(path: Path) -> str:
-    """A --log file's text (harness.build_log.read_log: undecodable bytes replaced, a huge
+    """A --log file's text (harness.doctor.build_log.read_log: undecodable bytes replaced, a huge
     log read as its head and tail); a UsageError names the fix for a file that is not a
     readable text log (missing, a directory, empty, binary)."""
     try:
@@ -100,7 +107,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Inspect the llama-cpp-python of an interpreter (this one, --python, or a "
             "variant's nox environment), probe GPU offload with a small model, and name the "
-            "known causes (harness/causes.yaml) whose evidence is present, with the exact fix. "
+            "known causes (harness/doctor/causes.yaml) whose evidence is present, with the exact "
+            "fix. "
             "--log reads pip -v output, scikit-build-core/CMake build logs and llama.cpp "
             "run-time logs (or a mix), finds the failing step and matches the same causes. "
             "Exit status: 0 only when the build is healthy (a GPU build that offloads, no "

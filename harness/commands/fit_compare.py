@@ -40,9 +40,12 @@ SYNTH = {
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import fit_compare, fit_table, native_tools, paths, seed_models
-    from harness.model_manifest import ensure_model
-    from harness.synth import synthesize
+    from harness import paths
+    from harness.bench import fit_compare, fit_table
+    from harness.build import native_tools
+    from harness.models import seed_models
+    from harness.models.model_manifest import ensure_model
+    from harness.models.synth import synthesize
     from saiverse_llm.atomic import atomic_write_json, atomic_write_text
 
     # llama.cpp's load warnings (full-size SWA cache, ...) belong in a log, not in the table

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import fit_table
+    from harness.bench import fit_table
     from saiverse_llm.atomic import atomic_write_text
 
     table = fit_table.generate()

@@ -1,4 +1,4 @@
-"""``llama-harness gate VARIANT SESSION``: CI's status gate (harness/status_gate.py)."""
+"""``llama-harness gate VARIANT SESSION``: CI's status gate (harness/ship/status_gate.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from harness import status_gate
+    from harness.ship import status_gate
 
     p = subparsers.add_parser(
         "gate",
@@ -18,6 +18,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import status_gate
+    from harness.ship import status_gate
 
     return status_gate.run(args)

@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import history
-    from harness.report import ReportError
+    from harness.bench import history
+    from harness.bench.report import ReportError
     from saiverse_llm.atomic import atomic_write_text
 
     if args.last < 1:

@@ -1,6 +1,6 @@
 """``llama-harness install VARIANT --python PATH``: put a verified build where it is used.
 
-See :mod:`harness.install` for what is installed and why the pin holds.
+See :mod:`harness.build.install` for what is installed and why the pin holds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "--python (for example SAIVerse's venv): from --wheel FILE, else the wheel cache, "
             "else a fresh build. The wheel is copied into the venv and pinned through the "
             "venv's own pip.conf, so a later `pip install llama-cpp-python` there keeps this "
-            "build instead of compiling a CPU one from the sdist. Then harness.verify runs in "
+            "build instead of compiling a CPU one from the sdist. Then harness.build.verify runs "
+            "in "
             "that interpreter and its verdict is printed. Exit status: 0 verified, 1 install "
             "or verification failed, 2 bad arguments."
         ),
@@ -49,10 +50,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from harness import paths
-    from harness.build import BuildError, build_wheel, check_wheel_libraries
-    from harness.install import PIN_NOTE, InstallError, inspect_python, install_wheel_into
-    from harness.variants import VariantError, get_variant
-    from harness.verify import verify_python
+    from harness.build.build import BuildError, build_wheel, check_wheel_libraries
+    from harness.build.install import PIN_NOTE, InstallError, inspect_python, install_wheel_into
+    from harness.build.variants import VariantError, get_variant
+    from harness.build.verify import verify_python
 
     def err(message: str) -> None:
         print(f"error: {message}", file=sys.stderr)

@@ -81,7 +81,7 @@ def _gpu_layers(variant: str, given: int | None) -> int:
     )
     if env is not None:
         return env
-    from harness.variants import load_variants
+    from harness.build.variants import load_variants
 
     v = load_variants().get(variant)
     return -1 if v is not None and v.gpu else 0
@@ -98,7 +98,7 @@ def _isolate_wait() -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import llama_bench
+    from harness.bench import llama_bench
 
     console = message_console(err=True)
     settings = llama_bench.BenchSettings.from_env()
@@ -112,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"llama-bench: {b.path(llama_bench.TOOL)} (wheel key {b.key[:12]})")
     if args.build_only:
         return 0
-    from harness.model_manifest import ensure_model
+    from harness.models.model_manifest import ensure_model
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     models = {n: ensure_model(n, progress=True, offline=True) for n in names}
     isolation = None
     if args.isolate:
-        from harness import machine_load
+        from harness.bench import machine_load
 
         isolation = machine_load.isolate()
         console.print(f"isolate: {isolation}; waiting up to {wait:.0f} s for quiet per model")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.ci_matrix import CIMatrix, compute_matrix, format_github_outputs, retired
+from harness.ship.ci_matrix import CIMatrix, compute_matrix, format_github_outputs, retired
 from saiverse_llm.user_errors import UsageError
 
 
@@ -16,7 +16,7 @@ def register(subparsers: Any) -> None:
         "matrix",
         help="print the CI matrix computed from the variant registry",
         description=(
-            "Print the GitHub Actions matrix of the variant registry (harness/variants.yaml "
+            "Print the GitHub Actions matrix of the variant registry (harness/build/variants.yaml "
             "plus the user file): which variants build and test on hosted runners, which "
             "compile there and test on the self-hosted `gpu` runner. ci.yml runs "
             '`llama-harness matrix --github-output "$GITHUB_OUTPUT"` in its first job.'
@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
 
 def load_matrix() -> CIMatrix:
     """The matrix of the registry this checkout (and the user's variants file) defines."""
-    from harness.variants import load_variants
+    from harness.build.variants import load_variants
 
     return compute_matrix(load_variants().values())
 

@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "The same preset, seed and options always give the same bytes."
         ),
     )
-    from harness.synth import PRESETS
+    from harness.models.synth import PRESETS
 
     synth.add_argument(
         "--preset",
@@ -106,7 +106,7 @@ def run_list(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from harness.model_manifest import load_manifest, verified_local
+    from harness.models.model_manifest import load_manifest, verified_local
     from saiverse_llm.tables import print_table
 
     models = load_manifest(args.manifest)
@@ -130,7 +130,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
 
-    from harness.model_manifest import ManifestError, ModelFetchError, ensure_model
+    from harness.models.model_manifest import ManifestError, ModelFetchError, ensure_model
 
     err = message_console(err=True, highlight=False)
     status = 0
@@ -153,7 +153,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_path(args: argparse.Namespace) -> int:
 
-    from harness.model_manifest import local_path
+    from harness.models.model_manifest import local_path
 
     path = local_path(args.name, args.manifest)
     if path is None:
@@ -167,7 +167,7 @@ def run_path(args: argparse.Namespace) -> int:
 
 def run_synth(args: argparse.Namespace) -> int:
 
-    from harness.synth import SynthError, resolve_spec, synthesize
+    from harness.models.synth import SynthError, resolve_spec, synthesize
     from saiverse_llm.download import progress_bars, sha256_file
 
     shape = {

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from harness.report import write_report
+    from harness.bench.report import write_report
     from saiverse_llm.tables import is_terminal
 
     console = message_console(err=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import repro
+from harness.doctor import repro
 from saiverse_llm.redact import redact_text
 from saiverse_llm.tables import message_console
 from saiverse_llm.user_errors import UsageError

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "tree: the same objects, flags and key as the wheel, so llama.cpp is compiled once "
             "per variant. Cached in <cache>/wheels/<key>/tools/ (bin/, lib/, tools.json with "
             "each binary's sha256). Prints one line per tool: NAME PATH. Run a tool with its "
-            "lib/ folder first on LD_LIBRARY_PATH (harness.native_tools.NativeTools.env)."
+            "lib/ folder first on LD_LIBRARY_PATH (harness.build.native_tools.NativeTools.env)."
         ),
     )
     p.add_argument("variant", help="variant name (see `llama-harness variants`)")
@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import build, native_tools
-    from harness.variants import get_variant
+    from harness.build import build, native_tools
+    from harness.build.variants import get_variant
 
     variant = get_variant(args.variant)
     if args.list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness.variants import load_registry
+from harness.build.variants import load_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "variants",
         help="list the llama-cpp-python build variants and whether they build/run here",
         description=(
-            "List the build variants from harness/variants.yaml and the user file "
+            "List the build variants from harness/build/variants.yaml and the user file "
             "($LLAMA_HARNESS_VARIANTS or ~/.config/llama-harness/variants.yaml): CMake flags, "
             "backend, and whether this machine can build them (with the fix when not) and "
             "run them (GPU present)."

@@ -245,7 +245,7 @@ BYTE_VOCAB_SEED = 24
 def byte_vocab_gguf(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random llama GGUF (2 layers, ctx 2048) whose 378-token vocabulary is mostly
     the 256 byte tokens: nearly every reply is spelled byte by byte, often invalid UTF-8."""
-    from harness.synth import synthesize
+    from harness.models.synth import synthesize
 
     path = tmp_path_factory.mktemp("bytevocab") / "byte-vocab-378.gguf"
     return synthesize(path, preset="tiny", seed=BYTE_VOCAB_SEED, n_vocab=378)
@@ -269,7 +269,7 @@ def deep_kv_gguf(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     400,000,000 tokens for the same KV cache, and llama.cpp's per-cell state for those
     (~20 GB, written before the KV buffer is asked for) got the test process killed by the
     OOM killer on a shared 24 GiB machine."""
-    from harness.synth import synthesize
+    from harness.models.synth import synthesize
 
     path = tmp_path_factory.mktemp("deepkv") / "deep-kv.gguf"
     return synthesize(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from harness.synth import synthesize
+from harness.models.synth import synthesize
 from saiverse_llm import fit
 from saiverse_llm.gguf_file import read_gguf
 from saiverse_llm.pool import ModelPool

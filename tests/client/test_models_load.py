@@ -17,7 +17,7 @@ import llama_cpp
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from harness.synth import CHAT_TEMPLATE
+from harness.models.synth import CHAT_TEMPLATE
 from saiverse_llm.gguf_file import read_gguf
 
 pytestmark = pytest.mark.llama

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, wheel_cache
-from harness.variants import SdistPin, get_variant
+from harness.build import build, wheel_cache
+from harness.build.variants import SdistPin, get_variant
 from saiverse_llm.download import sha256_file
 
 BOOLS = frozenset({"GGML_NATIVE", "GGML_CUDA", "GGML_CUDA_NO_VMM", "GGML_BLAS"})
@@ -388,7 +388,7 @@ def test_a_redirected_build_prints_progress_lines(
     err = capsys.readouterr().err
     assert "build cpu: configure" in err
     assert "build cpu: compile 3/3 (100%)" in err and "done in" in err
-    # the tree remembers the key that built it (harness.native_tools builds tools only there)
+    # the tree remembers the key that built it (harness.build.native_tools builds tools only there)
     marker = json.loads((plan.build_dir / build.TREE_MARKER).read_text())
     assert marker["key"] == plan.key
 
@@ -424,7 +424,7 @@ def test_the_wheel_builds_in_a_venv_that_llama_harness_install_pinned(
     (plan.source / "backend.py").write_text(_BACKEND)
     pin = tmp_path / "llama-harness-constraints.txt"
     pin.write_text(f"llama-cpp-python @ {(tmp_path / 'verified.whl').as_uri()}\n")
-    conf = tmp_path / "pip.conf"  # what harness.install.write_pip_conf writes
+    conf = tmp_path / "pip.conf"  # what harness.build.install.write_pip_conf writes
     conf.write_text(f"[global]\nconstraint = {pin}\n")
     monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
     monkeypatch.delenv("PIP_CONSTRAINT", raising=False)

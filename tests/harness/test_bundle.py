@@ -1,4 +1,4 @@
-"""Offline bundles (harness/bundle.py): wheel slimming, manifest checksums, an install that
+"""Offline bundles (harness/ship/bundle.py): wheel slimming, manifest checksums, an install that
 works with no index and no network, and the client running from it.
 
 Needs a built llama-cpp-python wheel in the harness wheel cache (`llama-harness build cpu`);
@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from harness import bundle
-from harness.bundle import BundleError
 from harness.commands.bundle import parse_size
+from harness.ship import bundle
+from harness.ship.bundle import BundleError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_CPU_LIBS = {
@@ -256,7 +256,7 @@ def _in_bundle_env(done: bundle.Installed, code: str) -> subprocess.CompletedPro
 def test_installed_offline_slim_wheel_imports_and_generates(installed: bundle.Installed) -> None:
     code = (
         "import json, llama_cpp\n"
-        "from harness.model_manifest import ensure_model\n"
+        "from harness.models.model_manifest import ensure_model\n"
         "path = ensure_model('tiny')\n"
         "llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=1, verbose=False)\n"
         "out = llm.create_completion('hello', max_tokens=4, temperature=0.0)\n"

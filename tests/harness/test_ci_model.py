@@ -7,9 +7,9 @@ call site, each derived from the code it calls rather than from a copied list:
 * every ``check-status`` use, for every matrix entry of its job, is run here (the action as
   written) on each status its session can write; the statuses come from the
   ``write_status`` calls of ``harness/sessions.py`` (read with ``ast``), and a session's
-  success is what the report counts as fine (``harness.report.OK_STATUSES``);
+  success is what the report counts as fine (``harness.bench.report.OK_STATUSES``);
 * every runner label (the registry's matrix, literal ``runs-on``, workflow inputs, the docs)
-  is checked against THE list of retired labels (``harness.ci_matrix.RETIRED_RUNNER_LABELS``);
+  is checked against THE list of retired labels (``harness.ship.ci_matrix.RETIRED_RUNNER_LABELS``);
 * every ``nox -s`` a job runs needs tools (a build session: the variant's ``build_requires``
   from the registry; a bench session also llama-bench's compiler unless the job turns it
   off); the job's image must have them (runner image, container image, plus what
@@ -40,10 +40,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import report as report_mod
-from harness.ci_matrix import RETIRED_RUNNER_LABELS, compute_matrix
+from harness.bench import report as report_mod
+from harness.build.variants import Requirement, Variant, load_variants
 from harness.paths import PROJECT_ROOT
-from harness.variants import Requirement, Variant, load_variants
+from harness.ship.ci_matrix import RETIRED_RUNNER_LABELS, compute_matrix
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 ACTIONS = PROJECT_ROOT / ".github" / "actions"
@@ -562,7 +562,7 @@ def labels_in_text(text: str) -> set[str]:
 
 
 def test_no_runner_label_anywhere_is_retired(outputs: dict[str, str]) -> None:
-    """One list of retired labels (harness/ci_matrix.py) against every label: the matrix the
+    """One list of retired labels (harness/ship/ci_matrix.py) against every label: the matrix the
     registry yields, every literal runs-on, the workflows' inputs and comments, the docs."""
     found: dict[str, set[str]] = {}
     for group in ("test", "build", "gpu"):
@@ -577,7 +577,7 @@ def test_no_runner_label_anywhere_is_retired(outputs: dict[str, str]) -> None:
     texts = [
         *WORKFLOW_FILES,
         *sorted(ACTIONS.glob("*/action.yml")),
-        PROJECT_ROOT / "harness" / "ci_matrix.py",
+        PROJECT_ROOT / "harness" / "ship" / "ci_matrix.py",
         PROJECT_ROOT / "README.md",
         PROJECT_ROOT / "docs" / "CI.md",
         PROJECT_ROOT / "docker" / "README.md",
@@ -849,8 +849,8 @@ def test_wheel_cache_key_is_the_harness_build_key(tmp_path: Path) -> None:
     """The cache key of the wheel is the harness's own key (sdist, flags, compilers, cmake,
     platform, env), computed by the step as written: a runner image with a new compiler gets
     a new key and saves a new entry instead of restoring a stale wheel forever."""
-    from harness.build import prepare
-    from harness.variants import get_variant
+    from harness.build.build import prepare
+    from harness.build.variants import get_variant
 
     steps = composite_steps(ACTIONS / "setup-harness" / "action.yml")
     (key_step,) = [s for s in steps if s.get("id") == "key"]

@@ -1,4 +1,4 @@
-"""Container mode (harness/container.py): plans, build contexts, tags, engine errors, and real
+"""Container mode (harness/ship/container.py): plans, build contexts, tags, engine errors, and real
 runs through the Docker SDK when an engine is reachable (``scripts/docker-engine.sh start``)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from harness import container, paths
-from harness.container import ContainerError
+from harness import paths
+from harness.ship import container
+from harness.ship.container import ContainerError
 
 ROOT = paths.PROJECT_ROOT
 BASE_IMAGE = os.environ.get("LLAMA_HARNESS_BASE_IMAGE", "local/bookworm-minbase")

@@ -119,7 +119,7 @@ def test_runtime_never_resolves_llama_cpp_python_from_an_index(dockerfile: Path)
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
 def test_sdist_pin_matches_the_variant_registry(dockerfile: Path) -> None:
-    registry = yaml.safe_load((ROOT / "harness" / "variants.yaml").read_text())
+    registry = yaml.safe_load((ROOT / "harness" / "build" / "variants.yaml").read_text())
     pin = registry["sdist"]
     values = {}
     for word, rest in instructions(dockerfile):
@@ -149,8 +149,8 @@ def arg_defaults(dockerfile: Path) -> dict[str, str]:
 def test_cuda_cmake_args_are_the_registry_flags() -> None:
     """Without GGML_CUDA_NO_VMM=ON ggml-cuda links libcuda (the devel image's stub), and the
     image then needs a driver just to import llama_cpp."""
-    from harness.variants import get_variant
-    from harness.wheel_cache import normalise_cmake_args
+    from harness.build.variants import get_variant
+    from harness.build.wheel_cache import normalise_cmake_args
 
     registry = list(get_variant("cuda").cmake_args)
     docker = shlex.split(arg_defaults(ROOT / "docker" / "Dockerfile.cuda")["CMAKE_ARGS"])
@@ -161,8 +161,8 @@ def test_cuda_cmake_args_are_the_registry_flags() -> None:
 
 
 def test_container_mode_passes_the_registry_flags_unchanged() -> None:
-    from harness import container
-    from harness.variants import get_variant
+    from harness.build.variants import get_variant
+    from harness.ship import container
 
     plan = container.plan_image("cuda", env={"LLAMA_HARNESS_CUDA_ARCHITECTURES": "90"})
     assert shlex.split(plan.buildargs["CMAKE_ARGS"]) == [
@@ -192,9 +192,9 @@ def test_runtime_image_runs_as_an_unprivileged_user(dockerfile: Path) -> None:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IDS)
 def test_base_images_are_pinned_by_digest_to_the_one_list(dockerfile: Path) -> None:
-    """A tag can be re-pushed, a digest cannot. harness/images.py holds the pins; the
+    """A tag can be re-pushed, a digest cannot. harness/ship/images.py holds the pins; the
     Dockerfiles repeat them as ARG defaults (plain `docker build` needs no harness)."""
-    from harness import images
+    from harness.ship import images
 
     args = arg_defaults(dockerfile)
     resolved = {
@@ -204,13 +204,13 @@ def test_base_images_are_pinned_by_digest_to_the_one_list(dockerfile: Path) -> N
     for name in ("BASE_IMAGE", "RUNTIME_IMAGE"):
         ref = resolved[name]
         assert images.DIGEST_RE.fullmatch(ref), f"{dockerfile.name}: {name}={ref} is not tag@sha256"
-        assert ref in pins, f"{dockerfile.name}: {name}={ref} is not in harness/images.py PINS"
+        assert ref in pins, f"{dockerfile.name}: {name}={ref} is not in harness/ship/images.py PINS"
     for ref in images.pinned_refs(dockerfile.read_text()):
         assert ref in pins, ref
 
 
 def test_pins_are_digests_and_repin_rewrites_them() -> None:
-    from harness import images
+    from harness.ship import images
 
     for role, pin in images.PINS.items():
         assert images.DIGEST_RE.fullmatch(pin.ref), role
@@ -224,10 +224,10 @@ def test_pins_are_digests_and_repin_rewrites_them() -> None:
 
 
 def test_cuda_image_states_the_one_driver_requirement() -> None:
-    """The driver the CUDA image needs comes from harness/images.py (NVIDIA's table for the
+    """The driver the CUDA image needs comes from harness/ship/images.py (NVIDIA's table for the
     image's CUDA version); the Dockerfile, docker/README.md and docs/CI.md state that same
     minimum, and the CI matrix runs the same CUDA images."""
-    from harness import ci_matrix, images
+    from harness.ship import ci_matrix, images
 
     args = arg_defaults(ROOT / "docker" / "Dockerfile.cuda")
     assert args["CUDA_VERSION"] == images.CUDA_VERSION
@@ -294,5 +294,9 @@ def test_constraints_pin_every_dependency_exactly() -> None:
 def test_no_unused_build_inputs() -> None:
     """docker/ccache was listed as an input but never filled: gone, and nothing refers to it."""
     assert not (ROOT / "docker" / "ccache").exists()
-    for path in (*DOCKERFILES, ROOT / "docker" / "README.md", ROOT / "harness" / "container.py"):
+    for path in (
+        *DOCKERFILES,
+        ROOT / "docker" / "README.md",
+        ROOT / "harness" / "ship" / "container.py",
+    ):
         assert "docker/ccache" not in path.read_text(), path

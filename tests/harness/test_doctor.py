@@ -1,6 +1,6 @@
 """The doctor against real builds: the llama_cpp of this interpreter (when there is one), a
 crashing interpreter, and the CUDA wheel on a machine without a driver (when the wheel is
-here). Nothing is mocked: the doctor runs `python -m harness.buildinfo` in a child."""
+here). Nothing is mocked: the doctor runs `python -m harness.build.buildinfo` in a child."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import buildinfo, doctor, repro
+from harness.build import buildinfo
+from harness.doctor import doctor, repro
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {

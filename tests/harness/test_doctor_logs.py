@@ -4,7 +4,7 @@ non-zero exit status, both against an interpreter with the cpu build installed a
 bare venv without llama-cpp-python. The coverage figure is printed.
 
 Nothing is mocked: the machine and interpreter facts come from the real collection (a child
-interpreter runs harness.buildinfo); only the log differs from run to run. The command line is
+interpreter runs harness.build.buildinfo); only the log differs from run to run. The command line is
 exercised end to end on a few logs."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import build_log, doctor
+from harness.doctor import build_log, doctor
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS_DIR = ROOT / "tests" / "doctor_logs"

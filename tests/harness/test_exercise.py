@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.exercise import MARK, exercise, interpret, signal_of
+from harness.build.exercise import MARK, exercise, interpret, signal_of
 
 # The child says what llama_print_system_info() of an AMX -march=native build says, then
 # dies the way that build dies on its first decode.
@@ -75,7 +75,7 @@ def test_cli_exit_code_for_a_crash(tmp_path: Path) -> None:
     script.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{PLAIN_SEGV.strip()}'\n")
     script.chmod(0o755)
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.exercise", "--python", str(script), "--model",
+        [sys.executable, "-m", "harness.build.exercise", "--python", str(script), "--model",
          str(tmp_path / "m.gguf"), "--json"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -85,7 +85,7 @@ def test_cli_exit_code_for_a_crash(tmp_path: Path) -> None:
 
 def test_real_build_decodes_the_tiny_model(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="needs a real llama-cpp-python build in this venv")
-    from harness.synth import synthesize
+    from harness.models.synth import synthesize
 
     model = synthesize(tmp_path / "tiny-q8_0.gguf", preset="tiny", dtype="q8_0")
     result = exercise(sys.executable, model, n_tokens=4)

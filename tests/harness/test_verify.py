@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.buildinfo import (
+from harness.build.buildinfo import (
     BuildInfo,
     collect_in_subprocess,
     compiled_backends_of,
@@ -17,8 +17,8 @@ from harness.buildinfo import (
     parse_cuda_archs,
     parse_system_info,
 )
-from harness.variants import get_variant
-from harness.verify import CACHED_WHEEL_CAUSE, verify_build
+from harness.build.variants import get_variant
+from harness.build.verify import CACHED_WHEEL_CAUSE, verify_build
 
 # From FACTS.md: the CUDA wheel on a machine without a driver.
 CUDA_INFO = (

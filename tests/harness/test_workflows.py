@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.ci_matrix import compute_matrix
 from harness.paths import PROJECT_ROOT
+from harness.ship.ci_matrix import compute_matrix
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 ACTIONS = PROJECT_ROOT / ".github" / "actions"
@@ -326,7 +326,7 @@ def test_composite_action_scripts_are_valid_shell(path: Path) -> None:
 
 
 def test_matrix_step_computes_the_registry_matrix(matrix_outputs: dict[str, str]) -> None:
-    from harness.variants import load_variants
+    from harness.build.variants import load_variants
 
     variants = load_variants()
     expected = compute_matrix(variants.values())
@@ -694,7 +694,7 @@ def test_hashed_cache_inputs_exist() -> None:
         for call in re.findall(r"hashFiles\(([^)]*)\)", t)
         for f in re.findall(r"'([^']+)'", call)
     }
-    assert {"harness/variants.yaml", "models/test-models.yaml", "pyproject.toml"} <= hashed
+    assert {"harness/build/variants.yaml", "models/test-models.yaml", "pyproject.toml"} <= hashed
     missing = sorted(f for f in hashed if not (PROJECT_ROOT / f).is_file())
     assert not missing, f"hashFiles() of files that do not exist: {missing}"
 

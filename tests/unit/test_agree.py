@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import agree
-from harness.agree import AgreeError, Figures, compare_logits, load_limits, percentile
+from harness.bench import agree
+from harness.bench.agree import AgreeError, Figures, compare_logits, load_limits, percentile
 
 
 def naive_figures(ref: np.ndarray, other: np.ndarray, targets: list[int]) -> dict[str, float]:
@@ -139,7 +139,7 @@ def test_quant_type_names_the_gguf_file_type(tiny_gguf: Path) -> None:
 @pytest.mark.parametrize(
     ("qtype", "measured", "ok"),
     [
-        # measured here against cpu (harness/agree-thresholds.yaml has the table)
+        # measured here against cpu (harness/bench/agree-thresholds.yaml has the table)
         ("F32", figures(kld_mean=4.3e-7, kld_p99=8.1e-7, kld_max=1.1e-6, ppl_ratio=0.99998), True),
         (
             "Q4_K_M",

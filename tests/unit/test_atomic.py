@@ -178,7 +178,7 @@ def test_status_json_survives_an_interrupted_update(
 def test_llama_bench_json_survives_an_interrupted_write(
     tmp_path: Path, interrupt_flush: Callable[[], None]
 ) -> None:
-    from harness.llama_bench import write_results
+    from harness.bench.llama_bench import write_results
 
     path = write_results({"runs": [1]}, tmp_path / "cpu" / "llama-bench.json")
     old = path.read_bytes()
@@ -191,7 +191,7 @@ def test_llama_bench_json_survives_an_interrupted_write(
 def test_report_files_survive_an_interrupted_write(
     tmp_path: Path, interrupt_flush: Callable[[], None]
 ) -> None:
-    from harness.report import write_report
+    from harness.bench.report import write_report
 
     reports = tmp_path / "reports"
     (reports / "cpu").mkdir(parents=True)
@@ -223,7 +223,7 @@ def test_wheel_cache_build_json_is_never_partial(
 ) -> None:
     import zipfile
 
-    from harness import wheel_cache
+    from harness.build import wheel_cache
 
     wheel = tmp_path / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -239,8 +239,8 @@ def test_wheel_cache_build_json_is_never_partial(
 def test_sdist_marker_survives_an_interrupted_write(
     tmp_path: Path, interrupt_flush: Callable[[], None]
 ) -> None:
-    from harness.build import _write_marker
-    from harness.variants import SdistPin
+    from harness.build.build import _write_marker
+    from harness.build.variants import SdistPin
 
     marker = tmp_path / "llama_cpp_python-0.3.36.unpacked.json"
     marker.write_text('{"sha256": "old"}\n')
@@ -254,7 +254,7 @@ def test_sdist_marker_survives_an_interrupted_write(
 def test_model_cache_survives_an_interrupted_synthesis(
     tmp_path: Path, interrupt_flush: Callable[[], None]
 ) -> None:
-    from harness.synth import synthesize
+    from harness.models.synth import synthesize
 
     target = tmp_path / "models" / "tiny.gguf"
     target.parent.mkdir()
@@ -286,18 +286,20 @@ def test_model_cache_stamp_survives_an_interrupted_write(
 #: Writes that need no atomicity, with the reason. Everything else that writes a file under
 #: saiverse_llm/, harness/ or benchmarks/ must go through saiverse_llm.atomic.
 _ALLOWED = {
-    ("harness/build.py", "plan.log_path.open("): "a build log, streamed while pip runs",
-    ("harness/native_tools.py", "log_path.open("): "a build log, streamed while cmake runs",
-    ("harness/report.py", "step_summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
+    ("harness/build/build.py", "plan.log_path.open("): "a build log, streamed while pip runs",
+    ("harness/build/native_tools.py", "log_path.open("): "a build log, streamed while cmake runs",
+    ("harness/bench/report.py", "step_summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
     ("harness/commands/matrix.py", "github_output.open("): "appends to $GITHUB_OUTPUT (GitHub's)",
-    ("harness/status_gate.py", "summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
+    ("harness/ship/status_gate.py", "summary.open("): "appends to $GITHUB_STEP_SUMMARY (GitHub's)",
     ("harness/commands/history.py", "open(summary, "): "appends to $GITHUB_STEP_SUMMARY",
-    ("harness/model_manifest.py", "open(tmp, "): "fills the temporary file of atomic_output",
+    ("harness/models/model_manifest.py", "open(tmp, "): "fills the temporary file of atomic_output",
     ("saiverse_llm/download.py", "open(tmp, "): "fills the temporary file of temp_path_beside",
     ("saiverse_llm/atomic.py", "open(tmp, "): "the helper itself",
-    ("harness/machine_load.py", "group.write_text("): "a kernel setting (/proc/self/autogroup), "
-    "not a file",
-    ("harness/agree_child.py", 'Path(args.out) / "meta.json").write_text('): "runs in a "
+    (
+        "harness/bench/machine_load.py",
+        "group.write_text(",
+    ): "a kernel setting (/proc/self/autogroup), not a file",
+    ("harness/bench/agree_child.py", 'Path(args.out) / "meta.json").write_text('): "runs in a "
     "variant's bare venv without the project; writes into a fresh folder read after it exits",
 }
 _WRITE_RE = re.compile(

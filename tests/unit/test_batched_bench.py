@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import batched_bench
-from harness.native_tools import NativeTools
+from harness.bench import batched_bench
+from harness.build.native_tools import NativeTools
 
 JSONL = """
 main: n_kv_max = 2048, n_batch = 512

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import report
+from harness.bench import report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import benchlib

@@ -1,4 +1,4 @@
-"""Reading users' logs (harness/build_log.py): the failing step, the line that says why, and
+"""Reading users' logs (harness/doctor/build_log.py): the failing step, the line that says why, and
 the facts the cause catalogue tests; plus the CUDA architecture table it uses."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from harness import build_log, toolchain
+from harness.build import toolchain
+from harness.doctor import build_log
 
 PIP_NON_VERBOSE = """\
 Building wheels for collected packages: llama-cpp-python
@@ -200,7 +201,7 @@ def test_arch_number(text: str, number: int) -> None:
 
 def test_secrets_in_a_log_never_reach_the_doctor_output() -> None:
     """The failing line is quoted in the verdict: it goes through harness.redact like the rest."""
-    from harness import doctor
+    from harness.doctor import doctor
 
     token = "hf_LogLineSecretToken0123456789"
     log = (
@@ -375,7 +376,7 @@ def test_a_huge_log_is_read_as_its_head_and_tail(tmp_path: Path) -> None:
 def test_redacting_the_json_report_loses_no_line_of_the_log() -> None:
     """Each string is redacted on its own: a token at the end of one log line must not take
     the following lines with it (the serialised JSON has no real newlines)."""
-    from harness import doctor
+    from harness.doctor import doctor
 
     log = (
         "llama_model_load: error loading model: bad magic\n"
@@ -390,7 +391,7 @@ def test_redacting_the_json_report_loses_no_line_of_the_log() -> None:
 
 
 def test_a_run_time_failure_in_the_log_is_the_verdict() -> None:
-    from harness import doctor
+    from harness.doctor import doctor
 
     log = "ggml_cuda_init: failed to initialize CUDA: no CUDA-capable device is detected\n"
     facts = {"llama.installed": False, **doctor.user_input_facts({}, [], [log])}
@@ -411,7 +412,7 @@ def test_a_run_time_failure_in_the_log_is_the_verdict() -> None:
 def test_a_log_of_the_failing_line_alone_shows_that_step(text: str) -> None:
     """A log holding only its failing line printed "The log shows no pip, CMake, compiler or
     llama.cpp lines the doctor knows." and then "Failing step: CMake configure: ..."."""
-    from harness.doctor import log_summary
+    from harness.doctor.doctor import log_summary
 
     facts = build_log.log_facts(text)
     assert facts["log.failed_step"] in facts["log.kinds"]

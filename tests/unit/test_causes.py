@@ -1,4 +1,4 @@
-"""The cause catalogue (harness/causes.yaml) and the doctor's generic evidence evaluator."""
+"""The cause catalogue (harness/doctor/causes.yaml) and the doctor's generic evidence evaluator."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import doctor
-from harness.doctor import CatalogueError, evaluate, load_causes, match_causes, parse_causes
+from harness.doctor import doctor
+from harness.doctor.doctor import CatalogueError, evaluate, load_causes, match_causes, parse_causes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -443,7 +443,8 @@ def test_arch_match(archs: list[int], caps: list[int], expected: str | None) -> 
 
 
 def test_causes_a_log_can_show_are_matched_from_log_facts_alone() -> None:
-    """The same evaluator serves probes and logs: a log read by harness.build_log is enough."""
+    """The same evaluator serves probes and logs: a log read by harness.doctor.build_log is
+    enough."""
     log = (
         "-- The CUDA compiler identification is NVIDIA 12.4.131\n"
         "nvcc fatal   : Unsupported gpu architecture 'compute_120'\n"

@@ -49,7 +49,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("a CLI test reached a llama.cpp build")
 
-    from harness import build, native_tools
+    from harness.build import build, native_tools
 
     monkeypatch.setattr(build, "resolve_sdist", no_build)
     monkeypatch.setattr(native_tools, "_build", no_build)

@@ -152,7 +152,7 @@ def test_user_override_and_dir_option(env: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_null_context_is_read_from_the_gguf(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    synth = pytest.importorskip("harness.synth")
+    synth = pytest.importorskip("harness.models.synth")
     gguf = synth.synthesize(env / "tiny.gguf", preset="tiny", seed=0, n_ctx=1536)
     garbage = env / "garbage.gguf"
     garbage.write_bytes(b"<!DOCTYPE html><html>login</html>")

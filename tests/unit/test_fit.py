@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import fit_table, seed_models
-from harness.synth import synthesize
+from harness.bench import fit_table
+from harness.models import seed_models
+from harness.models.synth import synthesize
 from saiverse_llm import fit
 from saiverse_llm.cli import main
 from saiverse_llm.gguf_file import read_gguf

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import fit_table, seed_models
+from harness.bench import fit_table
 from harness.cli import main
+from harness.models import seed_models
 from harness.paths import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"

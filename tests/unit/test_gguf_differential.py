@@ -234,7 +234,7 @@ def test_type_table_matches_the_build(oracle: Oracle) -> None:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from harness.synth import synthesize
+    from harness.models.synth import synthesize
 
     path = tmp_path_factory.mktemp("gguf") / "small.gguf"
     synthesize(path, preset="tiny", seed=1, n_embd=32, n_layer=1, n_ff=64, n_head=2,

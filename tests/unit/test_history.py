@@ -1,4 +1,5 @@
-"""harness/history.py and the runner marks of harness/report.py (hosted-runner figures)."""
+"""harness/bench/history.py and the runner marks of harness/bench/report.py (hosted-runner
+figures)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness import history, report
+from harness.bench import history, report
 
 
 def bench(tg: float, runner: dict[str, str] | None = None) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""harness/images.py: the pinned base images and the one driver requirement, and where it is
+"""harness/ship/images.py: the pinned base images and the one driver requirement, and where it is
 said: container mode when the runtime refuses an image, the doctor for a log with that error."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness import build_log, container, doctor, images
+from harness.doctor import build_log, doctor
+from harness.ship import container, images
 
 REFUSAL = (
     "docker: Error response from daemon: failed to create task for container: failed to create "

@@ -1,4 +1,4 @@
-"""The legacy-switch table (harness/legacy_flags.py) against the vendored CMake of the pinned
+"""The legacy-switch table (harness/doctor/legacy_flags.py) against the vendored CMake of the pinned
 sdist: a new sdist that maps, drops or starts reading an old name fails here."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import legacy_flags, paths
+from harness import paths
+from harness.doctor import legacy_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pin() -> dict[str, str]:
-    data = yaml.safe_load((ROOT / "harness" / "variants.yaml").read_text())
+    data = yaml.safe_load((ROOT / "harness" / "build" / "variants.yaml").read_text())
     sdist: dict[str, str] = data["sdist"]
     return sdist
 
@@ -24,7 +25,7 @@ def test_table_was_checked_against_the_pinned_sdist() -> None:
     """Changing the pin without re-deriving the table fails even without the sdist at hand."""
     assert _pin()["version"] == legacy_flags.CHECKED_AGAINST, (
         "the sdist pin changed: run tests/unit/test_legacy_flags.py with the new sdist "
-        "unpacked and update harness/legacy_flags.py (TABLE, CHECKED_AGAINST)"
+        "unpacked and update harness/doctor/legacy_flags.py (TABLE, CHECKED_AGAINST)"
     )
 
 

@@ -19,9 +19,9 @@ SOURCES = ("src/llama-arch.cpp", "src/llama-model.cpp")
 
 
 def _pin() -> dict[str, str]:
-    sdist: dict[str, str] = yaml.safe_load((ROOT / "harness" / "variants.yaml").read_text())[
-        "sdist"
-    ]
+    sdist: dict[str, str] = yaml.safe_load(
+        (ROOT / "harness" / "build" / "variants.yaml").read_text()
+    )["sdist"]
     return sdist
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import llama_bench
-from harness.llama_bench import BenchSettings
-from harness.native_tools import NativeTools
+from harness.bench import llama_bench
+from harness.bench.llama_bench import BenchSettings
+from harness.build.native_tools import NativeTools
 from saiverse_llm.user_errors import SettingError
 
 

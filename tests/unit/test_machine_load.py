@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import machine_load
-from harness.machine_load import busy_reason
+from harness.bench import machine_load
+from harness.bench.machine_load import busy_reason
 
 
 def _reading(others: float, cores: int = 2, steal: float = 0.0) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""The CI matrix as a pure function of the variant registry (harness/ci_matrix.py)."""
+"""The CI matrix as a pure function of the variant registry (harness/ship/ci_matrix.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from harness.ci_matrix import (
+from harness.ship.ci_matrix import (
     CUDA_BUILD_IMAGE,
     CUDA_RUNTIME_IMAGE,
     GPU_RUNS_ON,
@@ -237,9 +237,9 @@ def test_multiline_output_values_are_refused() -> None:
 
 
 def test_reads_registry_variants() -> None:
-    """The real registry (harness/variants.yaml): every variant placed exactly once."""
+    """The real registry (harness/build/variants.yaml): every variant placed exactly once."""
     variants_mod = pytest.importorskip(
-        "harness.variants", reason="harness.variants not written yet"
+        "harness.build.variants", reason="harness.build.variants not written yet"
     )
     variants = variants_mod.load_variants()
     matrix = compute_matrix(variants.values())

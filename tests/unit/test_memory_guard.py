@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.synth import synthesize
+from harness.models.synth import synthesize
 from saiverse_llm import fit
 from saiverse_llm.loading import (
     MEMORY_GUARD_ENV,

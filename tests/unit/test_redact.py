@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from harness import doctor
+from harness.doctor import doctor
 from saiverse_llm.redact import MASK, is_secret_name, redact_env, redact_obj, redact_text
 
 SECRETS = {

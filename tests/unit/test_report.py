@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from harness import report
+from harness.bench import report
 from harness.cli import main as cli_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

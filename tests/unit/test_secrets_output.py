@@ -173,7 +173,7 @@ def test_report_files_hold_no_secret(world: Path, capsys: pytest.CaptureFixture[
 
 
 def test_llama_bench_json_holds_no_secret(world: Path) -> None:
-    from harness.llama_bench import write_results
+    from harness.bench.llama_bench import write_results
 
     path = write_results(
         {"command": f"llama-bench -m x --hf-token {ENV_SECRET}", "runs": []},

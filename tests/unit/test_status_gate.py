@@ -1,4 +1,4 @@
-"""harness/status_gate.py: the success status of each kind of session, allowed statuses."""
+"""harness/ship/status_gate.py: the success status of each kind of session, allowed statuses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import sessions, status_gate
+from harness import sessions
+from harness.ship import status_gate
 
 
 @pytest.mark.parametrize(

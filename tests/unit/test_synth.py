@@ -1,4 +1,5 @@
-"""harness.synth: deterministic random-weight GGUF models with a real tokenizer and template."""
+"""harness.models.synth: deterministic random-weight GGUF models with a real tokenizer and
+template."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from harness.model_manifest import load_manifest
-from harness.synth import (
+from harness.models.model_manifest import load_manifest
+from harness.models.synth import (
     CHAT_TEMPLATE,
     PRESETS,
     SynthError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import toolchain
+from harness.build import toolchain
 
 
 def _fake_cublas_wheel(folder: Path, *, with_lib: bool = True) -> Path:

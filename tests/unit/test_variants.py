@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.variants import (
+from harness.build.variants import (
     BUILTIN_FILE,
     Requirement,
     VariantError,
@@ -224,7 +224,7 @@ def test_apple_gpu_probe_sees_the_hosted_macos_vm(
 ) -> None:
     """GitHub's macOS runners are VMs whose GPU is the Apple Paravirtual device (no
     simdgroup/MPS support; llama.cpp#8617): no Metal GPU there, and the reason says so."""
-    from harness.variants import apple_gpu_verdict
+    from harness.build.variants import apple_gpu_verdict
 
     found, reason = apple_gpu_verdict(machine, vm, displays)
     assert found is ok

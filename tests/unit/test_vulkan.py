@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import vulkan_devices, vulkan_headers
-from harness.variants import VariantError, get_variant, load_registry
+from harness.build import vulkan_devices, vulkan_headers
+from harness.build.variants import VariantError, get_variant, load_registry
 
 LLVMPIPE_ONLY = """\
 ==========
@@ -187,7 +187,7 @@ def test_no_way_to_newer_headers_is_one_error_with_the_fix(
 def test_the_build_plan_stops_with_the_fix_before_compiling(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from harness import build
+    from harness.build import build
 
     use_system_headers(monkeypatch, write_header(tmp_path / "usr", 3, 239))
     monkeypatch.setattr(vulkan_headers, "can_fetch", lambda: (False, "apt-get not found"))
@@ -199,7 +199,7 @@ def test_the_build_plan_stops_with_the_fix_before_compiling(
 def test_the_headers_are_part_of_the_wheel_cache_key(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from harness import build
+    from harness.build import build
 
     use_system_headers(monkeypatch, write_header(tmp_path / "usr", 3, 239))
     fake_fetched(tmp_path / "cache", 4, 309)
@@ -276,7 +276,7 @@ def test_the_test_session_keeps_gemma_off_llvmpipe(monkeypatch: pytest.MonkeyPat
 
 
 def test_doctor_names_llvmpipe_a_software_device_not_a_gpu() -> None:
-    from harness import doctor
+    from harness.doctor import doctor
 
     facts: dict[str, object] = {
         "llama.installed": True,
@@ -297,7 +297,7 @@ def test_doctor_names_llvmpipe_a_software_device_not_a_gpu() -> None:
 
 
 def test_verify_names_the_device_and_says_llvmpipe_is_not_a_gpu() -> None:
-    from harness.verify import Verification
+    from harness.build.verify import Verification
 
     result = Verification(variant="vulkan", gpu_present=True)
     result.facts = {

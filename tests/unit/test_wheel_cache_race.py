@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from harness import wheel_cache
+from harness.build import wheel_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEEL_NAME = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
@@ -121,8 +121,9 @@ _FAKE_BUILD = textwrap.dedent(
     """
     import json, os, sys, time, zipfile
     from pathlib import Path
-    from harness import build, paths, wheel_cache
-    from harness.variants import get_variant
+    from harness import paths
+    from harness.build import build, wheel_cache
+    from harness.build.variants import get_variant
 
     def prepare(variant, registry=None):
         inputs = {"schema": 1, "fake-build": "one key for both processes"}

@@ -1,0 +1,2 @@
+"""Getting builds elsewhere: container mode, offline bundles, pinned base images, the CI matrix
+and status gate."""
