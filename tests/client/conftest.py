@@ -139,7 +139,7 @@ def make_client(client_class: type, is_ours: bool, n_gpu_layers: int) -> Callabl
         if is_ours:
             kwargs.setdefault("n_threads", 2)
         else:
-            for key in ("pool", "chunk_hook", "context_cap", "max_retries"):
+            for key in ("pool", "chunk_hook", "context_cap", "max_retries", "n_seq_max"):
                 kwargs.pop(key, None)
         return client_class(str(path), **kwargs)
 
