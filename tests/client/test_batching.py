@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from weather_tool import WEATHER_TOOLS
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
 
@@ -204,20 +205,7 @@ def test_a_request_gives_the_same_text_alone_and_beside_others(
 def test_each_request_keeps_its_own_stop_strings_limits_grammar_and_tools(
     batched: Callable[..., Any],
 ) -> None:
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Weather for a city",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"city": {"type": "string"}},
-                    "required": ["city"],
-                },
-            },
-        }
-    ]
+    tools = WEATHER_TOOLS
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "東京"}}\n</tool_call>'
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     client = batched(4)

@@ -46,52 +46,13 @@ def test_out_of_memory_says_so_with_the_size_and_what_to_change(
     assert info.value.n_ctx == huge_context
 
 
-#: Loads the tiny model at 400,000,000 tokens under a 4 GiB address-space limit: llama.cpp's
-#: per-cell KV state for that context (~16 GB) fails with std::bad_alloc before any KV buffer
-#: is asked for. The limit keeps the test from ever taking the machine's memory.
-_BAD_ALLOC = """
-import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-from saiverse_llm.client import LlamaCppClient
-from saiverse_llm.loading import ModelMemoryError
-client = LlamaCppClient(sys.argv[1], context_length=400_000_000, n_gpu_layers=0,
-                        fallback_on_error=False, n_threads=2)
-try:
-    client.load_report()
-except ModelMemoryError as exc:
-    print("MEMORY", exc)
-    sys.exit(0)
-except BaseException as exc:
-    print("OTHER", type(exc).__name__, exc)
-    sys.exit(3)
-print("LOADED")
-sys.exit(4)
-"""
-
-
-def test_a_failed_host_allocation_is_a_memory_error_too(tiny: Path, ours_only: None) -> None:
-    """shared/cases/08 under a memory limit: llama.cpp's "failed to initialize the context:
-    std::bad_alloc" was reported as a damaged file ("check that the file is a complete
-    GGUF"). It is running out of memory, with what to change."""
-    out = subprocess.run(
-        [sys.executable, "-c", _BAD_ALLOC, str(tiny)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "SAIVERSE_LLM_MEMORY_GUARD": "0"},  # llama.cpp's own failure
-    )
-    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    message = out.stdout
-    assert "bad_alloc" in message  # llama.cpp's own line reached the error
-    assert "not enough memory" in message and "the context" in message
-    assert "context_length" in message and "complete GGUF" not in message
-
-
-#: shared/cases/08 as SAIVerse runs it: no memory limit of its own. The 4 GiB address-space
-#: limit is only the test's safety net (without the guard llama.cpp writes ~20 GB of per-cell
-#: KV state and the OOM killer ends the process): the guard must refuse the load before
-#: llama.cpp is called, from fit's estimate against MemAvailable + SwapFree.
-_GUARDED = """
+#: shared/cases/08: the tiny model at 400,000,000 tokens, in a child under a 4 GiB
+#: address-space limit (the test's safety net: without the guard llama.cpp writes ~20 GB of
+#: per-cell KV state and the OOM killer ends the process). With the guard (the default) the
+#: load is refused before llama.cpp is called, from fit's estimate against MemAvailable +
+#: SwapFree; with SAIVERSE_LLM_MEMORY_GUARD=0 llama.cpp's per-cell state fails with
+#: std::bad_alloc before any KV buffer is asked for.
+_CASE_08 = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 from saiverse_llm.client import LlamaCppClient
@@ -117,13 +78,31 @@ sys.exit(4)
 """
 
 
+def test_a_failed_host_allocation_is_a_memory_error_too(tiny: Path, ours_only: None) -> None:
+    """shared/cases/08 under a memory limit: llama.cpp's "failed to initialize the context:
+    std::bad_alloc" was reported as a damaged file ("check that the file is a complete
+    GGUF"). It is running out of memory, with what to change."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CASE_08, str(tiny)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SAIVERSE_LLM_MEMORY_GUARD": "0"},  # llama.cpp's own failure
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    message = out.stdout
+    assert "bad_alloc" in message  # llama.cpp's own line reached the error
+    assert "not enough memory" in message and "the context" in message
+    assert "context_length" in message and "complete GGUF" not in message
+
+
 def test_a_load_far_beyond_memory_is_refused_before_llama_cpp(tiny: Path, ours_only: None) -> None:
     """shared/cases/08: LlamaCppClient(tiny, context_length=400_000_000).generate() got the
     process OOM-killed. It is refused before llama.cpp allocates anything, naming the bytes
     needed, the bytes available and what to change."""
     env = {k: v for k, v in os.environ.items() if k != "SAIVERSE_LLM_MEMORY_GUARD"}
     out = subprocess.run(
-        [sys.executable, "-c", _GUARDED, str(tiny)],
+        [sys.executable, "-c", _CASE_08, str(tiny)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -16,6 +16,7 @@ from typing import Any
 import llama_cpp
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from weather_tool import WEATHER_TOOLS
 
 from harness.models.synth import CHAT_TEMPLATE
 from saiverse_llm.gguf_file import read_gguf
@@ -31,20 +32,7 @@ TEXTS = [
     "日本語とEnglishのmixed文章、句読点。",
 ]
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from weather_tool import WEATHER_TOOLS
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 MESSAGES = [{"role": "user", "content": "東京の天気は？"}]
 
 
