@@ -22,12 +22,16 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import paths
 from harness.bench.llama_bench import BenchSettings
+
+if TYPE_CHECKING:
+    from saiverse_llm.client import LlamaCppClient
 
 GPU_MODEL = "synth-1b"  # ~1 GB f16 synthesized model: tg as a fraction of memory bandwidth
 DEFAULT_MODELS = "tiny,gemma-3-270m"
@@ -403,3 +407,35 @@ class Recorder:
         if not data:
             return {}
         return {k: sum(p[k] for p in data) / len(data) for k in data[0]}
+
+
+@contextlib.contextmanager
+def loaded_client(
+    model: BenchModel, settings: BenchSettings, env: BenchEnv, *, context_length: int, **extra: Any
+) -> Iterator[LlamaCppClient]:
+    """One loaded :class:`~saiverse_llm.client.LlamaCppClient` of ``model`` with the run's
+    settings (threads, n_batch, n_ubatch, flash attention, n_gpu_layers), in a pool of its
+    own, unloaded afterwards. ``extra``: more client arguments (e.g. ``n_seq_max``)."""
+    from saiverse_llm.client import LlamaCppClient
+    from saiverse_llm.pool import ModelPool
+
+    pool: ModelPool[Any] = ModelPool(max_models=1)
+    client = LlamaCppClient(
+        str(model.path),
+        context_length=context_length,
+        n_gpu_layers=env.n_gpu_layers,
+        fallback_on_error=False,
+        model=model.name,
+        chat_format=model.chat_format,
+        n_threads=settings.n_threads,
+        pool=pool,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        flash_attn=settings.flash_attn,
+        **extra,
+    )
+    client.load()
+    try:
+        yield client
+    finally:
+        pool.unload_all()

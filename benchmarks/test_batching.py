@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from benchlib import BenchEnv, BenchModel, latency_metric, mean_std
+from benchlib import BenchEnv, BenchModel, latency_metric, loaded_client, mean_std
 
 from harness.bench import batched_bench
 from harness.bench.llama_bench import BenchSettings
@@ -39,7 +39,6 @@ from harness.bench.llama_bench import BenchSettings
 pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
 
 from saiverse_llm.client import LlamaCppClient
-from saiverse_llm.pool import ModelPool
 
 BATCHES = (1, 2, 4, 8)
 N_PROMPT = 64
@@ -83,26 +82,10 @@ def lbb_tools(bench_env: BenchEnv) -> Any:
 def batch_client(
     bench_model: BenchModel, settings: BenchSettings, bench_env: BenchEnv
 ) -> Iterator[LlamaCppClient]:
-    pool: ModelPool[Any] = ModelPool(max_models=1)
-    client = LlamaCppClient(
-        str(bench_model.path),
-        context_length=N_CTX_SEQ,
-        n_seq_max=max(BATCHES),
-        n_gpu_layers=bench_env.n_gpu_layers,
-        fallback_on_error=False,
-        model=bench_model.name,
-        chat_format=bench_model.chat_format,
-        n_threads=settings.n_threads,
-        pool=pool,
-        n_batch=settings.n_batch,
-        n_ubatch=settings.n_ubatch,
-        flash_attn=settings.flash_attn,
-    )
-    client.load()
-    try:
+    with loaded_client(
+        bench_model, settings, bench_env, context_length=N_CTX_SEQ, n_seq_max=max(BATCHES)
+    ) as client:
         yield client
-    finally:
-        pool.unload_all()
 
 
 def prompts(client: LlamaCppClient, n: int) -> list[list[dict[str, str]]]:

@@ -30,6 +30,7 @@ from benchlib import (
     BenchEnv,
     BenchModel,
     latency_metric,
+    loaded_client,
     mean_std,
     new_conversation,
     stream_lengths,
@@ -40,7 +41,6 @@ from harness.bench.llama_bench import BenchSettings
 llama_cpp = pytest.importorskip("llama_cpp", reason="the benchmarks need a llama-cpp-python build")
 
 from saiverse_llm.client import LlamaCppClient  # noqa: E402
-from saiverse_llm.pool import ModelPool  # noqa: E402
 
 LENGTHS = stream_lengths()
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a cat in Kyoto."}]
@@ -51,25 +51,10 @@ SEED = 1234
 def stream_client(
     bench_model: BenchModel, settings: BenchSettings, bench_env: BenchEnv
 ) -> Iterator[LlamaCppClient]:
-    pool: ModelPool[Any] = ModelPool(max_models=1)
-    client = LlamaCppClient(
-        str(bench_model.path),
-        context_length=max(LENGTHS) + 256,
-        n_gpu_layers=bench_env.n_gpu_layers,
-        fallback_on_error=False,
-        model=bench_model.name,
-        chat_format=bench_model.chat_format,
-        n_threads=settings.n_threads,
-        pool=pool,
-        n_batch=settings.n_batch,
-        n_ubatch=settings.n_ubatch,
-        flash_attn=settings.flash_attn,
-    )
-    client.load()
-    try:
+    with loaded_client(
+        bench_model, settings, bench_env, context_length=max(LENGTHS) + 256
+    ) as client:
         yield client
-    finally:
-        pool.unload_all()
 
 
 def _rate_metric(values: list[float], unit: str) -> dict[str, Any]:
