@@ -439,3 +439,17 @@ def loaded_client(
         yield client
     finally:
         pool.unload_all()
+
+
+def rate_metric(values: list[float], unit: str) -> dict[str, Any]:
+    """A throughput metric for the report (higher is better): the mean of ``values`` (one
+    per round, in ``unit``, e.g. "t/s"), its standard deviation and the samples."""
+    avg, std = mean_std(values)
+    return {
+        "value": avg,
+        "stddev": std,
+        "unit": unit,
+        "higher_is_better": True,
+        "rounds": len(values),
+        "samples": values,
+    }

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from benchlib import BenchEnv, BenchModel, latency_metric, loaded_client, mean_std
+from benchlib import BenchEnv, BenchModel, latency_metric, loaded_client, rate_metric
 
 from harness.bench import batched_bench
 from harness.bench.llama_bench import BenchSettings
@@ -205,18 +205,6 @@ def ttft_under_load(client: LlamaCppClient, b: int) -> tuple[float, int]:
     return ttft, join
 
 
-def _rate_metric(values: list[float], unit: str) -> dict[str, Any]:
-    avg, std = mean_std(values)
-    return {
-        "value": avg,
-        "stddev": std,
-        "unit": unit,
-        "higher_is_better": True,
-        "rounds": len(values),
-        "samples": values,
-    }
-
-
 def test_batched_streams(
     benchmark: Any,
     rounds: Callable[[str], tuple[int, int]],
@@ -248,9 +236,9 @@ def test_batched_streams(
     kept = runs[warmup:] if len(runs) > warmup else runs
     metrics: dict[str, Any] = {}
     for b in BATCHES:
-        metrics[f"batch{b}"] = _rate_metric([r[f"client{b}"] for r in kept], "t/s")
-        metrics[f"batch{b}_lbb"] = _rate_metric([r[f"lbb{b}"] for r in kept], "t/s")
-        metrics[f"batch{b}_ratio"] = _rate_metric([r[f"ratio{b}"] for r in kept], "x")
+        metrics[f"batch{b}"] = rate_metric([r[f"client{b}"] for r in kept], "t/s")
+        metrics[f"batch{b}_lbb"] = rate_metric([r[f"lbb{b}"] for r in kept], "t/s")
+        metrics[f"batch{b}_ratio"] = rate_metric([r[f"ratio{b}"] for r in kept], "x")
         metrics[f"batch{b}_ttft"] = latency_metric([r[f"ttft{b}"] for r in kept])
         joins = [r[f"join{b}"] for r in kept]
         metrics[f"batch{b}_join"] = {

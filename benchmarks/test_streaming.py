@@ -31,8 +31,8 @@ from benchlib import (
     BenchModel,
     latency_metric,
     loaded_client,
-    mean_std,
     new_conversation,
+    rate_metric,
     stream_lengths,
 )
 
@@ -55,18 +55,6 @@ def stream_client(
         bench_model, settings, bench_env, context_length=max(LENGTHS) + 256
     ) as client:
         yield client
-
-
-def _rate_metric(values: list[float], unit: str) -> dict[str, Any]:
-    avg, std = mean_std(values)
-    return {
-        "value": avg,
-        "stddev": std,
-        "unit": unit,
-        "higher_is_better": True,
-        "rounds": len(values),
-        "samples": values,
-    }
 
 
 @pytest.mark.parametrize("n_gen", LENGTHS)
@@ -130,9 +118,9 @@ def test_stream_rate(
         n_eval_window=[r["n_eval"] for r in kept],
         e2e_tps=[r["e2e"] for r in kept],
         metrics={
-            f"stream{n_gen}": _rate_metric([r["stream"] for r in kept], "t/s"),
-            f"stream{n_gen}_c": _rate_metric([r["c_side"] for r in kept], "t/s"),
-            f"stream{n_gen}_ratio": _rate_metric([r["ratio"] for r in kept], "x"),
+            f"stream{n_gen}": rate_metric([r["stream"] for r in kept], "t/s"),
+            f"stream{n_gen}_c": rate_metric([r["c_side"] for r in kept], "t/s"),
+            f"stream{n_gen}_ratio": rate_metric([r["ratio"] for r in kept], "x"),
             f"stream{n_gen}_ttft": latency_metric([r["ttft"] for r in kept]),
         },
     )
