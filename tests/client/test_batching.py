@@ -176,6 +176,12 @@ def test_a_request_gives_the_same_text_alone_and_beside_others(
     """Greedy, and sampled with a fixed seed (each request has its own sampler chain):
     six requests (one with a prompt long enough to be evaluated in chunks while others
     decode) on four sequences give the texts they give one at a time."""
+    if temperature > 0 and llama_cpp.llama_supports_gpu_offload():
+        # Measured on Vulkan (llvmpipe): its kernels for a batch of several sequences differ
+        # in the last bits from the one-row kernels, and sampling at 0.9 turns that into
+        # another token now and then (test-vulkan: one run in two). Greedy text still has to
+        # match there; sampled text alone vs batched is asserted on the CPU build.
+        pytest.skip("sampled text alone vs batched is bit-exact only on the CPU backend")
     client = batched(4)
     model = client.load()
     prompts = [ask(i) for i in range(5)] + [LONG]
