@@ -200,9 +200,6 @@ class Job:
 
     # -- scheduler side ----------------------------------------------------------------
 
-    def _push(self, text: str) -> None:
-        self._out.append(text)  # the reader is woken by _wake, once per step
-
     def _wake(self, now: float) -> None:
         """After a step that sampled for this job: wake its reader if it sleeps on an
         empty stream (at most once per :data:`WAKE_INTERVAL`, unless text piles up). A
@@ -347,7 +344,6 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.rows = 0
-        self.decode_seconds = 0.0
         self.last_join_wait = -1  # steps the last admitted request waited for a sequence
         self.peak_sequences = 0  # the most sequences one step has decoded
         #: when a list: (time.perf_counter() after the step, tokens sampled, seconds in
@@ -440,7 +436,6 @@ class Engine:
                 "cached_tokens": sum(s.n for s in self._slots if s.job is None),
                 "steps": self.steps,
                 "rows": self.rows,
-                "decode_seconds": self.decode_seconds,
                 "last_join_wait": self.last_join_wait,
                 "peak_sequences": self.peak_sequences,
             }
@@ -564,9 +559,7 @@ class Engine:
                     work.run()
                     continue
                 self._step(work)
-                while self._same_plan(work):  # nothing else to do: no lock, no planning
-                    self.steps += 1
-                    self._step(work)
+                self._repeat(work)  # while nothing else is to be done: no lock, no planning
         except BaseException:  # pragma: no cover - a bug in the scheduler itself
             logger.exception("%s: the batching scheduler stopped", self.name)
             with cond:
@@ -600,7 +593,7 @@ class Engine:
         job in it) and nothing waits (a cancel, a submit, a call, a parked job, a close):
         what :meth:`_next_work` would return. A submit or cancel that lands just after this
         look is seen after the next step, as when it lands while a step runs."""
-        if self._cancels or self._queue or self._calls or self._parked or self._closing:
+        if self._waiting():
             return False
         limit = self.settings.max_unread
         for job, n, _ in plan:
@@ -787,17 +780,12 @@ class Engine:
         b.raw.n_tokens = row
         self.peak_sequences = max(self.peak_sequences, len(plan))
         ctx = self.llm.ctx
-        failed: BaseException | None = None
         t0 = time.perf_counter()
         rc = self._lc.llama_decode(ctx, b.raw)
         t_decode = time.perf_counter() - t0
-        self.decode_seconds += t_decode
         self.rows += row
         if rc:
-            try:
-                check_decode(rc)
-            except RuntimeError as exc:
-                failed = exc
+            self._decode_failed(plan, rc)
         else:
             steps = self.steps
             for job, n, _ in plan:
@@ -821,29 +809,175 @@ class Engine:
                 job._wake(now)
             if self.trace is not None:
                 self.trace.append((time.perf_counter(), len(outputs), t_decode))
-        if failed is not None:
+
+    def _repeat(self, plan: list[tuple[Job, int, bool]]) -> None:
+        """Decode ``plan`` again, step after step, while nothing else is to be done
+        (:meth:`_same_plan`): the steady state of streaming, every running job decoding
+        its last sampled token.
+
+        The lean form of :meth:`_step`, because this loop is all that stands between two
+        decodes of a fast model: a tiny model decodes a token in ~0.1 ms, so each
+        microsecond of Python here costs ~1% of its streaming rate. The batch's sequence
+        ids, output flags and size stay as the last :meth:`_step` of this plan left them;
+        only each row's token and position are written. No job can join meanwhile (only
+        :meth:`_next_work` admits), so the loop only has to notice a job that ended or
+        paused, and work that arrived (:meth:`_waiting`)."""
+        if not self._same_plan(plan):
+            return
+        if len(plan) == 1:
+            self._repeat_one(plan)
+            return
+        b = self._batch
+        token, pos, raw = b.token, b.pos, b.raw
+        decode = self._lc.llama_decode
+        ctx = self.llm.ctx
+        limit = self.settings.max_unread
+        rows: list[tuple[int, Job, _Slot, list[int], np.ndarray[Any, Any]]] = []
+        for row, (job, _, _) in enumerate(plan):
+            assert job.slot is not None
+            rows.append((row, job, job.slot, job.tokens, job.slot.ids))
+        n_rows = len(rows)
+        clock = time.perf_counter
+        sample = self._sample
+        while True:
+            self.steps += 1
+            for row, job, _, tokens, _ in rows:
+                n = job.n_past
+                token[row] = tokens[n]
+                pos[row] = n
+            if self.trace is None:
+                rc = decode(ctx, raw)
+                t_decode = 0.0
+            else:
+                t0 = clock()
+                rc = decode(ctx, raw)
+                t_decode = clock() - t0
+            self.rows += n_rows
+            if rc:
+                self._decode_failed(plan, rc)
+                return
+            steps = self.steps
+            go_on = True
+            for row, job, slot, tokens, ids in rows:
+                n = job.n_past
+                ids[n] = tokens[n]
+                job.n_past = slot.n = n + 1
+                slot.last_used = steps
+                sample(job, ctx, row)
+                if job.state != _RUNNING or job._cancel or len(job._out) >= limit:
+                    go_on = False
+            now = clock()
+            for _, job, _, _, _ in rows:
+                job._wake(now)
+            if self.trace is not None:
+                self.trace.append((clock(), n_rows, t_decode))
+            if not go_on or self._waiting():
+                return
+
+    def _repeat_one(self, plan: list[tuple[Job, int, bool]]) -> None:
+        """:meth:`_repeat` for a single stream (the most common case, and the one where a
+        fast model's rate shows every microsecond): everything the loop needs is a local,
+        and the sequence's record (``slot.ids``/``slot.n``) is written when the loop ends
+        or the job does, not per token."""
+        job = plan[0][0]
+        slot = job.slot
+        assert slot is not None
+        b = self._batch
+        token, pos, raw = b.token, b.pos, b.raw
+        decode = self._lc.llama_decode
+        ctx = self.llm.ctx
+        limit = self.settings.max_unread
+        tokens, out, gen = job.tokens, job._out, job.gen
+        reply, step = gen.reply, gen.step
+        clock = time.perf_counter
+        backlog = job._wake_backlog
+        start = n = job.n_past  # tokens[start:n] are decoded but not yet in the record
+        failed: BaseException | None = None
+        try:
+            while True:
+                self.steps += 1
+                token[0] = tokens[n]
+                pos[0] = n
+                if self.trace is None:
+                    rc = decode(ctx, raw)
+                    t_decode = 0.0
+                else:
+                    t0 = clock()
+                    rc = decode(ctx, raw)
+                    t_decode = clock() - t0
+                self.rows += 1
+                if rc:
+                    break
+                n += 1
+                job.n_past = n
+                try:
+                    text = step(ctx, 0)
+                    if text:
+                        out.append(text)
+                    if reply.done:
+                        tail = gen.finish()
+                        if tail:
+                            out.append(tail)
+                except Exception as exc:  # a hook or the tool-call filter: this request only
+                    failed = exc
+                    break
+                if reply.done:
+                    break
+                tokens.append(gen.last_token)
+                now = clock()
+                if now - job._woken_at >= WAKE_INTERVAL or len(out) >= backlog:
+                    job._wake(now)
+                if self.trace is not None:
+                    self.trace.append((clock(), 1, t_decode))
+                if job._cancel or len(out) >= limit or self._waiting():
+                    return
+        finally:
+            slot.ids[start:n] = tokens[start:n]
+            slot.n = n
+            slot.last_used = self.steps
+        if rc:
+            self._decode_failed(plan, rc)
+            return
+        if self.trace is not None:
+            self.trace.append((clock(), 1, t_decode))
+        with self._cond:
+            if failed is not None:
+                self._finish(job, _FAILED, failed, keep=False)
+            else:
+                self._finish(job, _DONE, None, keep=self.settings.cache_prompts)
+
+    def _waiting(self) -> bool:
+        """Work for :meth:`_next_work` (without the lock): a cancel, a request, a call, a
+        parked job, a close."""
+        return bool(self._cancels or self._queue or self._calls or self._parked or self._closing)
+
+    def _decode_failed(self, plan: list[tuple[Job, int, bool]], rc: int) -> None:
+        """``llama_decode`` returned ``rc`` != 0: every job of the step fails with it."""
+        try:
+            check_decode(rc)
+        except RuntimeError as exc:
             with self._cond:
                 for job, _, _ in plan:
                     if job.state == _RUNNING:
-                        self._finish(job, _FAILED, failed, keep=False)
+                        self._finish(job, _FAILED, exc, keep=False)
 
     def _sample(self, job: Job, ctx: Any, idx: int) -> None:
         gen = job.gen
         try:
             text = gen.step(ctx, idx)
+            if text:
+                job._out.append(text)  # the reader is woken by Job._wake, once per step
             if job.first_token_at is None:
                 job.first_token_at = time.perf_counter()
-            if text:
-                job._push(text)
-            if gen.done:
+            if gen.reply.done:
                 tail = gen.finish()
                 if tail:
-                    job._push(tail)
+                    job._out.append(tail)
         except Exception as exc:  # a hook or the tool-call filter: this request only
             with self._cond:
                 self._finish(job, _FAILED, exc, keep=False)
             return
-        if gen.done:
+        if gen.reply.done:
             with self._cond:
                 self._finish(job, _DONE, None, keep=self.settings.cache_prompts)
         else:

@@ -68,6 +68,9 @@ class ReplyBuilder:
         self.max_tokens = max_tokens
         self.stops = [s for s in (stop or []) if s]
         self._hold = max((len(s) for s in self.stops), default=1) - 1
+        #: the first characters of the stop strings: text without any of them (and with
+        #: nothing held back) cannot contain a stop string or the start of one
+        self._stop_starts = frozenset(s[0] for s in self.stops)
         self.tool_filter = tool_filter
         self.ignore_eos = ignore_eos
         self.on_text = on_text
@@ -87,7 +90,11 @@ class ReplyBuilder:
         return "".join(self._raw)
 
     def push(self, token: int) -> str:
-        """Consume one sampled token; return the text that may be shown now."""
+        """Consume one sampled token; return the text that may be shown now.
+
+        Runs once per generated token between two decodes: the common case (a token that
+        is whole UTF-8 text with no character that begins a stop string, nothing held
+        back) is a few lookups and one list append."""
         if self.done:
             raise RuntimeError("ReplyBuilder.push after the reply is done")
         vocab = self.vocab
@@ -96,7 +103,7 @@ class ReplyBuilder:
             return ""
         self.n_tokens += 1
         out = ""
-        text = vocab.text(token) if self._utf8_clean else None
+        text = (vocab.texts[token] or vocab.text(token)) if self._utf8_clean else None
         if text is None:  # a byte token, or the middle of a character
             text = self._decoder.decode(vocab.piece(token))
             self._utf8_clean = not self._decoder.getstate()[0]
@@ -104,8 +111,12 @@ class ReplyBuilder:
             if self.on_text is not None:
                 self.on_text(self._pieces, text)
             self._pieces += 1
-            out = self._add(text) if self.stops else self._release(text)
-        if not self.done and self.n_tokens >= self.max_tokens:
+            if self._pending or not self._stop_starts.isdisjoint(text):
+                out = self._add(text)
+            else:  # no stop string can begin in this text: release it whole
+                self._raw.append(text)
+                out = self.tool_filter.feed(text) if self.tool_filter is not None else text
+        if self.n_tokens >= self.max_tokens and not self.done:
             self.done, self.finish_reason = True, "length"
         return out
 

@@ -41,17 +41,17 @@ _BLOCK = 256  # block size of the top-k threshold search
 _logits_fn: Any = None
 
 
-def _logits_address(ctx: Any, idx: int) -> int:
-    """``llama_get_logits_ith(ctx, idx)`` as a plain address (0 for NULL): a prototype of
-    our own returning ``void *`` skips building a ctypes pointer object per token."""
+def _logits_function() -> Any:
+    """``llama_get_logits_ith`` with a prototype of our own returning ``void *``: the
+    address comes back as a plain int (None for NULL), without a ctypes pointer object
+    per token."""
     global _logits_fn
     if _logits_fn is None:
         import llama_cpp
 
         prototype = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
         _logits_fn = prototype(("llama_get_logits_ith", llama_cpp.llama_cpp._lib))
-    address: int | None = _logits_fn(ctx, idx)
-    return address or 0
+    return _logits_fn
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,13 @@ class Sampler:
         self._lc = llama_cpp
         self.vocab = vocab
         self.params = params
-        self._views: dict[int, np.ndarray[Any, np.dtype[np.float32]]] = {}
+        self._views: dict[int | None, np.ndarray[Any, np.dtype[np.float32]]] = {}
+        self._logits_at = _logits_function()
         self._chain: Any = None
         self._cands: Any = None
         self._cand_view: Any = None
         self._eog = np.array(vocab.eog_ids() if params.ignore_eos else [], dtype=np.int64)
+        self._eog_set = frozenset(int(t) for t in self._eog)
         p = params
         if route not in (None, "chain"):
             raise ValueError(f"route: bad value {route!r}; use None or 'chain'")
@@ -173,27 +175,43 @@ class Sampler:
 
     def logits(self, ctx: Any, idx: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         """A numpy view (no copy) of the logits of output row ``idx`` of the last decode."""
-        address = _logits_address(ctx, idx)
-        if not address:
-            raise RuntimeError(f"llama_get_logits_ith returned NULL for output {idx}")
+        address = self._logits_at(ctx, idx)
         view = self._views.get(address)
         if view is None:
-            if len(self._views) > 16:
-                self._views.clear()
-            buf = (ctypes.c_float * self.vocab.n_vocab).from_address(address)
-            view = np.ctypeslib.as_array(buf)
-            self._views[address] = view
+            view = self._view(address, idx)
+        return view
+
+    def _view(self, address: int | None, idx: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        if not address:
+            raise RuntimeError(f"llama_get_logits_ith returned NULL for output {idx}")
+        if len(self._views) > 16:
+            self._views.clear()
+        buf = (ctypes.c_float * self.vocab.n_vocab).from_address(address)
+        view: np.ndarray[Any, np.dtype[np.float32]] = np.ctypeslib.as_array(buf)
+        self._views[address] = view
         return view
 
     def sample(self, ctx: Any, idx: int = -1) -> int:
-        """The next token for output row ``idx`` of the last decode (-1: the last row)."""
+        """The next token for output row ``idx`` of the last decode (-1: the last row).
+
+        Runs once per generated token on the engine's thread, between two decodes, when
+        the CPU caches hold the decode's data rather than this code: the greedy route is
+        kept to a handful of operations (one C call, a dictionary lookup, an argmax)."""
+        if self.route == "greedy":
+            address = self._logits_at(ctx, idx)
+            view = self._views.get(address)
+            if view is None:
+                view = self._view(address, idx)
+            token = int(view.argmax())
+            if token in self._eog_set:  # ignore_eos: the best token that does not end
+                view[self._eog] = -np.inf
+                token = int(view.argmax())
+            return token
         if self.route == "chain" and not self._eog.size:
             return int(self._lc.llama_sampler_sample(self._chain, ctx, idx))
         logits = self.logits(ctx, idx)
         if self._eog.size:
             logits[self._eog] = -np.inf
-        if self.route == "greedy":
-            return int(logits.argmax())
         if self.route == "chain":
             return int(self._lc.llama_sampler_sample(self._chain, ctx, idx))
         return self._sample_top_k(logits)

@@ -29,7 +29,9 @@ class Vocab:
         self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self._pieces: list[bytes | None] = [None] * self.n_vocab
-        self._texts: list[str | None] = [None] * self.n_vocab
+        #: token id -> its piece as text, once known to be whole UTF-8 (read-only outside:
+        #: the generation loop's fast path reads it, :meth:`text` fills it)
+        self.texts: list[str | None] = [None] * self.n_vocab
         self._eog: dict[int, bool] = {}
         self._eog_ids: list[int] | None = None
         self._buf = ctypes.create_string_buffer(256)
@@ -54,14 +56,14 @@ class Vocab:
     def text(self, token: int) -> str | None:
         """The piece of ``token`` as text when it is complete UTF-8 on its own (most
         tokens), else None (a byte token, or part of a character: decode incrementally)."""
-        cached = self._texts[token]
+        cached = self.texts[token]
         if cached is not None:
             return cached
         try:
             text = self.piece(token).decode("utf-8")
         except UnicodeDecodeError:
             return None
-        self._texts[token] = text
+        self.texts[token] = text
         return text
 
     def is_eog(self, token: int) -> bool:

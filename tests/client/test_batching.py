@@ -374,3 +374,68 @@ def test_direct_use_of_the_llama_waits_for_running_requests(
     reader.join(BLOCKED)
     assert out["choices"][0]["text"] is not None
     assert got == [alone]
+
+
+# --- a decode that fails -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_streams", [1, 2])
+def test_a_decode_failing_mid_stream_ends_its_requests_and_frees_them(
+    batched: Callable[..., Any], n_streams: int
+) -> None:
+    """llama.cpp aborts a decode while one stream (the engine's single-stream loop) or two
+    (the batched loop) are mid-reply: each request ends with the decode's error, its
+    sequence is freed, and the next request on the model runs normally. The abort is
+    llama.cpp's own (``llama_set_abort_callback``), not a mock."""
+    from saiverse_llm.generation import Generation, ReplyBuilder
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    client = batched(2)
+    model = client.load()
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+
+    def job(i: int) -> Any:
+        prompt = client.format_prompt(ask(i)).tokens
+        gen = Generation(
+            prompt, Sampler(model.vocab, params), ReplyBuilder(model.vocab, max_tokens=600)
+        )
+        return model.engine.submit(gen)
+
+    jobs = [job(i) for i in range(n_streams)]
+    chunks = [0] * n_streams
+    errors: list[BaseException | None] = [None] * n_streams
+
+    def read(i: int) -> None:
+        try:
+            for _ in jobs[i].chunks():
+                chunks[i] += 1
+        except RuntimeError as exc:
+            errors[i] = exc
+
+    abort = threading.Event()
+    callback = llama_cpp.ggml_abort_callback(lambda _data: abort.is_set())
+    llama_cpp.llama_set_abort_callback(model.llm.ctx, callback, None)
+    try:
+        threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(n_streams)]
+        for t in threads:
+            t.start()
+        while min(chunks) < 5:  # every request is past its prompt and decoding steadily
+            assert not any(j.done for j in jobs), [j.state for j in jobs]
+            threading.Event().wait(0.001)
+        abort.set()
+        for t in threads:
+            t.join(BLOCKED)
+    finally:
+        abort.clear()
+    for i, error in enumerate(errors):
+        assert error is not None and "llama_decode returned 2 (aborted)" in str(error), (
+            i,
+            error,
+            chunks,
+        )
+    assert all(j.state == "failed" for j in jobs)
+    settle(model)
+    after = job(7)
+    assert after.result()
+    assert after.gen.reply.n_tokens == 600
+    settle(model)
