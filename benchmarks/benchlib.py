@@ -334,6 +334,64 @@ def new_conversation(target: Any) -> None:
     llama_cpp.llama_perf_context_reset(llm.ctx)
 
 
+def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, float]:
+    """The fastest stream a Python caller can drive on ``model`` (a client's loaded model):
+    a bare loop of one-token ``llama_decode`` calls and a numpy argmax of the logits,
+    nothing else (no sampler object, no text, no second thread), for ``n_gen`` tokens
+    after ``prompt`` on the model's own context (sequence 0, under ``engine.exclusive()``).
+
+    Returns ``(ratio, c_rate)``: llama.cpp's eval seconds over the loop's wall seconds
+    (``llama_perf_context``, as ``stream<n>_ratio`` measures the client), and the C-side
+    eval rate in t/s. The ratio is the ceiling of any Python-driven stream's
+    stream/C-side ratio on this model, machine and load: on a model that decodes a token
+    in ~0.1 ms, a ctypes call and an argmax are already a few percent of it."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    llm = model.llm
+    ctx = llm.ctx
+    n_vocab = int(llm.n_vocab())
+    logits_at = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
+        ("llama_get_logits_ith", llama_cpp.llama_cpp._lib)
+    )
+    decode = llama_cpp.llama_decode
+    with model.engine.exclusive():
+        mem = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
+        llm.reset()
+        try:
+            ids = (llama_cpp.llama_token * len(prompt))(*prompt)
+            if decode(ctx, llama_cpp.llama_batch_get_one(ids, len(prompt))):
+                raise RuntimeError("python_floor: the prompt did not decode")
+            one = (llama_cpp.llama_token * 1)()
+            batch = llama_cpp.llama_batch_get_one(one, 1)
+            views: dict[int, Any] = {}
+            token = 0
+            llama_cpp.llama_perf_context_reset(ctx)
+            t0 = time.perf_counter()
+            for _ in range(n_gen):
+                address = logits_at(ctx, -1)
+                view = views.get(address)
+                if view is None:
+                    view = np.ctypeslib.as_array((ctypes.c_float * n_vocab).from_address(address))
+                    views[address] = view
+                token = int(view.argmax())
+                one[0] = token
+                if decode(ctx, batch):
+                    raise RuntimeError("python_floor: a decode failed")
+            llama_cpp.llama_synchronize(ctx)
+            wall = time.perf_counter() - t0
+            p = llama_cpp.llama_perf_context(ctx)
+        finally:
+            llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
+            llm.reset()
+            llama_cpp.llama_perf_context_reset(ctx)
+    t_eval = float(p.t_eval_ms) / 1000.0
+    return t_eval / wall, int(p.n_eval) / t_eval
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     n = len(xs)
     if n == 0:

@@ -12,7 +12,12 @@ measures, at the consumer of the stream:
   decoder alone would give;
 * ``stream<n>_ratio``: the two divided, per round (the share of the window spent decoding;
   the target is >= 0.95 at every length, flat in length);
-* ``stream<n>_ttft``: time to the first chunk (prompt evaluation included).
+* ``stream<n>_ttft``: time to the first chunk (prompt evaluation included);
+* ``stream<n>_floor``: the same ratio for the barest loop Python can drive on the same
+  context, in the same round (``benchlib.python_floor``: one-token ``llama_decode`` and an
+  argmax, nothing else), the ceiling of ``stream<n>_ratio`` on this model and machine (on
+  the tiny model a token decodes in ~0.1 ms, and one ctypes call and an argmax are a few
+  percent of that).
 
 Both rates come from the same run, so competing work on the machine moves them together;
 the load is recorded with every result. llama-bench's tg for the same build and threads is
@@ -32,6 +37,7 @@ from benchlib import (
     latency_metric,
     loaded_client,
     new_conversation,
+    python_floor,
     rate_metric,
     stream_lengths,
 )
@@ -71,6 +77,13 @@ def test_stream_rate(
     llm = client.llama
     n_rounds, warmup = rounds("stream_len")
     runs: list[dict[str, float]] = []
+    floors: list[float] = []
+    prompt = client.format_prompt(MESSAGES).tokens
+
+    def setup() -> None:
+        model = client.load()
+        floors.append(python_floor(model, prompt, n_gen)[0])
+        new_conversation(model)
 
     def target() -> None:
         t0 = time.perf_counter()
@@ -100,10 +113,9 @@ def test_stream_rate(
             }
         )
 
-    benchmark.pedantic(
-        target, setup=lambda: new_conversation(client.load()), rounds=n_rounds, warmup_rounds=warmup
-    )
+    benchmark.pedantic(target, setup=setup, rounds=n_rounds, warmup_rounds=warmup)
     kept = runs[warmup:] if len(runs) > warmup else runs
+    kept_floors = floors[warmup:] if len(floors) > warmup else floors
     report = client.load_report()
     extra(
         bench_model,
@@ -122,5 +134,6 @@ def test_stream_rate(
             f"stream{n_gen}_c": rate_metric([r["c_side"] for r in kept], "t/s"),
             f"stream{n_gen}_ratio": rate_metric([r["ratio"] for r in kept], "x"),
             f"stream{n_gen}_ttft": latency_metric([r["ttft"] for r in kept]),
+            f"stream{n_gen}_floor": rate_metric(kept_floors, "x"),
         },
     )

@@ -42,7 +42,7 @@ BASELINE_VARIANT = "cpu"
 PARITY_GOAL = 0.97
 #: Streaming goal (issue #11): generate_stream at >= this share of llama.cpp's eval rate.
 STREAM_GOAL = 0.95
-_STREAM_LEN_RE = re.compile(r"^stream(\d+)(_c|_ratio|_ttft)?$")
+_STREAM_LEN_RE = re.compile(r"^stream(\d+)(_c|_ratio|_ttft|_floor)?$")
 #: Batching goal (issue #19): B client streams at >= this share of llama-batched-bench's S_TG.
 BATCH_GOAL = 0.9
 _BATCH_RE = re.compile(r"^batch(\d+)(_lbb|_ratio|_ttft|_join)?$")
@@ -87,6 +87,7 @@ _PATTERNS: list[tuple[re.Pattern[str], MetricSpec]] = [
     (re.compile(r"^stream\d+_c$"), MetricSpec("{m} C-side eval", "t/s", True)),
     (re.compile(r"^stream\d+_ratio$"), MetricSpec("{m}", "x", True, comparable=False)),
     (re.compile(r"^stream\d+_ttft$"), MetricSpec("{m}", "s", False)),
+    (re.compile(r"^stream\d+_floor$"), MetricSpec("{m}", "x", True, comparable=False)),
     # benchmarks/test_batching.py: B concurrent streams, in their own table
     (re.compile(r"^batch\d+$"), MetricSpec("{m} streams", "t/s", True)),
     (re.compile(r"^batch\d+_lbb$"), MetricSpec("{m} llama-batched-bench", "t/s", True)),
@@ -1155,18 +1156,22 @@ def render_streaming(rs: ResultSet) -> list[str]:
         "",
         "Stream t/s: chunks received from the first to the last; C-side: llama.cpp's eval "
         "rate (llama_perf_context) over the same window of the same run; ratio: the two "
-        f"divided per round (goal >= {STREAM_GOAL}, flat in length). llama-bench tg: the same "
-        "build and threads, from `llama-harness llama-bench`.",
+        f"divided per round (goal >= {STREAM_GOAL}, flat in length). Python floor: the same "
+        "ratio for the barest loop a Python caller can drive on the same context in the same "
+        "rounds (one-token llama_decode and an argmax, nothing else): the ceiling of the "
+        "ratio on that model and machine. llama-bench tg: the same build and threads, from "
+        "`llama-harness llama-bench`.",
         "",
-        "| variant | model | tokens | stream t/s | C-side t/s | ratio | llama-bench tg | TTFT "
-        "| threads | load |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | model | tokens | stream t/s | C-side t/s | ratio | Python floor "
+        "| llama-bench tg | TTFT | threads | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for var, model, n in rows:
         stream = rs.get(var, model, f"stream{n}")
         c_side = rs.get(var, model, f"stream{n}_c")
         ratio = rs.get(var, model, f"stream{n}_ratio")
         ttft = rs.get(var, model, f"stream{n}_ttft")
+        floor = rs.get(var, model, f"stream{n}_floor")
         lb = rs.get(var, model, f"lb_tg{n}")
         lb_label = f"tg{n}"
         if lb is None:
@@ -1190,6 +1195,7 @@ def render_streaming(rs: ResultSet) -> list[str]:
             f"| {_md(label)} | {model} | {n} | "
             f"{format_cell(stream, None) if stream else '—'} | "
             f"{format_cell(c_side, None) if c_side else '—'} | {ratio_text} | "
+            f"{f'{floor.value:.3f} ±{floor.stddev:.3f}' if floor else '—'} | "
             f"{(format_cell(lb, None) + f' ({lb_label})') if lb else '—'} | "
             f"{format_cell(ttft, None) if ttft else '—'} | "
             f"{settings.get('n_threads', '-')} | {load} |"

@@ -357,7 +357,8 @@ def test_latency_chart_fits_a_readme_with_units_per_panel(tmp_path: Path) -> Non
 
 def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
     """benchmarks/test_streaming.py: stream t/s next to the C-side eval rate of the same run,
-    the ratio (flagged below 0.95), llama-bench tg, TTFT, threads and load."""
+    the ratio (flagged below 0.95), the Python floor of the same rounds, llama-bench tg,
+    TTFT, threads and load."""
     root = tmp_path / "reports"
     doc = bench_doc("cpu", "tiny", {"tg128": 100})
     for n, (stream, c_side) in {128: (98.0, 100.0), 2048: (80.0, 100.0)}.items():
@@ -370,6 +371,7 @@ def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
                 f"stream{n}_c": _metric(c_side, 1.0, "t/s", True),
                 f"stream{n}_ratio": _metric(stream / c_side, 0.01, "x", True),
                 f"stream{n}_ttft": _metric(0.012, 0.001, "s", False),
+                f"stream{n}_floor": _metric(0.96 if n == 128 else 0.93, 0.002, "x", True),
             },
         }
         doc["benchmarks"].append({"name": f"test_stream_rate[{n}]", "extra_info": extra})
@@ -380,9 +382,13 @@ def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
     assert not any("stream128" in line for line in tiny)  # not a column of the model table
     start = next(i for i, line in enumerate(lines) if line.startswith("## Streaming"))
     rows = [line for line in lines[start:] if line.startswith("| cpu | tiny |")]
-    assert rows[0].startswith("| cpu | tiny | 128 | 98.0 ±1.0% | 100 ±1.0% | 0.980 ±0.010 |")
+    assert rows[0].startswith(
+        "| cpu | tiny | 128 | 98.0 ±1.0% | 100 ±1.0% | 0.980 ±0.010 | 0.960 ±0.002 |"
+    )
     assert "105 ±1.0% (tg128)" in rows[0] and "| 2 | 0.50 |" in rows[0]
-    assert rows[1].startswith("| cpu | tiny | 2048 |") and "0.800 ±0.010 ⚠" in rows[1]
+    assert (
+        rows[1].startswith("| cpu | tiny | 2048 |") and "0.800 ±0.010 ⚠ | 0.930 ±0.002 |" in rows[1]
+    )
 
 
 def test_a_variant_without_bench_json_names_no_private_path(tmp_path: Path) -> None:
