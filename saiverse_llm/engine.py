@@ -589,15 +589,19 @@ class Engine:
 
     def _same_plan(self, plan: list[tuple[Job, int, bool]]) -> bool:
         """Without the lock, after a step: True when the next step decodes ``plan`` again
-        (one token for each of its jobs, still running, none near a pause, every running
-        job in it) and nothing waits (a cancel, a submit, a call, a parked job, a close):
-        what :meth:`_next_work` would return. A submit or cancel that lands just after this
+        (one sampled token for each of its jobs, still running, none near a pause, every
+        running job in it) and nothing waits (a cancel, a submit, a call, a parked job, a
+        close): what :meth:`_next_work` would return. A step of one prompt token without
+        logits (a prompt two tokens past its cache) is not repeated: its next step is the
+        prompt's last token, with logits. A submit or cancel that lands just after this
         look is seen after the next step, as when it lands while a step runs."""
         if self._waiting():
             return False
         limit = self.settings.max_unread
-        for job, n, _ in plan:
-            if n != 1 or job.state != _RUNNING or job._cancel or len(job._out) >= limit:
+        for job, n, want in plan:
+            if n != 1 or not want or job.state != _RUNNING or job._cancel:
+                return False
+            if len(job._out) >= limit:
                 return False
         running = 0
         for slot in self._slots:

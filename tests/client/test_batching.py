@@ -10,6 +10,7 @@ No wall-clock limits: a join timeout here only tells "finished" from "blocked".
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -349,6 +350,70 @@ def test_a_new_request_joins_at_the_next_step(batched: Callable[..., Any]) -> No
     assert max(waits) <= 1, waits
     for r in readers:
         r.join(BLOCKED)
+    settle(model)
+
+
+@pytest.mark.parametrize(
+    ("uncached", "beside"), [("prompt", False), ("prompt", True), ("cache", False)]
+)
+def test_a_prompt_two_tokens_past_its_cache_is_answered(
+    batched: Callable[..., Any], uncached: str, beside: bool
+) -> None:
+    """A prompt whose uncached part is exactly two tokens (a two-token prompt, or a cached
+    prompt with its second-to-last token changed) takes a step of one prompt token without
+    logits, then its last token alone. That first step is not a decoding step: repeating
+    it as one (the engine's steady-state loop) decoded the last prompt token without logits
+    and failed the request with "llama_get_logits_ith returned NULL", alone or beside a
+    decoding stream (before the lean loop, it crashed the scheduler with an IndexError)."""
+    from saiverse_llm.generation import Generation, ReplyBuilder
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    client = batched(2)
+    model = client.load()
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+    full = client.format_prompt(ask(1)).tokens
+
+    def submit(prompt: list[int], max_tokens: int) -> Any:
+        reply = ReplyBuilder(model.vocab, max_tokens=max_tokens)
+        return model.engine.submit(Generation(prompt, Sampler(model.vocab, params), reply))
+
+    if uncached == "cache":
+        assert submit(full, 4).result()
+        other = next(t for t in full if t != full[-2])
+        prompt = [*full[:-2], other, full[-1]]  # the cache holds all but its last two tokens
+    else:
+        prompt = full[:2]
+    stream = None
+    got: list[str] = []
+
+    def read() -> None:  # the other stream, read as it comes until it is cancelled
+        from saiverse_llm.errors import GenerationError
+
+        with contextlib.suppress(GenerationError):
+            for chunk in stream.chunks():
+                got.append(chunk)
+
+    if beside:  # a stream decoding in the other sequence
+        stream = submit(client.format_prompt(ask(2)).tokens, 700)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        while not got:
+            threading.Event().wait(0.001)
+    try:
+        job = submit(prompt, 8)
+        text = job.result()
+        assert stream is None or not stream.done, "the other stream ended before this joined"
+    finally:
+        if stream is not None:
+            stream.cancel()
+            reader.join(BLOCKED)
+    assert job.state == "done" and job.gen.reply.n_tokens == 8
+    if uncached == "cache":
+        assert job.gen.cached_tokens == len(prompt) - 2
+    settle(model)
+    model.engine.flush()
+    again = submit(prompt, 8)  # nothing cached: the whole prompt, then its last token alone
+    assert again.result() == text
     settle(model)
 
 
