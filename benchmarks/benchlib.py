@@ -467,18 +467,23 @@ class Recorder:
         return {k: sum(p[k] for p in data) / len(data) for k in data[0]}
 
 
-@contextlib.contextmanager
-def loaded_client(
-    model: BenchModel, settings: BenchSettings, env: BenchEnv, *, context_length: int, **extra: Any
-) -> Iterator[LlamaCppClient]:
-    """One loaded :class:`~saiverse_llm.client.LlamaCppClient` of ``model`` with the run's
-    settings (threads, n_batch, n_ubatch, flash attention, n_gpu_layers), in a pool of its
-    own, unloaded afterwards. ``extra``: more client arguments (e.g. ``n_seq_max``)."""
+def bench_client(
+    model: BenchModel,
+    settings: BenchSettings,
+    env: BenchEnv,
+    *,
+    pool: Any,
+    context_length: int,
+    **extra: Any,
+) -> LlamaCppClient:
+    """A :class:`~saiverse_llm.client.LlamaCppClient` of ``model`` with the run's settings
+    (threads, n_batch, n_ubatch, flash attention, n_gpu_layers) on ``pool`` (a
+    :class:`~saiverse_llm.pool.ModelPool`), not loaded yet. ``extra``: more client
+    arguments (e.g. ``n_seq_max``, ``parameters``). The one place the benchmarks build a
+    client, so every benchmark runs the settings its report states."""
     from saiverse_llm.client import LlamaCppClient
-    from saiverse_llm.pool import ModelPool
 
-    pool: ModelPool[Any] = ModelPool(max_models=1)
-    client = LlamaCppClient(
+    return LlamaCppClient(
         str(model.path),
         context_length=context_length,
         n_gpu_layers=env.n_gpu_layers,
@@ -492,6 +497,17 @@ def loaded_client(
         flash_attn=settings.flash_attn,
         **extra,
     )
+
+
+@contextlib.contextmanager
+def loaded_client(
+    model: BenchModel, settings: BenchSettings, env: BenchEnv, *, context_length: int, **extra: Any
+) -> Iterator[LlamaCppClient]:
+    """:func:`bench_client`, loaded, in a pool of its own, unloaded afterwards."""
+    from saiverse_llm.pool import ModelPool
+
+    pool: ModelPool[Any] = ModelPool(max_models=1)
+    client = bench_client(model, settings, env, pool=pool, context_length=context_length, **extra)
     client.load()
     try:
         yield client

@@ -17,6 +17,7 @@ from benchlib import (
     BenchEnv,
     BenchModel,
     Recorder,
+    bench_client,
     latency_metric,
     mean_std,
     new_conversation,
@@ -46,18 +47,13 @@ TOP_P = 0.9
 def _client(
     model: BenchModel, s: BenchSettings, env: BenchEnv, pool: ModelPool[Any]
 ) -> LlamaCppClient:
-    return LlamaCppClient(
-        str(model.path),
-        context_length=CONTEXT_LENGTH,
-        n_gpu_layers=env.n_gpu_layers,
-        fallback_on_error=False,
-        model=model.name,
-        chat_format=model.chat_format,
-        n_threads=s.n_threads,
+    return bench_client(
+        model,
+        s,
+        env,
         pool=pool,
+        context_length=CONTEXT_LENGTH,
         parameters={"temperature": TEMPERATURE, "top_p": TOP_P, "max_tokens": s.n_gen},
-        n_batch=s.n_batch,
-        n_ubatch=s.n_ubatch,
     )
 
 
