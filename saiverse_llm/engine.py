@@ -53,6 +53,7 @@ import numpy as np
 
 from saiverse_llm.errors import GenerationError
 from saiverse_llm.generation import Generation, check_decode
+from saiverse_llm.sampling import greedy_rows
 
 logger = logging.getLogger("saiverse_llm")
 
@@ -333,6 +334,8 @@ class Engine:
         ]
         self._batch = _Batch(llama_cpp, self.n_batch)
         self._positions = np.arange(n_ctx_seq + self.n_batch, dtype=np.int32)
+        #: 2-D views of llama.cpp's output buffer for :func:`greedy_rows`
+        self._row_views: dict[tuple[int, int], np.ndarray[Any, np.dtype[np.float32]]] = {}
         # re-entrant: a finalizer that cancels a job may run on a thread that holds it
         self._cond = threading.Condition(threading.RLock())
         self._queue: deque[Job] = deque()  # waiting for a sequence (FIFO)
@@ -831,52 +834,95 @@ class Engine:
         if len(plan) == 1:
             self._repeat_one(plan)
             return
+        k = len(plan)
         b = self._batch
         token, pos, raw = b.token, b.pos, b.raw
         decode = self._lc.llama_decode
         ctx = self.llm.ctx
         limit = self.settings.max_unread
-        rows: list[tuple[int, Job, _Slot, list[int], np.ndarray[Any, Any]]] = []
-        for row, (job, _, _) in enumerate(plan):
+        jobs = [job for job, _, _ in plan]
+        slots: list[_Slot] = []
+        for job in jobs:
             assert job.slot is not None
-            rows.append((row, job, job.slot, job.tokens, job.slot.ids))
-        n_rows = len(rows)
+            slots.append(job.slot)
+        gens = [job.gen for job in jobs]
+        samplers = [gen.sampler for gen in gens]
+        greedy = all(s.route == "greedy" for s in samplers)
+        n_vocab = samplers[0].vocab.n_vocab
+        views = self._row_views
+        starts = [job.n_past for job in jobs]  # each record is written up to here
+        for row, job in enumerate(jobs):
+            token[row] = job.tokens[job.n_past]
+            pos[row] = job.n_past
+        positions = pos[:k]
         clock = time.perf_counter
-        sample = self._sample
-        while True:
-            self.steps += 1
-            for row, job, _, tokens, _ in rows:
-                n = job.n_past
-                token[row] = tokens[n]
-                pos[row] = n
-            if self.trace is None:
-                rc = decode(ctx, raw)
-                t_decode = 0.0
-            else:
-                t0 = clock()
-                rc = decode(ctx, raw)
-                t_decode = clock() - t0
-            self.rows += n_rows
-            if rc:
-                self._decode_failed(plan, rc)
-                return
+        ended: list[tuple[Job, str, BaseException | None]] = []
+        rc = 0
+        try:
+            while True:
+                self.steps += 1
+                if self.trace is None:
+                    rc = decode(ctx, raw)
+                    t_decode = 0.0
+                else:
+                    t0 = clock()
+                    rc = decode(ctx, raw)
+                    t_decode = clock() - t0
+                self.rows += k
+                if rc:
+                    break
+                positions += 1  # every row decoded its token: n_past + 1
+                sampled = greedy_rows(ctx, samplers, n_vocab, views) if greedy else None
+                if sampled is None:
+                    sampled = [s.sample(ctx, row) for row, s in enumerate(samplers)]
+                token[:k] = sampled
+                go_on = True
+                now = clock()
+                for row in range(k):
+                    job = jobs[row]
+                    gen = gens[row]
+                    out = job._out
+                    try:
+                        text = gen.accept(sampled[row])
+                        if text:
+                            out.append(text)
+                        if gen.reply.done:
+                            tail = gen.finish()
+                            if tail:
+                                out.append(tail)
+                    except Exception as exc:  # a hook or the tool-call filter: this request
+                        ended.append((job, _FAILED, exc))
+                        go_on = False
+                        continue
+                    if gen.reply.done:
+                        ended.append((job, _DONE, None))
+                        go_on = False
+                        continue
+                    job.tokens.append(gen.last_token)
+                    if now - job._woken_at >= WAKE_INTERVAL or len(out) >= job._wake_backlog:
+                        job._wake(now)
+                    if job._cancel or len(out) >= limit:
+                        go_on = False
+                if self.trace is not None:
+                    self.trace.append((clock(), k, t_decode))
+                if not go_on or self._waiting():
+                    break
+        finally:
             steps = self.steps
-            go_on = True
-            for row, job, slot, tokens, ids in rows:
-                n = job.n_past
-                ids[n] = tokens[n]
-                job.n_past = slot.n = n + 1
+            for row, job in enumerate(jobs):
+                slot = slots[row]
+                n = int(positions[row])
+                job.n_past = n
+                slot.ids[starts[row] : n] = job.tokens[starts[row] : n]
+                slot.n = n
                 slot.last_used = steps
-                sample(job, ctx, row)
-                if job.state != _RUNNING or job._cancel or len(job._out) >= limit:
-                    go_on = False
-            now = clock()
-            for _, job, _, _, _ in rows:
-                job._wake(now)
-            if self.trace is not None:
-                self.trace.append((clock(), n_rows, t_decode))
-            if not go_on or self._waiting():
-                return
+        if rc:
+            self._decode_failed(plan, rc)
+        elif ended:
+            with self._cond:
+                for job, state, error in ended:
+                    keep = state == _DONE and self.settings.cache_prompts
+                    self._finish(job, state, error, keep=keep)
 
     def _repeat_one(self, plan: list[tuple[Job, int, bool]]) -> None:
         """:meth:`_repeat` for a single stream (the most common case, and the one where a

@@ -183,6 +183,12 @@ class Generation:
         self.last_token = self.sampler.sample(ctx, idx)
         return self.reply.push(self.last_token)
 
+    def accept(self, token: int) -> str:
+        """Consume ``token``, sampled for this request by the engine (the greedy rows of a
+        batch are sampled together: :meth:`Sampler.greedy_rows`)."""
+        self.last_token = token
+        return self.reply.push(token)
+
     def finish(self) -> str:
         return self.reply.finish()
 

@@ -39,6 +39,7 @@ _BLOCK = 256  # block size of the top-k threshold search
 
 
 _logits_fn: Any = None
+_all_logits_fn: Any = None
 
 
 def _logits_function() -> Any:
@@ -52,6 +53,53 @@ def _logits_function() -> Any:
         prototype = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)
         _logits_fn = prototype(("llama_get_logits_ith", llama_cpp.llama_cpp._lib))
     return _logits_fn
+
+
+def _all_logits_function() -> Any:
+    """``llama_get_logits`` (every output row of the last decode, in batch order) returning
+    a plain address, like :func:`_logits_function`."""
+    global _all_logits_fn
+    if _all_logits_fn is None:
+        import llama_cpp
+
+        prototype = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+        _all_logits_fn = prototype(("llama_get_logits", llama_cpp.llama_cpp._lib))
+    return _all_logits_fn
+
+
+def greedy_rows(
+    ctx: Any,
+    samplers: list[Sampler],
+    n_vocab: int,
+    views: dict[tuple[int, int], np.ndarray[Any, np.dtype[np.float32]]],
+) -> list[int] | None:
+    """The tokens of output rows ``0 .. len(samplers) - 1`` of the last decode, each chosen
+    by its own greedy ``samplers[i]`` (all on the "greedy" route), with one C call and one
+    argmax over the rows instead of a call and an argmax per row.
+
+    ``llama_get_logits`` holds the output rows contiguously, in batch order (llama.h);
+    that is checked against ``llama_get_logits_ith`` once per buffer address and row
+    count, when the 2-D view of it is made and kept in ``views`` (the caller's cache).
+    None when the check fails: the caller then samples row by row."""
+    k = len(samplers)
+    base = _all_logits_function()(ctx)
+    view = views.get((base, k))
+    if view is None:
+        if not base or _logits_function()(ctx, k - 1) != base + 4 * n_vocab * (k - 1):
+            return None
+        if len(views) > 16:
+            views.clear()
+        flat = np.ctypeslib.as_array((ctypes.c_float * (k * n_vocab)).from_address(base))
+        view = flat.reshape(k, n_vocab)
+        views[(base, k)] = view
+    tokens: list[int] = view.argmax(axis=1).tolist()
+    for row, token in enumerate(tokens):
+        sampler = samplers[row]
+        if token in sampler._eog_set:  # ignore_eos: the best token that does not end
+            logits = view[row]
+            logits[sampler._eog] = -np.inf
+            tokens[row] = int(logits.argmax())
+    return tokens
 
 
 @dataclass(frozen=True)

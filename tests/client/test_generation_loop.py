@@ -199,3 +199,57 @@ def test_a_call_under_an_open_stream_in_the_same_thread_gets_its_own_text(
     first = next(stream)
     assert client.generate([{"role": "user", "content": "other"}], **kwargs) == other
     assert first + "".join(stream) == alone
+
+
+def test_greedy_rows_pick_what_each_rows_own_sampler_picks(
+    make_client: Callable[..., Any], tiny: Path, ours_only: None, fresh_pool: Any
+) -> None:
+    """The engine samples the greedy rows of a batch together (``greedy_rows``: one argmax
+    over llama.cpp's output buffer). On a real 3-row decode whose rows 1 and 2 are made to
+    rank an end-of-generation token first, each row gets what its own sampler gives:
+    ``ignore_eos`` rows the best other token, the plain greedy row the EOG token."""
+    import numpy as np
+
+    from saiverse_llm.engine import _Batch
+    from saiverse_llm.sampling import Sampler, SamplingParams, greedy_rows
+
+    client = make_client(tiny, context_length=256, pool=fresh_pool, n_seq_max=3)
+    model = client.load()
+    vocab = model.vocab
+    eog = vocab.eog_ids()[0]
+    samplers = [
+        Sampler(vocab, SamplingParams(temperature=0.0, ignore_eos=True)),
+        Sampler(vocab, SamplingParams(temperature=0.0, ignore_eos=True)),
+        Sampler(vocab, SamplingParams(temperature=0.0, ignore_eos=False)),
+    ]
+    assert all(s.route == "greedy" for s in samplers)
+    prompt = client.format_prompt([{"role": "user", "content": "hello"}]).tokens
+    ctx = model.llm.ctx
+    with model.engine.exclusive():
+        batch = _Batch(llama_cpp, 8)
+        for row in range(3):  # one token of each of 3 sequences, all with logits
+            batch.token[row] = prompt[row]
+            batch.pos[row] = 0
+            batch.seq[row] = row
+            batch.logits[row] = 1
+        batch.raw.n_tokens = 3
+        mem = llama_cpp.llama_get_memory(ctx)
+        try:
+            assert llama_cpp.llama_decode(ctx, batch.raw) == 0
+            rows = [samplers[0].logits(ctx, row) for row in range(3)]
+            for row in (1, 2):
+                rows[row][eog] = rows[row].max() + 10.0
+            masked = [r.copy() for r in rows]
+            for row in (0, 1):
+                masked[row][vocab.eog_ids()] = -np.inf
+            want = [int(m.argmax()) for m in masked]
+            got = greedy_rows(ctx, samplers, vocab.n_vocab, {})
+            one_by_one = [s.sample(ctx, row) for row, s in enumerate(samplers)]
+        finally:
+            for row in range(3):
+                llama_cpp.llama_memory_seq_rm(mem, row, -1, -1)
+            model.llm.reset()
+            for s in samplers:
+                s.close()
+    assert got == want == one_by_one
+    assert got[1] != eog and got[2] == eog
