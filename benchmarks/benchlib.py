@@ -338,7 +338,10 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
     """The fastest stream a Python caller can drive on ``model`` (a client's loaded model):
     a bare loop of one-token ``llama_decode`` calls and a numpy argmax of the logits,
     nothing else (no sampler object, no text, no second thread), for ``n_gen`` tokens
-    after ``prompt`` on the model's own context (sequence 0, under ``engine.exclusive()``).
+    after ``prompt`` on the model's own context (sequence 0), run on the engine's
+    scheduler thread (``Engine.run_exclusive``: the thread every decode runs on; a decode
+    on another thread would give the process a second OpenMP team and slow every later
+    decode, see ``saiverse_llm.engine._Scheduler``).
 
     Returns ``(ratio, c_rate)``: llama.cpp's eval seconds over the loop's wall seconds
     (``llama_perf_context``, as ``stream<n>_ratio`` measures the client), and the C-side
@@ -350,14 +353,13 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
     import llama_cpp
     import numpy as np
 
-    llm = model.llm
-    ctx = llm.ctx
-    n_vocab = int(llm.n_vocab())
-    logits_at = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
-        ("llama_get_logits_ith", llama_cpp.llama_cpp._lib)
-    )
-    decode = llama_cpp.llama_decode
-    with model.engine.exclusive():
+    def loop(llm: Any) -> tuple[float, float]:
+        ctx = llm.ctx
+        n_vocab = int(llm.n_vocab())
+        logits_at = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
+            ("llama_get_logits_ith", llama_cpp.llama_cpp._lib)
+        )
+        decode = llama_cpp.llama_decode
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
         llm.reset()
@@ -368,7 +370,6 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
             one = (llama_cpp.llama_token * 1)()
             batch = llama_cpp.llama_batch_get_one(one, 1)
             views: dict[int, Any] = {}
-            token = 0
             llama_cpp.llama_perf_context_reset(ctx)
             t0 = time.perf_counter()
             for _ in range(n_gen):
@@ -377,8 +378,7 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
                 if view is None:
                     view = np.ctypeslib.as_array((ctypes.c_float * n_vocab).from_address(address))
                     views[address] = view
-                token = int(view.argmax())
-                one[0] = token
+                one[0] = int(view.argmax())
                 if decode(ctx, batch):
                     raise RuntimeError("python_floor: a decode failed")
             llama_cpp.llama_synchronize(ctx)
@@ -388,8 +388,11 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
             llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
             llm.reset()
             llama_cpp.llama_perf_context_reset(ctx)
-    t_eval = float(p.t_eval_ms) / 1000.0
-    return t_eval / wall, int(p.n_eval) / t_eval
+        t_eval = float(p.t_eval_ms) / 1000.0
+        return t_eval / wall, int(p.n_eval) / t_eval
+
+    result: tuple[float, float] = model.engine.run_exclusive(loop)
+    return result
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

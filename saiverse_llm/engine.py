@@ -1,4 +1,5 @@
-"""Continuous batching: one scheduler thread per loaded model decodes every request at once.
+"""Continuous batching: each loaded model decodes every request at once, and one scheduler
+thread per process runs every model's decodes (see :class:`_Scheduler` for why one).
 
 A loaded model's context holds ``n_seq`` sequences (llama.cpp's ``n_seq_max``; each has its
 own ``context_length`` of KV cells, ``kv_unified`` off as in ``llama-batched-bench``). Each
@@ -47,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -56,6 +57,7 @@ from saiverse_llm.generation import Generation, check_decode
 from saiverse_llm.sampling import greedy_rows
 
 logger = logging.getLogger("saiverse_llm")
+T = TypeVar("T")
 
 #: Prompt tokens a joining request may add to a step while other sequences decode.
 DEFAULT_PREFILL_CHUNK = 64
@@ -314,8 +316,9 @@ class Engine:
     """The scheduler of one loaded ``llama_cpp.Llama`` (see the module docstring).
 
     ``llm``'s context must have been created with ``n_seq_max >= settings.n_seq``;
-    ``n_ctx_seq`` is the cells each sequence may use. The scheduler thread starts with
-    the first :meth:`submit` and ends with :meth:`close`. Thread-safe."""
+    ``n_ctx_seq`` is the cells each sequence may use. The engine's steps run on the
+    process's one scheduler thread (:class:`_Scheduler`), from the first :meth:`submit`
+    until :meth:`close`. Thread-safe."""
 
     def __init__(self, llm: Any, settings: EngineSettings, *, name: str, n_ctx_seq: int) -> None:
         import llama_cpp
@@ -344,7 +347,9 @@ class Engine:
         self._calls: deque[_Call] = deque()
         self._in_step = False
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._held = False  # exclusive(): the caller uses the Llama; the scheduler skips it
+        self._registered = False
+        self._stopped = threading.Event()  # set by the scheduler once it dropped this engine
         self.steps = 0
         self.rows = 0
         self.last_join_wait = -1  # steps the last admitted request waited for a sequence
@@ -370,32 +375,48 @@ class Engine:
             self._queue.append(job)
             self._start()
             self._cond.notify_all()
+        _scheduler.notify()
         return job
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Use the ``Llama`` directly (its own calls decode sequence 0): waits until no
-        sequence runs (paused ones are preempted) and holds the scheduler meanwhile. The
-        other sequences' cached prefixes are dropped first (llama-cpp-python's calls trim
-        every sequence)."""
-        entered = threading.Event()
-        leave = threading.Event()
+        sequence runs (paused ones are preempted); the scheduler leaves this model alone
+        meanwhile (other models go on). The other sequences' cached prefixes are dropped
+        first (llama-cpp-python's calls trim every sequence).
+
+        The calls then decode on the caller's thread. With an OpenMP CPU build that slows
+        every later decode of the process (see :class:`_Scheduler`): prefer
+        :meth:`run_exclusive`, which runs a function on the scheduler thread."""
 
         def hold() -> None:
             for slot in self._slots[1:]:
                 self._forget(slot)
-            entered.set()
-            leave.wait()
+            self._held = True
 
-        call = self._call(hold, idle=True, wait=False)
+        self._call(hold, idle=True)
         try:
-            while not entered.wait(0.05):
-                if call.error is not None:
-                    raise call.error
             yield
         finally:
-            leave.set()
-            call.finished.wait()
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
+            _scheduler.notify()
+
+    def run_exclusive(self, fn: Callable[[Any], T]) -> T:
+        """``fn(llm)`` on the scheduler thread, the thread every decode of the process
+        runs on, once no sequence of this model runs; returns its result (raises what it
+        raises). For direct use of the ``Llama`` (sequence 0; the other sequences' cached
+        prefixes are dropped first) without a decoding thread of its own."""
+        box: list[T] = []
+
+        def run() -> None:
+            for slot in self._slots[1:]:
+                self._forget(slot)
+            box.append(fn(self.llm))
+
+        self._call(run, idle=True)
+        return box[0]
 
     def flush(self) -> None:
         """Drop the cached prefixes of idle sequences (their cells are freed)."""
@@ -462,8 +483,8 @@ class Engine:
         return True
 
     def on_scheduler_thread(self) -> bool:
-        """True when called on this engine's scheduler thread (e.g. from a finalizer)."""
-        return self._thread is not None and self._thread is threading.current_thread()
+        """True when called on the scheduler thread (e.g. from a finalizer)."""
+        return _scheduler.on_thread()
 
     def close(self) -> None:
         """Stop the scheduler; jobs still waiting or running fail with
@@ -473,9 +494,11 @@ class Engine:
                 return
             self._closing = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            registered = self._registered
+        if registered:
+            _scheduler.notify()
+            if not _scheduler.on_thread():
+                self._stopped.wait()
         error = EngineClosedError(f"{self.name}: the model was unloaded")
         with self._cond:
             jobs = [s.job for s in self._slots if s.job is not None]
@@ -494,12 +517,10 @@ class Engine:
             call.finished.set()
 
     def _start(self) -> None:
-        """Under the lock: the scheduler thread, started once."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"saiverse-llm engine {self.name}", daemon=True
-            )
-            self._thread.start()
+        """Under the lock: hand this engine to the scheduler thread, once."""
+        if not self._registered:
+            self._registered = True
+            _scheduler.add(self)
 
     def _call(self, fn: Callable[[], None], *, idle: bool = False, wait: bool = True) -> _Call:
         """Run ``fn`` on the scheduler thread between two steps (after every running
@@ -511,6 +532,7 @@ class Engine:
             self._calls.append(call)
             self._start()
             self._cond.notify_all()
+        _scheduler.notify()
         if wait:
             call.finished.wait()
             if call.error is not None:
@@ -533,62 +555,75 @@ class Engine:
                 self._cond.notify_all()
             finally:
                 self._cond.release()
+        _scheduler.notify(blocking=False)
 
     def _reader_caught_up(self, job: Job) -> None:
         with self._cond:
             self._cond.notify_all()
+        _scheduler.notify()
 
     # -- the scheduler thread ------------------------------------------------------------
 
-    def _run(self) -> None:
-        """The scheduler thread: the only one that touches the context (decode, sampling,
-        the KV memory) while the engine runs."""
+    def _tick(self) -> bool | object:
+        """On the scheduler thread: this engine's next piece of work, a call or a step
+        (then its repeats while nothing else is to be done). True when it did something,
+        False when it has nothing to do, ``_CLOSED`` once it is closing. The scheduler thread
+        is the only one that touches the context (decode, sampling, the KV memory) while
+        the engine runs."""
         cond = self._cond
-        work: list[tuple[Job, int, bool]] | _Call | None = None
         try:
-            while True:
-                # one lock hold per step: the last step's bookkeeping, then the next plan
-                with cond:
-                    if work is not None:
-                        if self._in_step:
-                            self.steps += 1
-                        self._in_step = False
-                        cond.notify_all()
-                    work = self._next_work()
-                    if work is None:
-                        return
-                    self._in_step = isinstance(work, list)
+            with cond:
+                if self._closing:
+                    return _CLOSED
+                work = self._next_work()
+                if work is None:
+                    return False
+                self._in_step = isinstance(work, list)
+            try:
                 if isinstance(work, _Call):
                     work.run()
-                    continue
-                self._step(work)
-                self._repeat(work)  # while nothing else is to be done: no lock, no planning
-        except BaseException:  # pragma: no cover - a bug in the scheduler itself
-            logger.exception("%s: the batching scheduler stopped", self.name)
+                else:
+                    self._step(work)
+                    self._repeat(work)  # while nothing else is to be done: no lock, no plan
+            finally:
+                with cond:
+                    if self._in_step:
+                        self.steps += 1
+                    self._in_step = False
+                    cond.notify_all()
+        except Exception:  # pragma: no cover - a bug in the scheduler itself
+            logger.exception("%s: the batching scheduler failed; the model is stopped", self.name)
             with cond:
                 self._in_step = False
                 self._closing = True
                 cond.notify_all()
-            raise
+            return _CLOSED
+        return True
+
+    def _deadline(self) -> float | None:
+        """Seconds the scheduler may sleep as far as this engine is concerned (None:
+        until woken)."""
+        with self._cond:
+            if self._closing:
+                return 0.0
+            return self._next_deadline(time.perf_counter())
 
     def _next_work(self) -> list[tuple[Job, int, bool]] | _Call | None:
         """Under the lock: housekeeping, then a call to run or what the next step decodes,
-        as (job, rows, with logits); waits while there is nothing to do; None when closing."""
-        while True:
-            if self._closing:
-                return None
-            now = time.perf_counter()
-            self._housekeeping(now)
-            if self._calls:
-                call = self._calls[0]
-                running = any(s.job is not None for s in self._slots)
-                if not call.idle or not running:
-                    return self._calls.popleft()
-                self._preempt_paused(all_of_them=True)
-            plan = self._plan()
-            if plan:
-                return plan
-            self._cond.wait(self._next_deadline(now))
+        as (job, rows, with logits); None when there is nothing to do (or the caller of
+        :meth:`exclusive` holds the model)."""
+        if self._held:
+            return None
+        now = time.perf_counter()
+        self._housekeeping(now)
+        if self._calls:
+            call = self._calls[0]
+            running = any(s.job is not None for s in self._slots)
+            if not call.idle or not running:
+                return self._calls.popleft()
+            self._preempt_paused(all_of_them=True)
+        plan = self._plan()
+        return plan or None
 
     def _same_plan(self, plan: list[tuple[Job, int, bool]]) -> bool:
         """Without the lock, after a step: True when the next step decodes ``plan`` again
@@ -998,8 +1033,16 @@ class Engine:
 
     def _waiting(self) -> bool:
         """Work for :meth:`_next_work` (without the lock): a cancel, a request, a call, a
-        parked job, a close."""
-        return bool(self._cancels or self._queue or self._calls or self._parked or self._closing)
+        parked job, a close; or other models' work (the scheduler thread is shared)."""
+        return bool(
+            self._cancels
+            or self._queue
+            or self._calls
+            or self._parked
+            or self._closing
+            or _scheduler.signal
+            or _scheduler.busy > 1
+        )
 
     def _decode_failed(self, plan: list[tuple[Job, int, bool]], rc: int) -> None:
         """``llama_decode`` returned ``rc`` != 0: every job of the step fails with it."""
@@ -1058,6 +1101,94 @@ class Engine:
         mem = self._lc.llama_get_memory(self.llm.ctx)
         self._lc.llama_memory_seq_rm(mem, slot.seq, -1, -1)
         slot.n = 0
+
+
+# --- the process's scheduler thread -------------------------------------------------------
+
+_CLOSED = object()
+
+
+class _Scheduler:
+    """The one thread of the process that runs every engine's steps (every ``llama_decode``
+    of every loaded model).
+
+    One thread, not one per model: llama.cpp's CPU backend in an OpenMP build (the default
+    on Linux) runs each decode in an OpenMP team that belongs to the calling thread. Once a
+    second thread has decoded, the process holds more OpenMP threads than CPUs and libgomp
+    stops spin-waiting between parallel regions, so every later decode in the process
+    pays to wake its workers. Measured here (2 threads on 2 cores, a thread per model):
+    after a second model had decoded, the tiny model's decode rate fell from ~6,500 to
+    ~2,000 t/s and Gemma 3 270M's from ~48 to ~41 t/s, for the rest of the process.
+    Engines with work take turns, a step (or a call) each."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._engines: list[Engine] = []
+        self._thread: threading.Thread | None = None
+        #: set by :meth:`notify` (work arrived for some engine); cleared at each round
+        self.signal = False
+        #: engines that did work in the last round: with more than one, each engine's
+        #: steady loop gives way after every step
+        self.busy = 0
+
+    def add(self, engine: Engine) -> None:
+        """Serve ``engine`` (the thread starts with the first one). Lock order: an
+        engine's lock, then this one; the thread never takes an engine's lock while it
+        holds this one."""
+        with self._cond:
+            if engine not in self._engines:
+                self._engines.append(engine)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="saiverse-llm scheduler", daemon=True
+                )
+                self._thread.start()
+            self.signal = True
+            self._cond.notify()
+
+    def notify(self, *, blocking: bool = True) -> None:
+        """Work arrived. ``blocking=False`` (a finalizer, which may run anywhere, even on
+        a thread that holds this lock) never waits for the lock: the flag is seen at the
+        next round, or at the poll of an engine that has jobs."""
+        self.signal = True
+        if self._cond.acquire(blocking=blocking):
+            try:
+                self._cond.notify()
+            finally:
+                self._cond.release()
+
+    def on_thread(self) -> bool:
+        return self._thread is not None and self._thread is threading.current_thread()
+
+    def _run(self) -> None:
+        while True:
+            self.signal = False
+            engines = list(self._engines)
+            did = 0
+            for engine in engines:
+                result = engine._tick()
+                if result is _CLOSED:
+                    with self._cond:
+                        self._engines.remove(engine)
+                    engine._stopped.set()
+                elif result:
+                    did += 1
+            self.busy = did
+            if did:
+                continue
+            timeout = _min_timeout([e._deadline() for e in engines])  # each takes its lock
+            with self._cond:
+                if self.signal:
+                    continue
+                self._cond.wait(timeout)
+
+
+def _min_timeout(timeouts: list[float | None]) -> float | None:
+    found = [t for t in timeouts if t is not None]
+    return min(found) if found else None
+
+
+_scheduler = _Scheduler()
 
 
 def _common_prefix(ids: np.ndarray[Any, Any], n: int, want: np.ndarray[Any, Any]) -> int:

@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -504,3 +505,69 @@ def test_a_decode_failing_mid_stream_ends_its_requests_and_frees_them(
     assert after.result()
     assert after.gen.reply.n_tokens == 600
     settle(model)
+
+
+# --- one scheduler thread for every model ----------------------------------------------------
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_every_model_decodes_on_the_one_scheduler_thread(
+    batched: Callable[..., Any],
+) -> None:
+    """Two loaded models decode on one thread: a second model's first decodes start no
+    thread of their own and no second OpenMP team (with llama.cpp's OpenMP CPU backend a
+    team belongs to the thread that decodes, and a second one made every decode of the
+    process ~3x slower on the tiny model: saiverse_llm.engine._Scheduler). Counted as the
+    process's OS threads, before and after the second model's first reply."""
+    kwargs = {"max_tokens": 40, "temperature": 0.0, "ignore_eos": True}
+    first = batched(2, n_threads=2, context_length=512)
+    second = batched(2, n_threads=2, context_length=640)  # another config: another model
+    assert first.load() is not second.load()
+    assert first.generate(ask(1), **kwargs)
+    before = _os_threads()
+    for i in range(3):
+        assert second.generate(ask(i + 3), **kwargs)
+        assert first.generate(ask(i + 3), **kwargs)
+    assert _os_threads() == before
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("saiverse-llm scheduler") == 1, names
+
+
+def test_one_model_held_exclusively_does_not_stop_another(batched: Callable[..., Any]) -> None:
+    """``with model.lock:`` on one model leaves the shared scheduler free for the others:
+    a reply on a second model completes while the first is held."""
+    held = batched(2, context_length=512)
+    other = batched(2, context_length=640)
+    got: list[str] = []
+    with held.load().lock:
+        reader = threading.Thread(
+            target=lambda: got.append(other.generate(ask(1), max_tokens=20, temperature=0.0)),
+            daemon=True,
+        )
+        reader.start()
+        reader.join(BLOCKED)
+        assert not reader.is_alive(), "a call on another model waited for the held one"
+    assert got and got[0]
+    assert held.generate(ask(1), max_tokens=5, temperature=0.0) is not None
+
+
+def test_run_exclusive_runs_on_the_scheduler_thread(batched: Callable[..., Any]) -> None:
+    """``Engine.run_exclusive(fn)`` calls ``fn(llm)`` on the thread every decode runs on,
+    with no sequence running, and returns its result; the model serves calls after it."""
+    client = batched(2)
+    model = client.load()
+    alone = client.generate(ask(1), max_tokens=20, temperature=0.0)
+    seen: list[tuple[bool, int]] = []
+
+    def probe(llm: Any) -> int:
+        seen.append((model.engine.on_scheduler_thread(), model.engine.stats()["running"]))
+        return int(llm.n_vocab())
+
+    assert model.engine.run_exclusive(probe) == model.vocab.n_vocab
+    assert seen == [(True, 0)]
+    model.engine.flush()
+    assert client.generate(ask(1), max_tokens=20, temperature=0.0) == alone
