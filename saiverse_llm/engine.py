@@ -389,16 +389,24 @@ class Engine:
         every later decode of the process (see :class:`_Scheduler`): prefer
         :meth:`run_exclusive`, which runs a function on the scheduler thread."""
 
+        left: list[bool] = []  # the caller is gone (its wait was interrupted, or it is done)
+
         def hold() -> None:
             for slot in self._slots[1:]:
                 self._forget(slot)
-            self._held = True
+            with self._cond:
+                if not left:
+                    self._held = True
 
-        self._call(hold, idle=True)
+        call = self._call(hold, idle=True, wait=False)
         try:
+            call.finished.wait()
+            if call.error is not None:
+                raise call.error
             yield
         finally:
             with self._cond:
+                left.append(True)
                 self._held = False
                 self._cond.notify_all()
             _scheduler.notify()
@@ -488,7 +496,8 @@ class Engine:
 
     def close(self) -> None:
         """Stop the scheduler; jobs still waiting or running fail with
-        :class:`EngineClosedError`. Called before the model is freed."""
+        :class:`EngineClosedError`. Called before the model is freed: waits for a thread
+        inside :meth:`exclusive` to leave it (the ``Llama`` is in its hands)."""
         with self._cond:
             if self._closing:
                 return
@@ -573,7 +582,7 @@ class Engine:
         cond = self._cond
         try:
             with cond:
-                if self._closing:
+                if self._closing and not self._held:  # close() waits for the holder
                     return _CLOSED
                 work = self._next_work()
                 if work is None:
@@ -604,7 +613,7 @@ class Engine:
         """Seconds the scheduler may sleep as far as this engine is concerned (None:
         until woken)."""
         with self._cond:
-            if self._closing:
+            if self._closing and not self._held:
                 return 0.0
             return self._next_deadline(time.perf_counter())
 

@@ -571,3 +571,75 @@ def test_run_exclusive_runs_on_the_scheduler_thread(batched: Callable[..., Any])
     assert seen == [(True, 0)]
     model.engine.flush()
     assert client.generate(ask(1), max_tokens=20, temperature=0.0) == alone
+
+
+def test_unloading_a_model_held_exclusively_waits_for_the_holder(
+    batched: Callable[..., Any],
+) -> None:
+    """The pool unloading (or evicting) a model while a thread is inside ``with
+    model.lock:`` must not free the ``Llama`` under that thread: ``close()`` returns once
+    the holder has let go, and the holder's own calls keep working until then."""
+    client = batched(2)
+    model = client.load()
+    closer = threading.Thread(target=model.close, daemon=True)
+    with model.lock:
+        closer.start()
+        closer.join(2.0)  # a close that does not wait for the holder ends at once
+        freed_under_us = not closer.is_alive()
+        out = None if freed_under_us else model.llm.create_completion("hello", max_tokens=2)
+    closer.join(BLOCKED)
+    assert not closer.is_alive(), "close() stayed blocked after the holder let go"
+    assert not freed_under_us, "close() returned while a thread held model.lock"
+    assert out is not None and out["choices"][0]["text"] is not None
+
+
+def test_an_interrupted_wait_for_the_model_lock_does_not_keep_it_held(
+    batched: Callable[..., Any],
+) -> None:
+    """A thread waiting to enter ``with model.lock:`` is interrupted (Ctrl-C, a signal
+    handler raising): once the model is free again it serves requests; the lock it never
+    got is not taken on its behalf and kept for ever."""
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    client = batched(2)
+    model = client.load()
+    entered, leave = threading.Event(), threading.Event()
+
+    def other_holder() -> None:
+        with model.lock:
+            entered.set()
+            leave.wait(BLOCKED)
+
+    holder = threading.Thread(target=other_holder, daemon=True)
+    holder.start()
+    assert entered.wait(BLOCKED)
+
+    def interrupt_the_waiter() -> None:
+        while not model.engine._calls:  # the main thread's wait is queued
+            leave.wait(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    try:
+        threading.Thread(target=interrupt_the_waiter, daemon=True).start()
+        with pytest.raises(Interrupted), model.lock:
+            pytest.fail("entered the model lock while another thread held it")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    leave.set()
+    holder.join(BLOCKED)
+    got: list[str] = []
+    reader = threading.Thread(
+        target=lambda: got.append(client.generate(ask(1), max_tokens=5, temperature=0.0)),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(BLOCKED)
+    assert not reader.is_alive(), "the model stayed held after an interrupted lock wait"
+    assert got
