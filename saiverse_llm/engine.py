@@ -349,6 +349,10 @@ class Engine:
         self._closing = False
         self._held = False  # exclusive(): the caller uses the Llama; the scheduler skips it
         self._registered = False
+        self._seen = 0  # the scheduler's notify count when this engine's work began
+        self._t_decode = 0.0  # seconds of the last timed decode (trace)
+        self._busy = False  # its last turn on the scheduler did work
+        self._holder: int | None = None  # thread id inside exclusive()
         self._stopped = threading.Event()  # set by the scheduler once it dropped this engine
         self.steps = 0
         self.rows = 0
@@ -390,6 +394,10 @@ class Engine:
         :meth:`run_exclusive`, which runs a function on the scheduler thread."""
 
         left: list[bool] = []  # the caller is gone (its wait was interrupted, or it is done)
+        me = threading.get_ident()
+        with self._cond:
+            if self._held and self._holder == me:
+                raise RuntimeError(f"{self.name}: `with model.lock:` is not re-entrant")
 
         def hold() -> None:
             for slot in self._slots[1:]:
@@ -397,6 +405,7 @@ class Engine:
             with self._cond:
                 if not left:
                     self._held = True
+                    self._holder = me
 
         call = self._call(hold, idle=True, wait=False)
         try:
@@ -407,7 +416,9 @@ class Engine:
         finally:
             with self._cond:
                 left.append(True)
-                self._held = False
+                if self._holder == me:
+                    self._held = False
+                    self._holder = None
                 self._cond.notify_all()
             _scheduler.notify()
 
@@ -499,16 +510,27 @@ class Engine:
         :class:`EngineClosedError`. Called before the model is freed: waits for a thread
         inside :meth:`exclusive` to leave it (the ``Llama`` is in its hands)."""
         with self._cond:
+            if self._held and self._holder == threading.get_ident():
+                raise RuntimeError(
+                    f"{self.name}: this thread is inside `with model.lock:`; leave it before "
+                    "the model is unloaded"
+                )
             if self._closing:
                 return
             self._closing = True
             self._cond.notify_all()
             registered = self._registered
-        if registered:
-            _scheduler.notify()
-            if not _scheduler.on_thread():
-                self._stopped.wait()
-        error = EngineClosedError(f"{self.name}: the model was unloaded")
+        if registered and not _scheduler.on_thread():
+            # a finalizer may run this on a thread that holds the scheduler's lock: never
+            # block on it, knock until the scheduler has dropped this engine
+            while True:
+                _scheduler.notify(blocking=False)
+                if self._stopped.wait(0.05):
+                    break
+        self._abandon(EngineClosedError(f"{self.name}: the model was unloaded"))
+
+    def _abandon(self, error: BaseException) -> None:
+        """Fail every job and call still here with ``error`` (the engine has stopped)."""
         with self._cond:
             jobs = [s.job for s in self._slots if s.job is not None]
             jobs += [*self._queue, *self._parked]
@@ -573,9 +595,11 @@ class Engine:
 
     # -- the scheduler thread ------------------------------------------------------------
 
-    def _tick(self) -> bool | object:
+    def _tick(self, seen: int) -> bool | object:
         """On the scheduler thread: this engine's next piece of work, a call or a step
-        (then its repeats while nothing else is to be done). True when it did something,
+        (then its repeats while nothing else is to be done, ``seen`` being the scheduler's
+        notify count when this round began: any later arrival, even of an engine not yet in
+        the round, ends the repeats). True when it did something,
         False when it has nothing to do, ``_CLOSED`` once it is closing. The scheduler thread
         is the only one that touches the context (decode, sampling, the KV memory) while
         the engine runs."""
@@ -584,7 +608,9 @@ class Engine:
             with cond:
                 if self._closing and not self._held:  # close() waits for the holder
                     return _CLOSED
+                self._seen = seen  # the scheduler's count when it listed the engines
                 work = self._next_work()
+                self._busy = work is not None
                 if work is None:
                     return False
                 self._in_step = isinstance(work, list)
@@ -600,12 +626,13 @@ class Engine:
                         self.steps += 1
                     self._in_step = False
                     cond.notify_all()
-        except Exception:  # pragma: no cover - a bug in the scheduler itself
+        except BaseException as exc:  # a bug (or SystemExit from a hook): this model only
             logger.exception("%s: the batching scheduler failed; the model is stopped", self.name)
             with cond:
                 self._in_step = False
                 self._closing = True
                 cond.notify_all()
+            self._abandon(EngineClosedError(f"{self.name}: the scheduler failed ({exc!r})"))
             return _CLOSED
         return True
 
@@ -881,7 +908,7 @@ class Engine:
         k = len(plan)
         b = self._batch
         token, pos, raw = b.token, b.pos, b.raw
-        decode = self._lc.llama_decode
+        decode = self._decoder()
         ctx = self.llm.ctx
         limit = self.settings.max_unread
         jobs = [job for job, _, _ in plan]
@@ -905,20 +932,21 @@ class Engine:
         try:
             while True:
                 self.steps += 1
-                if self.trace is None:
-                    rc = decode(ctx, raw)
-                    t_decode = 0.0
-                else:
-                    t0 = clock()
-                    rc = decode(ctx, raw)
-                    t_decode = clock() - t0
+                rc = decode(ctx, raw)
                 self.rows += k
                 if rc:
                     break
                 positions += 1  # every row decoded its token: n_past + 1
                 sampled = greedy_rows(ctx, samplers, n_vocab, views) if greedy else None
+                errors: dict[int, Exception] = {}
                 if sampled is None:
-                    sampled = [s.sample(ctx, row) for row, s in enumerate(samplers)]
+                    sampled = []
+                    for row, sampler in enumerate(samplers):
+                        try:
+                            sampled.append(sampler.sample(ctx, row))
+                        except Exception as exc:  # this request only (its grammar, ...)
+                            sampled.append(0)
+                            errors[row] = exc
                 token[:k] = sampled
                 go_on = True
                 now = clock()
@@ -926,6 +954,10 @@ class Engine:
                     job = jobs[row]
                     gen = gens[row]
                     out = job._out
+                    if errors and row in errors:
+                        ended.append((job, _FAILED, errors[row]))
+                        go_on = False
+                        continue
                     try:
                         text = gen.accept(sampled[row])
                         if text:
@@ -948,7 +980,7 @@ class Engine:
                     if job._cancel or len(out) >= limit:
                         go_on = False
                 if self.trace is not None:
-                    self.trace.append((clock(), k, t_decode))
+                    self.trace.append((clock(), k, self._t_decode))
                 if not go_on or self._waiting():
                     break
         finally:
@@ -978,7 +1010,7 @@ class Engine:
         assert slot is not None
         b = self._batch
         token, pos, raw = b.token, b.pos, b.raw
-        decode = self._lc.llama_decode
+        decode = self._decoder()
         ctx = self.llm.ctx
         limit = self.settings.max_unread
         tokens, out, gen = job.tokens, job._out, job.gen
@@ -992,13 +1024,7 @@ class Engine:
                 self.steps += 1
                 token[0] = tokens[n]
                 pos[0] = n
-                if self.trace is None:
-                    rc = decode(ctx, raw)
-                    t_decode = 0.0
-                else:
-                    t0 = clock()
-                    rc = decode(ctx, raw)
-                    t_decode = clock() - t0
+                rc = decode(ctx, raw)
                 self.rows += 1
                 if rc:
                     break
@@ -1022,7 +1048,7 @@ class Engine:
                 if now - job._woken_at >= WAKE_INTERVAL or len(out) >= backlog:
                     job._wake(now)
                 if self.trace is not None:
-                    self.trace.append((clock(), 1, t_decode))
+                    self.trace.append((clock(), 1, self._t_decode))
                 if job._cancel or len(out) >= limit or self._waiting():
                     return
         finally:
@@ -1033,12 +1059,28 @@ class Engine:
             self._decode_failed(plan, rc)
             return
         if self.trace is not None:
-            self.trace.append((clock(), 1, t_decode))
+            self.trace.append((clock(), 1, self._t_decode))
         with self._cond:
             if failed is not None:
                 self._finish(job, _FAILED, failed, keep=False)
             else:
                 self._finish(job, _DONE, None, keep=self.settings.cache_prompts)
+
+    def _decoder(self) -> Callable[[Any, Any], int]:
+        """``llama_decode`` for a steady loop: the C function itself, or, while
+        :attr:`trace` is on when the loop starts, one that keeps its seconds in
+        ``_t_decode`` for the trace."""
+        decode: Callable[[Any, Any], int] = self._lc.llama_decode
+        if self.trace is None:
+            return decode
+
+        def timed(ctx: Any, batch: Any) -> int:
+            t0 = time.perf_counter()
+            rc = decode(ctx, batch)
+            self._t_decode = time.perf_counter() - t0
+            return rc
+
+        return timed
 
     def _waiting(self) -> bool:
         """Work for :meth:`_next_work` (without the lock): a cancel, a request, a call, a
@@ -1049,9 +1091,13 @@ class Engine:
             or self._calls
             or self._parked
             or self._closing
-            or _scheduler.signal
-            or _scheduler.busy > 1
+            or _scheduler.seq != self._seen
+            or _scheduler.others_want(self)
         )
+
+    def _wants(self) -> bool:
+        """Without the lock: this engine has work waiting, or did work at its last turn."""
+        return bool(self._queue or self._calls or self._cancels or self._parked or self._busy)
 
     def _decode_failed(self, plan: list[tuple[Job, int, bool]], rc: int) -> None:
         """``llama_decode`` returned ``rc`` != 0: every job of the step fails with it."""
@@ -1134,11 +1180,9 @@ class _Scheduler:
         self._cond = threading.Condition(threading.Lock())
         self._engines: list[Engine] = []
         self._thread: threading.Thread | None = None
-        #: set by :meth:`notify` (work arrived for some engine); cleared at each round
-        self.signal = False
-        #: engines that did work in the last round: with more than one, each engine's
-        #: steady loop gives way after every step
-        self.busy = 0
+        #: counts :meth:`notify` calls (work arrived for some engine): a steady loop that saw
+        #: it change gives way; never reset, so no arrival is lost between rounds
+        self.seq = 0
 
     def add(self, engine: Engine) -> None:
         """Serve ``engine`` (the thread starts with the first one). Lock order: an
@@ -1152,14 +1196,14 @@ class _Scheduler:
                     target=self._run, name="saiverse-llm scheduler", daemon=True
                 )
                 self._thread.start()
-            self.signal = True
+            self.seq += 1
             self._cond.notify()
 
     def notify(self, *, blocking: bool = True) -> None:
         """Work arrived. ``blocking=False`` (a finalizer, which may run anywhere, even on
         a thread that holds this lock) never waits for the lock: the flag is seen at the
         next round, or at the poll of an engine that has jobs."""
-        self.signal = True
+        self.seq += 1  # racing increments may merge; only "it changed" is read
         if self._cond.acquire(blocking=blocking):
             try:
                 self._cond.notify()
@@ -1169,25 +1213,32 @@ class _Scheduler:
     def on_thread(self) -> bool:
         return self._thread is not None and self._thread is threading.current_thread()
 
+    def others_want(self, me: Engine) -> bool:
+        """On the scheduler thread: another engine has work waiting or running (then each
+        engine's steady loop gives way after every step, and they take turns)."""
+        engines = self._engines
+        if len(engines) < 2:
+            return False
+        return any(e is not me and e._wants() for e in engines)
+
     def _run(self) -> None:
         while True:
-            self.signal = False
+            seen = self.seq
             engines = list(self._engines)
             did = 0
             for engine in engines:
-                result = engine._tick()
+                result = engine._tick(seen)
                 if result is _CLOSED:
                     with self._cond:
                         self._engines.remove(engine)
                     engine._stopped.set()
                 elif result:
                     did += 1
-            self.busy = did
             if did:
                 continue
             timeout = _min_timeout([e._deadline() for e in engines])  # each takes its lock
             with self._cond:
-                if self.signal:
+                if self.seq != seen:
                     continue
                 self._cond.wait(timeout)
 

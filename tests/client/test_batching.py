@@ -643,3 +643,139 @@ def test_an_interrupted_wait_for_the_model_lock_does_not_keep_it_held(
     reader.join(BLOCKED)
     assert not reader.is_alive(), "the model stayed held after an interrupted lock wait"
     assert got
+
+
+def test_model_lock_is_not_reentrant_and_its_holder_cannot_unload_it(
+    batched: Callable[..., Any],
+) -> None:
+    """Inside ``with model.lock:``, entering it again or unloading the model from the same
+    thread would wait for itself for ever: both are errors that say so, and the model
+    works after the holder leaves."""
+    client = batched(2)
+    model = client.load()
+    with model.lock:
+        with pytest.raises(RuntimeError, match="not re-entrant"), model.lock:
+            pass
+        with pytest.raises(RuntimeError, match="leave it before the model is unloaded"):
+            model.engine.close()
+    assert client.generate(ask(1), max_tokens=5, temperature=0.0) is not None
+
+
+def test_two_models_streaming_at_once_both_progress(batched: Callable[..., Any]) -> None:
+    """The scheduler thread is shared: while one model streams a long reply, requests on
+    another model are answered before that reply ends, again and again (no model waits
+    for another's whole reply)."""
+    long_model = batched(2, context_length=2304)
+    short_model = batched(2, context_length=512)
+    long_model.load()
+    short_model.load()
+    stream = long_model.generate_stream(ask(1), max_tokens=2000, temperature=0.0, ignore_eos=True)
+    done = threading.Event()
+    chunks = [0]
+
+    def read() -> None:
+        for _ in stream:
+            chunks[0] += 1
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while chunks[0] < 5:
+        threading.Event().wait(0.001)
+    answered_during = 0
+    for i in range(10):
+        assert short_model.generate(ask(i), max_tokens=2, temperature=0.0) is not None
+        answered_during += not done.is_set()
+    reader.join(BLOCKED)
+    assert done.is_set()
+    assert answered_during >= 9, answered_during  # the long reply takes ~2000 steps
+
+
+def test_a_sampler_failing_in_a_batch_fails_its_request_only(
+    batched: Callable[..., Any],
+) -> None:
+    """In the batched steady loop a request's sampler raises (its own failure: here a
+    sampler that gives up after 10 tokens): that request ends with the error, the request
+    beside it completes with the same text as alone, and the model serves calls after."""
+    from saiverse_llm.generation import Generation, ReplyBuilder
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    class GivesUp(Sampler):
+        calls = 0
+
+        def sample(self, ctx: Any, idx: int = -1) -> int:
+            self.calls += 1
+            if self.calls > 10:
+                raise ValueError("this sampler gives up")
+            return super().sample(ctx, idx)
+
+    client = batched(2)
+    model = client.load()
+    prompt = client.format_prompt(ask(1)).tokens
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+    model.engine.flush()
+    alone = model.engine.submit(
+        Generation(prompt, Sampler(model.vocab, params), ReplyBuilder(model.vocab, max_tokens=200))
+    ).result()
+    model.engine.flush()
+    failing = model.engine.submit(
+        Generation(
+            client.format_prompt(ask(2)).tokens,
+            GivesUp(model.vocab, params, route="chain"),
+            ReplyBuilder(model.vocab, max_tokens=200),
+        )
+    )
+    good = model.engine.submit(
+        Generation(prompt, Sampler(model.vocab, params), ReplyBuilder(model.vocab, max_tokens=200))
+    )
+    with pytest.raises(ValueError, match="gives up"):
+        failing.result()
+    assert good.result() == alone
+    settle(model)
+    assert client.generate(ask(3), max_tokens=5, temperature=0.0) is not None
+
+
+def test_a_model_whose_scheduling_fails_ends_its_streams_and_others_go_on(
+    batched: Callable[..., Any],
+) -> None:
+    """A request's hook raises SystemExit (not an Exception: it escapes the per-request
+    handling and stops that model's engine): every request of that model ends with an
+    error instead of waiting for ever, and another model still answers."""
+    from saiverse_llm.generation import Generation, ReplyBuilder
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    broken = batched(2, context_length=512)
+    other = batched(2, context_length=640)
+    model = broken.load()
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+
+    def hook(index: int, text: str) -> None:
+        if index >= 20:
+            raise SystemExit("a hook exits")
+
+    jobs = [
+        model.engine.submit(
+            Generation(
+                broken.format_prompt(ask(i)).tokens,
+                Sampler(model.vocab, params),
+                ReplyBuilder(model.vocab, max_tokens=300, on_text=hook if i == 0 else None),
+            )
+        )
+        for i in range(2)
+    ]
+    errors: list[BaseException | None] = [None, None]
+
+    def read(i: int) -> None:
+        try:
+            jobs[i].result()
+        except BaseException as exc:  # collected: the test checks its kind
+            errors[i] = exc
+
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(BLOCKED)
+    assert not any(t.is_alive() for t in threads), "a reader waited for ever"
+    assert all(e is not None for e in errors), errors
+    assert other.generate(ask(1), max_tokens=5, temperature=0.0) is not None
