@@ -1180,6 +1180,7 @@ class _Scheduler:
         self._cond = threading.Condition(threading.Lock())
         self._engines: list[Engine] = []
         self._thread: threading.Thread | None = None
+        self._calls: deque[_Call] = deque()  # run_on_decode_thread()
         #: counts :meth:`notify` calls (work arrived for some engine): a steady loop that saw
         #: it change gives way; never reset, so no arrival is lost between rounds
         self.seq = 0
@@ -1191,13 +1192,33 @@ class _Scheduler:
         with self._cond:
             if engine not in self._engines:
                 self._engines.append(engine)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="saiverse-llm scheduler", daemon=True
-                )
-                self._thread.start()
+            self._start()
             self.seq += 1
             self._cond.notify()
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on this thread, between two engines' turns; its result or its error."""
+        if self.on_thread():
+            return fn()
+        box: list[T] = []
+        call = _Call(lambda: box.append(fn()), idle=False)
+        with self._cond:
+            self._calls.append(call)
+            self._start()
+            self.seq += 1
+            self._cond.notify()
+        call.finished.wait()
+        if call.error is not None:
+            raise call.error
+        return box[0]
+
+    def _start(self) -> None:
+        """Under the lock: the thread, started once."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="saiverse-llm scheduler", daemon=True
+            )
+            self._thread.start()
 
     def notify(self, *, blocking: bool = True) -> None:
         """Work arrived. ``blocking=False`` (a finalizer, which may run anywhere, even on
@@ -1226,6 +1247,9 @@ class _Scheduler:
             seen = self.seq
             engines = list(self._engines)
             did = 0
+            while self._calls:
+                self._calls.popleft().run()
+                did += 1
             for engine in engines:
                 result = engine._tick(seen)
                 if result is _CLOSED:
@@ -1241,6 +1265,14 @@ class _Scheduler:
                 if self.seq != seen:
                     continue
                 self._cond.wait(timeout)
+
+
+def run_on_decode_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on the thread that runs every decode of the loaded models, and its result
+    (or its error). For code that decodes with a ``llama_cpp.Llama`` of its own (an
+    embedding model, a benchmark's raw loop): with llama.cpp's OpenMP CPU backend, a
+    second thread that decodes slows every decode of the process (see ``_Scheduler``)."""
+    return _scheduler.run(fn)
 
 
 def _min_timeout(timeouts: list[float | None]) -> float | None:

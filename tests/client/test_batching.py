@@ -779,3 +779,15 @@ def test_a_model_whose_scheduling_fails_ends_its_streams_and_others_go_on(
     assert not any(t.is_alive() for t in threads), "a reader waited for ever"
     assert all(e is not None for e in errors), errors
     assert other.generate(ask(1), max_tokens=5, temperature=0.0) is not None
+
+
+def test_run_on_decode_thread_runs_where_the_models_decode(batched: Callable[..., Any]) -> None:
+    """``run_on_decode_thread(fn)`` (for a raw ``Llama`` of one's own) runs ``fn`` on the
+    scheduler thread and returns its result or raises its error."""
+    from saiverse_llm.engine import run_on_decode_thread
+
+    model = batched(2).load()
+    assert model.engine.run_exclusive(lambda llm: 1) == 1  # the scheduler is up
+    assert run_on_decode_thread(model.engine.on_scheduler_thread) is True
+    with pytest.raises(ZeroDivisionError):
+        run_on_decode_thread(lambda: 1 // 0)
