@@ -77,6 +77,21 @@ def run_threads(work: Callable[[int], None], n: int) -> list[BaseException]:
     return errors
 
 
+def answered(client: Any, why: str, **kwargs: Any) -> str:
+    """``client.generate(ask(1), temperature=0, **kwargs)`` on a thread of its own; fails
+    with ``why`` when it is still blocked after BLOCKED seconds."""
+    got: list[str] = []
+    reader = threading.Thread(
+        target=lambda: got.append(client.generate(ask(1), temperature=0.0, **kwargs)),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(BLOCKED)
+    assert not reader.is_alive(), why
+    assert got
+    return got[0]
+
+
 def settle(model: Any) -> None:
     assert model.engine.wait_idle(BLOCKED), model.engine.stats()
 
@@ -542,16 +557,8 @@ def test_one_model_held_exclusively_does_not_stop_another(batched: Callable[...,
     a reply on a second model completes while the first is held."""
     held = batched(2, context_length=512)
     other = batched(2, context_length=640)
-    got: list[str] = []
     with held.load().lock:
-        reader = threading.Thread(
-            target=lambda: got.append(other.generate(ask(1), max_tokens=20, temperature=0.0)),
-            daemon=True,
-        )
-        reader.start()
-        reader.join(BLOCKED)
-        assert not reader.is_alive(), "a call on another model waited for the held one"
-    assert got and got[0]
+        assert answered(other, "a call on another model waited for the held one", max_tokens=20)
     assert held.generate(ask(1), max_tokens=5, temperature=0.0) is not None
 
 
@@ -634,15 +641,7 @@ def test_an_interrupted_wait_for_the_model_lock_does_not_keep_it_held(
         signal.signal(signal.SIGUSR1, previous)
     leave.set()
     holder.join(BLOCKED)
-    got: list[str] = []
-    reader = threading.Thread(
-        target=lambda: got.append(client.generate(ask(1), max_tokens=5, temperature=0.0)),
-        daemon=True,
-    )
-    reader.start()
-    reader.join(BLOCKED)
-    assert not reader.is_alive(), "the model stayed held after an interrupted lock wait"
-    assert got
+    answered(client, "the model stayed held after an interrupted lock wait", max_tokens=5)
 
 
 def test_model_lock_is_not_reentrant_and_its_holder_cannot_unload_it(
