@@ -400,8 +400,7 @@ class Engine:
                 raise RuntimeError(f"{self.name}: `with model.lock:` is not re-entrant")
 
         def hold() -> None:
-            for slot in self._slots[1:]:
-                self._forget(slot)
+            self._forget_others()
             with self._cond:
                 if not left:
                     self._held = True
@@ -430,8 +429,7 @@ class Engine:
         box: list[T] = []
 
         def run() -> None:
-            for slot in self._slots[1:]:
-                self._forget(slot)
+            self._forget_others()
             box.append(fn(self.llm))
 
         self._call(run, idle=True)
@@ -1086,18 +1084,19 @@ class Engine:
         """Work for :meth:`_next_work` (without the lock): a cancel, a request, a call, a
         parked job, a close; or other models' work (the scheduler thread is shared)."""
         return bool(
-            self._cancels
-            or self._queue
-            or self._calls
-            or self._parked
+            self._pending()
             or self._closing
             or _scheduler.seq != self._seen
             or _scheduler.others_want(self)
         )
 
+    def _pending(self) -> bool:
+        """Without the lock: a cancel, a request, a call or a parked job waits here."""
+        return bool(self._cancels or self._queue or self._calls or self._parked)
+
     def _wants(self) -> bool:
         """Without the lock: this engine has work waiting, or did work at its last turn."""
-        return bool(self._queue or self._calls or self._cancels or self._parked or self._busy)
+        return self._busy or self._pending()
 
     def _decode_failed(self, plan: list[tuple[Job, int, bool]], rc: int) -> None:
         """``llama_decode`` returned ``rc`` != 0: every job of the step fails with it."""
@@ -1147,6 +1146,12 @@ class Engine:
         job._end(state, error)
         self._cond.notify_all()
 
+    def _forget_others(self) -> None:
+        """Before direct use of the ``Llama`` (its calls trim every sequence): drop the
+        cached prefixes of sequences 1.. (sequence 0's record is the ``Llama``'s own)."""
+        for slot in self._slots[1:]:
+            self._forget(slot)
+
     def _release(self, slot: _Slot, *, keep: bool) -> None:
         slot.job = None
         if not keep:
@@ -1192,9 +1197,7 @@ class _Scheduler:
         with self._cond:
             if engine not in self._engines:
                 self._engines.append(engine)
-            self._start()
-            self.seq += 1
-            self._cond.notify()
+            self._arrived()
 
     def run(self, fn: Callable[[], T]) -> T:
         """``fn()`` on this thread, between two engines' turns; its result or its error."""
@@ -1204,13 +1207,17 @@ class _Scheduler:
         call = _Call(lambda: box.append(fn()), idle=False)
         with self._cond:
             self._calls.append(call)
-            self._start()
-            self.seq += 1
-            self._cond.notify()
+            self._arrived()
         call.finished.wait()
         if call.error is not None:
             raise call.error
         return box[0]
+
+    def _arrived(self) -> None:
+        """Under the lock: work arrived; the thread runs (started once) and is woken."""
+        self._start()
+        self.seq += 1
+        self._cond.notify()
 
     def _start(self) -> None:
         """Under the lock: the thread, started once."""
