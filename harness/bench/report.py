@@ -210,6 +210,8 @@ class ResultSet:
     agreements: list[dict[str, Any]] = field(default_factory=list)  # agree-*.json contents
     #: (variant, model) -> [(metric, why)] for figures measured while other work competed
     busy: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    #: (variant, model, metric) -> why no figure is derived (the cell reads "n/a")
+    refused: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def get(self, variant: str, model: str, metric: str) -> Measurement | None:
         for m in self.measurements:
@@ -305,6 +307,7 @@ def _settings_from_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
         "n_seq_max",
         "n_ctx_seq",
         "llama_batched_bench",
+        "completion_tokens",  # per measured round (chat and stream rows)
     )
     return {k: extra[k] for k in keys if k in extra}
 
@@ -723,8 +726,44 @@ def parity_diagnosis(rs: ResultSet, ours: Measurement, lb: Measurement, ratio: f
     return text
 
 
+def completion_tokens(m: Measurement) -> list[int] | None:
+    """The completion tokens of each measured round of ``m`` (a chat or stream row records
+    them in ``extra_info["completion_tokens"]``), None when not recorded."""
+    value = m.settings.get("completion_tokens")
+    items: list[Any] = value if isinstance(value, list) else [value]
+    counts = [n for n in items if isinstance(n, int) and not isinstance(n, bool)]
+    return counts if counts and len(counts) == len(items) else None
+
+
+def _span(counts: Sequence[int]) -> str:
+    low, high = min(counts), max(counts)
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def unequal_work(raw: Measurement, client: Measurement) -> str | None:
+    """Why ``client / raw - 1`` would not be the client's overhead, or None when it is: the
+    two chat rows (``chat_raw``, ``chat_client``) must have generated the same number of
+    completion tokens in every measured round (a 14-token reply timed against a 128-token
+    one measures the reply lengths, not the client)."""
+    raw_n, client_n = completion_tokens(raw), completion_tokens(client)
+    if raw_n is None or client_n is None:
+        rows = [name for name, n in (("chat_raw", raw_n), ("chat_client", client_n)) if n is None]
+        return (
+            f"completion tokens per round not recorded for {' and '.join(rows)}, so it is not "
+            "known whether both rows timed the same work"
+        )
+    if len(set(raw_n) | set(client_n)) > 1:
+        return (
+            f"the client's replies had {_span(client_n)} completion tokens and the raw "
+            f"Llama's {_span(raw_n)}: the two rows timed unequal work"
+        )
+    return None
+
+
 def add_derived(rs: ResultSet) -> None:
-    """Parity (harness / llama-bench) and client overhead (client / raw - 1), in place."""
+    """Parity (harness / llama-bench) and client overhead (client / raw - 1, only when both
+    chat rows generated the same number of completion tokens: :func:`unequal_work`), in
+    place."""
     flag_busy(rs)
     have = {(m.variant, m.model, m.metric) for m in rs.measurements}
     new: list[Measurement] = []
@@ -797,10 +836,18 @@ def add_derived(rs: ResultSet) -> None:
             + "; ".join(f"{', '.join(v)} on {h}" for h, v in sorted(hosts.items()))
             + "): ratios between them compare machines as well as builds"
         )
-    for var, model in {(m.variant, m.model) for m in rs.measurements}:
+    for var, model in sorted({(m.variant, m.model) for m in rs.measurements}):
         raw = rs.get(var, model, "chat_raw")
         cli = rs.get(var, model, "chat_client")
         if raw and cli and raw.value > 0 and (var, model, "client_overhead") not in have:
+            why = unequal_work(raw, cli)
+            if why is not None:
+                rs.refused[(var, model, "client_overhead")] = why
+                rs.notes.append(
+                    f"{var}/{model}: client overhead n/a: {why}; fix: rerun `nox -s "
+                    f"bench-{var}` (its chat rows stop both replies at the same length)"
+                )
+                continue
             ratio = cli.value / raw.value
             new.append(
                 Measurement(
@@ -1039,8 +1086,11 @@ def render_markdown(
         )
     lines.append("")
     for model in rs.models():
+        refused = {metric for (_v, mod, metric) in rs.refused if mod == model}
         metrics = [
-            m for m in rs.metrics(model) if not _STREAM_LEN_RE.match(m) and not _BATCH_RE.match(m)
+            m
+            for m in sorted(set(rs.metrics(model)) | refused, key=_order_key)
+            if not _STREAM_LEN_RE.match(m) and not _BATCH_RE.match(m)
         ]
         settings = _model_settings(rs, model)
         lines += [f"## {model}", ""]
@@ -1054,7 +1104,10 @@ def render_markdown(
             for metric in metrics:
                 m = rs.get(var, model, metric)
                 base = rs.get(rs.baseline, model, metric)
-                cells.append(format_cell(m, base) if m else "—")
+                if m is not None:
+                    cells.append(format_cell(m, base))
+                else:
+                    cells.append("n/a" if (var, model, metric) in rs.refused else "—")
             ok = info.status in OK_STATUSES
             label = var if ok else f"{var} ({info.status})"
             label += row_notes(info)
@@ -1350,6 +1403,7 @@ def _model_settings(rs: ResultSet, model: str) -> str:
                 "load",
                 "isolation",
                 "c_side_tps",
+                "completion_tokens",
             ):
                 seen.setdefault(k, set()).add(str(v))
     info = rs.variants
@@ -1552,6 +1606,10 @@ def to_json(
         },
         "measurements": [m.to_dict() for m in rs.measurements],
         "notes": list(dict.fromkeys(rs.notes)),
+        "refused": [
+            {"variant": v, "model": mod, "metric": metric, "reason": why}
+            for (v, mod, metric), why in sorted(rs.refused.items())
+        ],
         "agreements": rs.agreements,
         "comparison": None
         if regressions is None

@@ -181,12 +181,57 @@ def test_markdown_table_ratio_status_and_parity(tmp_path: Path) -> None:
     assert parity is not None and parity.value == pytest.approx(0.8)
 
 
+def chat_doc(raw: float, client: float, tokens: dict[str, list[int]]) -> dict[str, Any]:
+    """The two chat rows of benchmarks/test_client.py with the completion tokens of each
+    measured round (``tokens``: "raw" / "client" -> counts; a missing key: not recorded)."""
+    doc = bench_doc("cpu", "gemma-3-270m", {"chat_raw": raw, "chat_client": client})
+    for bench, side in zip(doc["benchmarks"], ("raw", "client"), strict=True):
+        if side in tokens:
+            bench["extra_info"]["completion_tokens"] = tokens[side]
+    return doc
+
+
 def test_client_overhead_is_derived(tmp_path: Path) -> None:
     root = tmp_path / "reports"
-    write_variant(root, "cpu", bench_doc("cpu", "tiny", {"chat_raw": 0.2, "chat_client": 0.21}))
+    write_variant(root, "cpu", chat_doc(0.2, 0.21, {"raw": [128] * 5, "client": [128] * 5}))
     rs = report.collect(root)
-    m = rs.get("cpu", "tiny", "client_overhead")
+    m = rs.get("cpu", "gemma-3-270m", "client_overhead")
     assert m is not None and m.value == pytest.approx(5.0)
+    assert not rs.refused
+
+
+@pytest.mark.parametrize(
+    ("tokens", "why"),
+    [
+        # Gemma 3 270M before the fix: the alpaca template's stop string ended the client's
+        # reply at 14 tokens, the raw reply ran to max_tokens (the cell read -85%)
+        (
+            {"raw": [128] * 5, "client": [14] * 5},
+            "the client's replies had 14 completion tokens and the raw Llama's 128",
+        ),
+        ({"raw": [128, 129, 128], "client": [128] * 3}, "raw Llama's 128-129"),
+        ({"raw": [128] * 5}, "not recorded for chat_client"),
+        ({}, "not recorded for chat_raw and chat_client"),
+    ],
+)
+def test_client_overhead_is_na_unless_both_rows_generated_the_same_tokens(
+    tmp_path: Path, tokens: dict[str, list[int]], why: str
+) -> None:
+    """client / raw - 1 is the client's overhead only for equal work: a reply of another
+    length gives no figure; the cell reads n/a and a note says why."""
+    root = tmp_path / "reports"
+    write_variant(root, "cpu", chat_doc(3.19, 0.48, tokens))
+    rs = report.collect(root)
+    assert rs.get("cpu", "gemma-3-270m", "client_overhead") is None
+    assert why in rs.refused[("cpu", "gemma-3-270m", "client_overhead")]
+    lines = report.render_markdown(rs).splitlines()
+    header = next(line for line in lines if "client overhead" in line)
+    row = lines[lines.index(header) + 2]
+    assert row.startswith("| cpu |")
+    assert row.split("|")[header.split("|").index(" client overhead ")].strip() == "n/a"
+    note = next(line for line in lines if "client overhead n/a" in line)
+    assert why in note and "cpu/gemma-3-270m" in note
+    assert "completion_tokens" not in next(line for line in lines if line.startswith("Settings"))
 
 
 def test_pngs_json_and_step_summary_written(tmp_path: Path) -> None:
