@@ -141,13 +141,16 @@ def run_streams(
     return out
 
 
-def aggregate_rate(trace: list[tuple[float, int, float]], b: int) -> float:
+def aggregate_rate(trace: list[tuple[float, int, int, float]], b: int) -> float:
     """Tokens per second over the steps that sampled all ``b`` sequences (from the end of
-    the first such step to the end of the last one)."""
-    full = [i for i, (_, n, _) in enumerate(trace) if n == b]
-    assert len(full) >= N_GEN // 2, f"only {len(full)} steps decoded all {b} sequences"
+    the first such entry to the end of the last one; an entry is a step, or a call of the
+    compiled loop that ran several: ``Engine.trace``)."""
+    full = [i for i, (_, _, rows, _) in enumerate(trace) if rows == b]
+    steps = sum(trace[i][1] for i in full)
+    assert steps >= N_GEN // 2, f"only {steps} steps decoded all {b} sequences"
+    assert len(full) >= 2, f"only {len(full)} trace entries decoded all {b} sequences"
     first, last = full[0], full[-1]
-    tokens = sum(n for _, n, _ in trace[first + 1 : last + 1])
+    tokens = sum(n * rows for _, n, rows, _ in trace[first + 1 : last + 1])
     return tokens / (trace[last][0] - trace[first][0])
 
 
@@ -173,18 +176,24 @@ def ttft_under_load(client: LlamaCppClient, b: int) -> tuple[float, int]:
     engine.flush()
     convs = prompts(client, b)
     stop = threading.Event()
-    decoding = threading.Barrier(b)
+    decoding = threading.Barrier(b, timeout=BLOCKED)
 
     def background(conv: list[dict[str, str]]) -> None:
         stream = client.generate_stream(
             conv, max_tokens=4 * N_GEN, temperature=0.0, ignore_eos=True
         )
-        for n, _ in enumerate(stream):
-            if n == 1:  # decoding: its first chunks have arrived
-                decoding.wait()
-            if stop.is_set():
-                break
-        stream.close()  # type: ignore[attr-defined]
+        waited = False
+        try:
+            for _ in stream:
+                if not waited:  # decoding: its first text has arrived (the one chunk sure
+                    waited = True  # to come: the compiled loop hands over up to 50 ms of
+                    decoding.wait()  # text at a time, a tiny model's whole reply)
+                if stop.is_set():
+                    break
+        finally:
+            stream.close()  # type: ignore[attr-defined]
+            if not waited:
+                decoding.abort()  # the measurement fails instead of waiting for ever
 
     readers = [threading.Thread(target=background, args=(c,), daemon=True) for c in convs[:-1]]
     for r in readers:

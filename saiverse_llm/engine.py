@@ -52,8 +52,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from saiverse_llm import native_loop
 from saiverse_llm.errors import GenerationError
 from saiverse_llm.generation import Generation, check_decode
+from saiverse_llm.native_loop import NativeLoop
 from saiverse_llm.sampling import greedy_rows
 
 logger = logging.getLogger("saiverse_llm")
@@ -74,6 +76,17 @@ CANCEL_POLL = 0.5
 #: token of a fast model (a thread switch and a GIL hand-over per token) cost a quarter of
 #: the decode rate on a tiny model; a slow model's step is longer than this anyway.
 WAKE_INTERVAL = 0.002
+#: Seconds of decoding one call of the compiled loop may run (:mod:`saiverse_llm.native_loop`)
+#: before Python turns its tokens into text (``EngineSettings.chunk_seconds``): a fast
+#: model's text then reaches its reader 20 times a second (the first token at once). Each
+#: call costs ~0.2-0.6 ms around it here (2 cores: the GIL hand-over, the reader's wake-up,
+#: Python's share of the text): measured on the tiny model, 2,048 tokens, 2 threads, the
+#: stream reached 0.93 of llama.cpp's eval rate with 5 ms calls, 0.956 with 20 ms and
+#: 0.966 with 50 ms (the bare Python loop: 0.95). A model slower than this per token
+#: decodes one step per call.
+DEFAULT_CHUNK_SECONDS = 0.05
+#: The most steps one call of the compiled loop decodes.
+NATIVE_MAX_STEPS = 256
 
 
 class StreamTimeoutError(GenerationError):
@@ -92,13 +105,16 @@ class EngineSettings:
     ``n_seq``: sequences decoded together (llama.cpp's ``n_seq_max``); ``prefill_chunk``:
     prompt tokens per step while others decode; ``max_unread``: chunks a reader may leave
     waiting before its sequence pauses; ``stall_timeout``: seconds a paused stream is kept;
-    ``cache_prompts``: a finished sequence's KV stays as a prefix for the next request."""
+    ``cache_prompts``: a finished sequence's KV stays as a prefix for the next request;
+    ``chunk_seconds``: seconds of decode steps per call of the compiled loop (see
+    :data:`DEFAULT_CHUNK_SECONDS`)."""
 
     n_seq: int = 1
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     max_unread: int = DEFAULT_MAX_UNREAD
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     cache_prompts: bool = True
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS
 
     def __post_init__(self) -> None:
         if self.n_seq < 1:
@@ -109,6 +125,8 @@ class EngineSettings:
             raise ValueError(f"max_unread: bad value {self.max_unread!r}; use >= 2")
         if not self.stall_timeout > 0:
             raise ValueError(f"stall_timeout: bad value {self.stall_timeout!r}; use > 0 s")
+        if not 0 < self.chunk_seconds <= 1:
+            raise ValueError(f"chunk_seconds: bad value {self.chunk_seconds!r}; use 0 < s <= 1")
 
 
 # --- one request ------------------------------------------------------------------------
@@ -354,15 +372,33 @@ class Engine:
         self._busy = False  # its last turn on the scheduler did work
         self._holder: int | None = None  # thread id inside exclusive()
         self._stopped = threading.Event()  # set by the scheduler once it dropped this engine
-        self.steps = 0
+        #: decode steps so far; a C int64 that the compiled loop advances step by step, so a
+        #: request submitted during one of its calls reads the true count (join waits)
+        self._steps = ctypes.c_int64(0)
         self.rows = 0
         self.last_join_wait = -1  # steps the last admitted request waited for a sequence
         self.peak_sequences = 0  # the most sequences one step has decoded
-        #: when a list: (time.perf_counter() after the step, tokens sampled, seconds in
-        #: llama_decode) per step (benchmarks set it)
-        self.trace: list[tuple[float, int, float]] | None = None
+        self.native_calls = 0  # calls of the compiled loop
+        #: when a list: (time.perf_counter() after the steps, steps, tokens sampled per
+        #: step, seconds in llama_decode) per step, or per call of the compiled loop
+        #: (benchmarks set it)
+        self.trace: list[tuple[float, int, int, float]] | None = None
+        #: False: the Python steady loop even where the compiled one could run (tests
+        #: compare the two)
+        self.native = True
+        self._native_out = np.zeros(NATIVE_MAX_STEPS * settings.n_seq, dtype=np.int32)
+        self._t_step = 0.0  # wall seconds per step of the compiled loop's last call
 
     # -- public ----------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> int:
+        """Decode steps this engine has run."""
+        return self._steps.value
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self._steps.value = value
 
     def submit(self, gen: Generation) -> Job:
         """Queue ``gen``; it joins the batch at the next step. Iterate the returned job."""
@@ -465,7 +501,8 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Sequences running/paused, queued and parked jobs, cached tokens, steps so far,
-        the most sequences one step decoded (``peak_sequences``)."""
+        the most sequences one step decoded (``peak_sequences``), calls of the compiled
+        loop (``native_calls``)."""
         with self._cond:
             running = [s.job for s in self._slots if s.job is not None]
             return {
@@ -479,6 +516,7 @@ class Engine:
                 "rows": self.rows,
                 "last_join_wait": self.last_join_wait,
                 "peak_sequences": self.peak_sequences,
+                "native_calls": self.native_calls,
             }
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -620,8 +658,6 @@ class Engine:
                     self._repeat(work)  # while nothing else is to be done: no lock, no plan
             finally:
                 with cond:
-                    if self._in_step:
-                        self.steps += 1
                     self._in_step = False
                     cond.notify_all()
         except BaseException as exc:  # a bug (or SystemExit from a hook): this model only
@@ -859,6 +895,7 @@ class Engine:
         t0 = time.perf_counter()
         rc = self._lc.llama_decode(ctx, b.raw)
         t_decode = time.perf_counter() - t0
+        self._steps.value += 1  # counted as it ends, as the steady loops count theirs
         self.rows += row
         if rc:
             self._decode_failed(plan, rc)
@@ -884,7 +921,7 @@ class Engine:
             for job, _ in outputs:
                 job._wake(now)
             if self.trace is not None:
-                self.trace.append((time.perf_counter(), len(outputs), t_decode))
+                self.trace.append((time.perf_counter(), 1, len(outputs), t_decode))
 
     def _repeat(self, plan: list[tuple[Job, int, bool]]) -> None:
         """Decode ``plan`` again, step after step, while nothing else is to be done
@@ -899,6 +936,10 @@ class Engine:
         :meth:`_next_work` admits), so the loop only has to notice a job that ended or
         paused, and work that arrived (:meth:`_waiting`)."""
         if not self._same_plan(plan):
+            return
+        loop = self._native_loop(plan)
+        if loop is not None:
+            self._repeat_native(plan, loop)
             return
         if len(plan) == 1:
             self._repeat_one(plan)
@@ -925,11 +966,12 @@ class Engine:
             pos[row] = job.n_past
         positions = pos[:k]
         clock = time.perf_counter
+        counter = self._steps
         ended: list[tuple[Job, str, BaseException | None]] = []
         rc = 0
         try:
             while True:
-                self.steps += 1
+                counter.value += 1
                 rc = decode(ctx, raw)
                 self.rows += k
                 if rc:
@@ -978,7 +1020,7 @@ class Engine:
                     if job._cancel or len(out) >= limit:
                         go_on = False
                 if self.trace is not None:
-                    self.trace.append((clock(), k, self._t_decode))
+                    self.trace.append((clock(), 1, k, self._t_decode))
                 if not go_on or self._waiting():
                     break
         finally:
@@ -1017,9 +1059,10 @@ class Engine:
         backlog = job._wake_backlog
         start = n = job.n_past  # tokens[start:n] are decoded but not yet in the record
         failed: BaseException | None = None
+        counter = self._steps
         try:
             while True:
-                self.steps += 1
+                counter.value += 1
                 token[0] = tokens[n]
                 pos[0] = n
                 rc = decode(ctx, raw)
@@ -1046,7 +1089,7 @@ class Engine:
                 if now - job._woken_at >= WAKE_INTERVAL or len(out) >= backlog:
                     job._wake(now)
                 if self.trace is not None:
-                    self.trace.append((clock(), 1, self._t_decode))
+                    self.trace.append((clock(), 1, 1, self._t_decode))
                 if job._cancel or len(out) >= limit or self._waiting():
                     return
         finally:
@@ -1057,12 +1100,149 @@ class Engine:
             self._decode_failed(plan, rc)
             return
         if self.trace is not None:
-            self.trace.append((clock(), 1, self._t_decode))
+            self.trace.append((clock(), 1, 1, self._t_decode))
         with self._cond:
             if failed is not None:
                 self._finish(job, _FAILED, failed, keep=False)
             else:
                 self._finish(job, _DONE, None, keep=self.settings.cache_prompts)
+
+    def _native_loop(self, plan: list[tuple[Job, int, bool]]) -> NativeLoop | None:
+        """The compiled loop when it may run ``plan``: every job samples greedily (its
+        sampler's "greedy" route: no grammar, no penalties, temperature 0) and it is on
+        (:attr:`native`, :func:`saiverse_llm.native_loop.get`)."""
+        if not self.native:
+            return None
+        for job, _, _ in plan:
+            if job.gen.sampler.route != "greedy":
+                return None
+        return native_loop.get()
+
+    def _repeat_native(self, plan: list[tuple[Job, int, bool]], loop: NativeLoop) -> None:
+        """:meth:`_repeat` with the decode steps in C: one call decodes up to
+        ``settings.chunk_seconds`` of steps (each row's next token by argmax), and the
+        tokens are turned into text once per call (``ReplyBuilder.push_many``). The call
+        returns early when work arrives for the scheduler (a submit, a cancel, a call: the
+        scheduler's ``knock`` changes, so a joining request still waits at most one step)
+        or a row samples an end-of-generation token; another model with work gets one step
+        per call, as in the Python loop.
+
+        A row whose reply ends on a stop string or a hook before the call's last step has
+        decoded tokens past its end: they are dropped from its KV cells
+        (``llama_memory_seq_rm``), so its record and cells hold what the Python loop's
+        would. The same tokens as the Python loop: greedy is an argmax either way."""
+        k = len(plan)
+        b = self._batch
+        token, pos, raw = b.token, b.pos, b.raw
+        lc = self._lc
+        ctx = self.llm.ctx
+        limit = self.settings.max_unread
+        jobs = [job for job, _, _ in plan]
+        slots: list[_Slot] = []
+        for job in jobs:
+            assert job.slot is not None
+            slots.append(job.slot)
+        gens = [job.gen for job in jobs]
+        replies = [gen.reply for gen in gens]
+        vocab = gens[0].sampler.vocab
+        n_vocab = vocab.n_vocab
+        eog = vocab.eog_flags()
+        ignore = np.array([gen.sampler.params.ignore_eos for gen in gens], dtype=np.uint8)
+        starts = [job.n_past for job in jobs]  # each record is written up to here
+        for row, job in enumerate(jobs):
+            token[row] = job.tokens[job.n_past]
+            pos[row] = job.n_past
+        out = self._native_out
+        knock = _scheduler.knock
+        # Readers are woken right before the next call, which lets go of the GIL: a reader
+        # woken while this thread still runs Python would take a core from it (2 OpenMP
+        # threads and a reader on 2 cores) only to wait for the GIL.
+        wake: list[Job] = []
+        now = 0.0
+        clock = time.perf_counter
+        ended: list[tuple[Job, str, BaseException | None]] = []
+        rc = 0
+        try:
+            while True:
+                room = min(reply.max_tokens - reply.n_tokens for reply in replies)
+                room = min(room, self.n_ctx_seq - int(pos[:k].max()), NATIVE_MAX_STEPS)
+                if _scheduler.others_want(self) or self._t_step <= 0.0:
+                    want = 1
+                else:
+                    want = max(1, int(self.settings.chunk_seconds / self._t_step))
+                steps = min(want, room)
+                if steps < 1:  # the Python step decodes (and reports) what comes next
+                    break
+                for job in wake:  # just before the GIL is let go: see below
+                    job._wake(now)
+                wake.clear()
+                t0 = clock()
+                done, rc, t_decode = loop.steps(
+                    ctx, raw, k, n_vocab, steps, eog, ignore, knock, self._seen, out, self._steps
+                )
+                self.native_calls += 1
+                if done:
+                    self._t_step = (clock() - t0) / done
+                self.rows += done * k  # (the loop advanced self.steps)
+                self._t_decode = t_decode
+                go_on = done > 0
+                grid = out[: done * k].reshape(done, k)
+                now = clock()
+                for row in range(k if done else 0):
+                    job, gen, reply = jobs[row], gens[row], replies[row]
+                    start = job.n_past
+                    sampled: list[int] = grid[:, row].tolist()
+                    try:
+                        text, used = reply.push_many(sampled)
+                        if text:
+                            job._out.append(text)
+                        if reply.done:
+                            tail = gen.finish()
+                            if tail:
+                                job._out.append(tail)
+                    except Exception as exc:  # a hook or the tool-call filter: this request
+                        job.n_past = start + done
+                        ended.append((job, _FAILED, exc))
+                        go_on = False
+                        continue
+                    if reply.done:  # its last token is not decoded (as in the Python loop)
+                        gen.last_token = sampled[used - 1]
+                        job.tokens.extend(sampled[: used - 1])
+                        job.n_past = start + used
+                        ended.append((job, _DONE, None))
+                        go_on = False
+                        continue
+                    gen.last_token = sampled[-1]
+                    job.tokens.extend(sampled)
+                    job.n_past = start + done
+                    if now - job._woken_at >= WAKE_INTERVAL or len(job._out) >= job._wake_backlog:
+                        wake.append(job)
+                    if job._cancel or len(job._out) >= limit:
+                        go_on = False
+                if self.trace is not None and done:
+                    self.trace.append((clock(), done, k, t_decode))
+                if rc or not go_on or self._waiting():
+                    break
+        finally:
+            for job in wake:
+                job._wake(clock())
+            mem = lc.llama_get_memory(ctx)
+            steps_now = self.steps
+            for row, job in enumerate(jobs):
+                slot = slots[row]
+                n = job.n_past
+                slot.ids[starts[row] : n] = job.tokens[starts[row] : n]
+                slot.n = n
+                slot.last_used = steps_now
+                if int(pos[row]) > n:  # decoded past the end of its reply
+                    lc.llama_memory_seq_rm(mem, slot.seq, n, -1)
+        if rc:
+            self._decode_failed(plan, rc)
+        elif ended:
+            with self._cond:
+                for job, state, error in ended:
+                    keep = state == _DONE and self.settings.cache_prompts
+                    self._finish(job, state, error, keep=keep)
 
     def _decoder(self) -> Callable[[Any, Any], int]:
         """``llama_decode`` for a steady loop: the C function itself, or, while
@@ -1187,8 +1367,14 @@ class _Scheduler:
         self._thread: threading.Thread | None = None
         self._calls: deque[_Call] = deque()  # run_on_decode_thread()
         #: counts :meth:`notify` calls (work arrived for some engine): a steady loop that saw
-        #: it change gives way; never reset, so no arrival is lost between rounds
-        self.seq = 0
+        #: it change gives way; never reset, so no arrival is lost between rounds. A C int,
+        #: so the compiled loop (:mod:`saiverse_llm.native_loop`) reads it between steps.
+        self.knock = ctypes.c_int32(0)
+
+    @property
+    def seq(self) -> int:
+        """The :meth:`notify` count (wraps at 2**31; only "it changed" is read)."""
+        return self.knock.value
 
     def add(self, engine: Engine) -> None:
         """Serve ``engine`` (the thread starts with the first one). Lock order: an
@@ -1216,8 +1402,12 @@ class _Scheduler:
     def _arrived(self) -> None:
         """Under the lock: work arrived; the thread runs (started once) and is woken."""
         self._start()
-        self.seq += 1
+        self._knock()
         self._cond.notify()
+
+    def _knock(self) -> None:
+        knock = self.knock
+        knock.value = (knock.value + 1) & 0x7FFFFFFF
 
     def _start(self) -> None:
         """Under the lock: the thread, started once."""
@@ -1231,7 +1421,7 @@ class _Scheduler:
         """Work arrived. ``blocking=False`` (a finalizer, which may run anywhere, even on
         a thread that holds this lock) never waits for the lock: the flag is seen at the
         next round, or at the poll of an engine that has jobs."""
-        self.seq += 1  # racing increments may merge; only "it changed" is read
+        self._knock()  # racing increments may merge; only "it changed" is read
         if self._cond.acquire(blocking=blocking):
             try:
                 self._cond.notify()

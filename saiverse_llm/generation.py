@@ -120,6 +120,67 @@ class ReplyBuilder:
             self.done, self.finish_reason = True, "length"
         return out
 
+    def push_many(self, tokens: list[int]) -> tuple[str, int]:
+        """:meth:`push` each of ``tokens`` in turn until the reply is done; returns the text
+        that may be shown now and how many tokens were consumed (``len(tokens)`` unless the
+        reply ended on an earlier one).
+
+        The same reply text, token count and end as pushing one by one, at the cost of one
+        join and one UTF-8 decode for all of them (the compiled loop's tokens,
+        :mod:`saiverse_llm.native_loop`): the tokens' bytes are decoded together (an
+        incremental decoder gives the same text however its input is split), the stop
+        strings are searched once in the held-back tail plus the new text, and only the
+        tail that could still begin a stop string is held back. When a stop string is
+        found, the tokens are pushed one by one instead, to end on the exact token.
+        ``on_text`` sees the new text as one piece."""
+        if self.done:
+            raise RuntimeError("ReplyBuilder.push_many after the reply is done")
+        vocab = self.vocab
+        n = min(len(tokens), self.max_tokens - self.n_tokens)
+        end = n  # tokens[:end] add text; tokens[end] (if < n) ends the reply
+        if not self.ignore_eos:
+            eog = vocab.eog_set()
+            if not eog.isdisjoint(tokens[:n]):
+                end = next(i for i in range(n) if tokens[i] in eog)
+        out = ""
+        if end:
+            decoder = self._decoder
+            state = decoder.getstate()
+            text = decoder.decode(vocab.bytes_of(tokens[:end]))
+            window = self._pending + text
+            if any(stop in window for stop in self.stops):
+                decoder.setstate(state)  # push one by one to end on the right token
+                return self._push_each(tokens)
+            self._utf8_clean = not decoder.getstate()[0]
+            self.n_tokens += end
+            if text:
+                if self.on_text is not None:
+                    self.on_text(self._pieces, text)
+                self._pieces += 1
+                # hold back from the first character, within the last ``hold``, that
+                # begins a stop string (none: release everything)
+                split = len(window)
+                for k in range(max(0, len(window) - self._hold), len(window)):
+                    if window[k] in self._stop_starts:
+                        split = k
+                        break
+                self._pending = window[split:]
+                out = self._release(window[:split])
+        if end < n:
+            self.done, self.finish_reason = True, "stop"
+            return out, end + 1
+        if self.n_tokens >= self.max_tokens:
+            self.done, self.finish_reason = True, "length"
+        return out, n
+
+    def _push_each(self, tokens: list[int]) -> tuple[str, int]:
+        pieces: list[str] = []
+        for i, token in enumerate(tokens):
+            pieces.append(self.push(token))
+            if self.done:
+                return "".join(pieces), i + 1
+        return "".join(pieces), len(tokens)
+
     def _add(self, text: str) -> str:
         window = self._pending + text
         cut = -1

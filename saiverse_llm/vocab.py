@@ -14,6 +14,8 @@ import ctypes
 import threading
 from typing import Any
 
+import numpy as np
+
 #: ``LLAMA_TOKEN_ATTR_CONTROL`` (llama.h): a token the chat template uses as a marker.
 ATTR_CONTROL = 1 << 3
 
@@ -34,6 +36,8 @@ class Vocab:
         self.texts: list[str | None] = [None] * self.n_vocab
         self._eog: dict[int, bool] = {}
         self._eog_ids: list[int] | None = None
+        self._eog_set: frozenset[int] | None = None
+        self._eog_flags: np.ndarray[Any, np.dtype[np.uint8]] | None = None
         self._buf = ctypes.create_string_buffer(256)
         self._lock = threading.Lock()
 
@@ -52,6 +56,11 @@ class Vocab:
                 data = self._buf.raw[:n]
         self._pieces[token] = data
         return data
+
+    def bytes_of(self, tokens: list[int]) -> bytes:
+        """The bytes ``tokens`` add to a reply, joined."""
+        cached = self._pieces
+        return b"".join([cached[t] or self.piece(t) for t in tokens])
 
     def text(self, token: int) -> str | None:
         """The piece of ``token`` as text when it is complete UTF-8 on its own (most
@@ -80,6 +89,21 @@ class Vocab:
             is_eog = self._llama_cpp.llama_vocab_is_eog
             self._eog_ids = [t for t in range(self.n_vocab) if is_eog(self.vocab, t)]
         return self._eog_ids
+
+    def eog_set(self) -> frozenset[int]:
+        """:meth:`eog_ids` as a set."""
+        if self._eog_set is None:
+            self._eog_set = frozenset(self.eog_ids())
+        return self._eog_set
+
+    def eog_flags(self) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """``n_vocab`` bytes, 1 at each end-of-generation id (read-only)."""
+        if self._eog_flags is None:
+            flags = np.zeros(self.n_vocab, dtype=np.uint8)
+            flags[self.eog_ids()] = 1
+            flags.flags.writeable = False
+            self._eog_flags = flags
+        return self._eog_flags
 
     def control_texts(self, text: str) -> list[str]:
         """The distinct substrings of ``text`` that tokenizing with ``special=True`` would

@@ -196,13 +196,23 @@ STRICT_TEMPLATE = (
 def copy_with_template(src: Path, dst: Path, template: str) -> Path:
     """A copy of ``src`` whose ``tokenizer.chat_template`` is ``template``."""
     import gguf
+
+    return copy_with_metadata(
+        src, dst, {gguf.Keys.Tokenizer.CHAT_TEMPLATE: (gguf.GGUFValueType.STRING, template)}
+    )
+
+
+def copy_with_metadata(src: Path, dst: Path, values: dict[str, tuple[Any, Any]]) -> Path:
+    """A copy of ``src`` with the metadata keys of ``values`` (key -> (GGUFValueType,
+    value)) set (gguf-py's ``gguf_new_metadata``)."""
+    import gguf
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
     reader = gguf.GGUFReader(src, "r")
     arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
     assert arch is not None
     writer = gguf.GGUFWriter(dst, arch.contents(), endianess=reader.endianess)
-    meta = {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(gguf.GGUFValueType.STRING, template)}
+    meta = {key: MetadataDetails(kind, value) for key, (kind, value) in values.items()}
     copy_with_new_metadata(reader, writer, meta, [])
     return dst
 

@@ -46,14 +46,28 @@ LONG = [{"role": "user", "content": " ".join(f"word{i}" for i in range(60))}]
 def batched(
     make_client: Callable[..., Any], tiny: Path, fresh_pool: Any, ours_only: None
 ) -> Callable[..., Any]:
-    """``batched(n_seq_max, **kwargs)``: a tiny-model client on a pool of its own, one
-    thread (these tests check scheduling, not speed: one thread keeps them quick on a
-    machine other jobs keep busy)."""
+    """``batched(n_seq_max, loop=..., max_unread=..., **kwargs)``: a tiny-model client on a
+    pool of its own, one thread (these tests check scheduling, not speed: one thread keeps
+    them quick on a machine other jobs keep busy). ``loop``: "native" (the compiled steady
+    loop, the default where it builds) or "python" (the engine's Python loop);
+    ``max_unread``: the engine's pause threshold (the compiled loop hands text over in
+    larger pieces, so tests that need a stream to pause set a small one)."""
 
-    def make(n_seq_max: int | None = 4, **kwargs: Any) -> Any:
+    def make(
+        n_seq_max: int | None = 4,
+        *,
+        loop: str = "native",
+        max_unread: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
         kwargs.setdefault("context_length", 768)
         kwargs.setdefault("n_threads", 1)
-        return make_client(tiny, pool=fresh_pool, n_seq_max=n_seq_max, **kwargs)
+        client = make_client(tiny, pool=fresh_pool, n_seq_max=n_seq_max, **kwargs)
+        engine = client.load().engine
+        engine.native = loop == "native"
+        if max_unread is not None:
+            engine.settings = dataclasses.replace(engine.settings, max_unread=max_unread)
+        return client
 
     return make
 
@@ -101,18 +115,32 @@ def settle(model: Any) -> None:
     assert model.engine.wait_idle(BLOCKED), model.engine.stats()
 
 
+def ran_loop(model: Any, loop: str) -> None:
+    """The engine's steady state ran on ``loop`` ("native": the compiled loop's calls)."""
+    calls = model.engine.stats()["native_calls"]
+    if loop == "native":
+        from saiverse_llm import native_loop
+
+        if native_loop.get() is None:
+            pytest.skip(f"the compiled loop is off here: {native_loop.why_not()}")
+        assert calls > 0
+    else:
+        assert calls == 0
+
+
 # --- an unread stream blocks no one ---------------------------------------------------
 
 
 @pytest.mark.parametrize("n_seq_max", [1, 4])
+@pytest.mark.parametrize("loop", ["native", "python"])
 def test_an_unread_stream_does_not_block_another_thread(
-    batched: Callable[..., Any], n_seq_max: int
+    batched: Callable[..., Any], n_seq_max: int, loop: str
 ) -> None:
     """Issue #19: after one next() on a generate_stream generator, a second thread's
     generate_stream on the same model was still blocked 20 s later (the model's lock was
     held for the whole stream). With one sequence the unread stream is paused and gives
     its sequence way; with more, the second request simply takes another."""
-    client = batched(n_seq_max)
+    client = batched(n_seq_max, loop=loop, max_unread=4)
     opened = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)
     first = next(opened)
     assert first
@@ -131,10 +159,11 @@ def test_an_unread_stream_does_not_block_another_thread(
     settle(client.load())
 
 
+@pytest.mark.parametrize("loop", ["native", "python"])
 def test_a_stream_paused_and_preempted_resumes_with_the_same_text(
-    batched: Callable[..., Any],
+    batched: Callable[..., Any], loop: str
 ) -> None:
-    client = batched(1)
+    client = batched(1, loop=loop, max_unread=4)
     alone = "".join(client.generate_stream(LONG, max_tokens=150, temperature=0.0, ignore_eos=True))
     model = client.load()
     model.engine.flush()
@@ -143,14 +172,16 @@ def test_a_stream_paused_and_preempted_resumes_with_the_same_text(
     errors = run_threads(lambda _: client.generate(ask(2), max_tokens=16, temperature=0.0), 1)
     assert not errors, errors
     assert head + "".join(opened) == alone
+    ran_loop(client.load(), loop)
 
 
+@pytest.mark.parametrize("loop", ["native", "python"])
 def test_a_stream_left_unread_too_long_is_freed_with_a_log_line(
-    batched: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    batched: Callable[..., Any], caplog: pytest.LogCaptureFixture, loop: str
 ) -> None:
     from saiverse_llm.engine import StreamTimeoutError
 
-    client = batched(2)
+    client = batched(2, loop=loop, max_unread=4)
     model = client.load()
     model.engine.settings = dataclasses.replace(model.engine.settings, stall_timeout=0.5)
     opened = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)
@@ -167,10 +198,11 @@ def test_a_stream_left_unread_too_long_is_freed_with_a_log_line(
 
 
 @pytest.mark.parametrize("how", ["close", "garbage-collected"])
-def test_an_abandoned_stream_frees_its_sequence(batched: Callable[..., Any], how: str) -> None:
-    client = batched(
-        2,
-    )
+@pytest.mark.parametrize("loop", ["native", "python"])
+def test_an_abandoned_stream_frees_its_sequence(
+    batched: Callable[..., Any], how: str, loop: str
+) -> None:
+    client = batched(2, loop=loop)
     model = client.load()
     model.engine.settings = dataclasses.replace(model.engine.settings, cache_prompts=False)
     stream = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)
@@ -266,14 +298,15 @@ def test_each_request_keeps_its_own_stop_strings_limits_grammar_and_tools(
 # --- many threads, early closes ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop", ["native", "python"])
 def test_eight_threads_twenty_requests_with_random_early_closes(
-    batched: Callable[..., Any],
+    batched: Callable[..., Any], loop: str
 ) -> None:
     """8 threads x 20 requests on 4 sequences: generate and generate_stream, some streams
     closed after a few chunks. Nothing deadlocks, every forced text arrives whole in its
     own request (no text crosses sequences), every free text (greedy) equals its solo
     run, an early-closed stream's text is a prefix of it, and the KV cells come back."""
-    client = batched(4)
+    client = batched(4, loop=loop)
     model = client.load()
     n_threads, per_thread = 8, 20
     rng = random.Random(19)
@@ -334,18 +367,20 @@ def test_eight_threads_twenty_requests_with_random_early_closes(
     model.engine.flush()
     assert model.engine.cells_used() == 0
     assert not model.in_use
+    ran_loop(client.load(), loop)
 
 
 # --- joining -----------------------------------------------------------------------------
 
 
-def test_a_new_request_joins_at_the_next_step(batched: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("loop", ["native", "python"])
+def test_a_new_request_joins_at_the_next_step(batched: Callable[..., Any], loop: str) -> None:
     """While three streams decode, a fourth request gets a sequence at the next step
     (steps counted by the engine), and its tokens are decoded in the same batches."""
     from saiverse_llm.generation import Generation, ReplyBuilder
     from saiverse_llm.sampling import Sampler, SamplingParams
 
-    client = batched(4)
+    client = batched(4, loop=loop)
     model = client.load()
     streams = [
         client.generate_stream(ask(i), max_tokens=300, temperature=0.0, ignore_eos=True)
@@ -372,6 +407,7 @@ def test_a_new_request_joins_at_the_next_step(batched: Callable[..., Any]) -> No
     for r in readers:
         r.join(BLOCKED)
     settle(model)
+    ran_loop(client.load(), loop)
 
 
 @pytest.mark.parametrize(
@@ -466,8 +502,9 @@ def test_direct_use_of_the_llama_waits_for_running_requests(
 
 
 @pytest.mark.parametrize("n_streams", [1, 2])
+@pytest.mark.parametrize("loop", ["native", "python"])
 def test_a_decode_failing_mid_stream_ends_its_requests_and_frees_them(
-    batched: Callable[..., Any], n_streams: int, n_gpu_layers: int
+    batched: Callable[..., Any], n_streams: int, n_gpu_layers: int, loop: str
 ) -> None:
     """llama.cpp aborts a decode while one stream (the engine's single-stream loop) or two
     (the batched loop) are mid-reply: each request ends with the decode's error, its
@@ -478,7 +515,7 @@ def test_a_decode_failing_mid_stream_ends_its_requests_and_frees_them(
 
     if not cpu_backend(n_gpu_layers):
         pytest.skip("llama.cpp's abort callback is checked by the CPU backend's graph compute")
-    client = batched(2)
+    client = batched(2, loop=loop)
     model = client.load()
     params = SamplingParams(temperature=0.0, ignore_eos=True)
 
@@ -527,6 +564,7 @@ def test_a_decode_failing_mid_stream_ends_its_requests_and_frees_them(
     assert after.result()
     assert after.gen.reply.n_tokens == 600
     settle(model)
+    ran_loop(client.load(), loop)
 
 
 # --- one scheduler thread for every model ----------------------------------------------------

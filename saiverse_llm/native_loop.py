@@ -1,0 +1,254 @@
+"""The engine's steady greedy loop, compiled: many decode steps per call from Python.
+
+Between two decodes the Python loop costs a ctypes call into ``llama_decode``, one into
+``llama_get_logits`` and a numpy argmax per token: a few microseconds, a few percent of the
+rate of a model that decodes a token in ~0.1 ms. ``native_loop.c`` runs those steps in C, up
+to a time budget or until something needs Python (an end-of-generation token, a submit, a
+cancel), and Python turns the tokens into text once per call (measured on the tiny model, 2
+threads: the bare Python loop reached 0.95 of llama.cpp's eval rate, this one 0.96; the
+rest is llama_decode's own batch checks outside llama.cpp's timer).
+
+:func:`get` compiles the C file once per machine with the system's C compiler (``$CC``, else
+``cc``) into ``$SAIVERSE_LLM_CACHE`` (default ``~/.cache/saiverse-llm``)``/native/<hash>/``,
+under a file lock, written atomically; later processes load it. No compiler, a failed
+compile, a ``llama_batch`` whose layout differs from the one the C code expects, or
+``SAIVERSE_LLM_NATIVE_LOOP=0`` leave :func:`get` returning None (with the reason in
+:func:`why_not` and one log line): the engine then runs its Python loop, which gives the
+same tokens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock
+
+from saiverse_llm.atomic import atomic_output
+
+logger = logging.getLogger("saiverse_llm")
+
+#: ``SAIVERSE_LLM_NATIVE_LOOP=0`` turns the compiled loop off (the Python loop runs).
+ENV_SWITCH = "SAIVERSE_LLM_NATIVE_LOOP"
+#: Where compiled loops are kept (default ``~/.cache/saiverse-llm``, under ``$XDG_CACHE_HOME``
+#: when that is set).
+ENV_CACHE = "SAIVERSE_LLM_CACHE"
+#: Seconds a compile may take.
+COMPILE_TIMEOUT = 120.0
+_FLAGS = ["-O3", "-shared", "-fPIC"]
+
+#: llama-cpp-python's ``llama_batch`` fields as the C code declares them.
+_BATCH_LAYOUT = [
+    ("n_tokens", "c_int"),
+    ("token", "LP_c_int"),
+    ("embd", "LP_c_float"),
+    ("pos", "LP_c_int"),
+    ("n_seq_id", "LP_c_int"),
+    ("seq_id", "LP_LP_c_int"),
+    ("logits", "LP_c_byte"),
+]
+
+_lock = threading.Lock()
+_loaded: NativeLoop | None = None
+_why_not: str | None = None
+_tried = False
+
+
+class NativeLoop:
+    """``saiverse_greedy_steps`` of the compiled library, bound to llama-cpp-python's
+    ``llama_decode`` and ``llama_get_logits``. One per process (:func:`get`)."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        import llama_cpp
+
+        self.path = path
+        self._lib = lib  # keeps the library loaded
+        fn = lib.saiverse_greedy_steps
+        fn.restype = ctypes.c_int32
+        fn.argtypes = [
+            ctypes.c_void_p,  # ctx
+            ctypes.c_void_p,  # llama_decode
+            ctypes.c_void_p,  # llama_get_logits
+            ctypes.c_void_p,  # llama_batch *
+            ctypes.c_int32,  # k
+            ctypes.c_int32,  # n_vocab
+            ctypes.c_int32,  # max_steps
+            ctypes.c_void_p,  # eog flags [n_vocab]
+            ctypes.c_void_p,  # ignore_eos flags [k]
+            ctypes.c_void_p,  # knock
+            ctypes.c_int32,  # knock_seen
+            ctypes.c_void_p,  # out [max_steps * k]
+            ctypes.c_void_p,  # rc
+            ctypes.c_void_p,  # t_decode
+            ctypes.c_void_p,  # step count
+        ]
+        self._fn = fn
+        native = llama_cpp.llama_cpp._lib
+        self._decode = ctypes.cast(native.llama_decode, ctypes.c_void_p).value
+        self._logits = ctypes.cast(native.llama_get_logits, ctypes.c_void_p).value
+        self._rc = ctypes.c_int32()
+        self._t_decode = ctypes.c_double()
+        self._rc_at = ctypes.addressof(self._rc)
+        self._t_at = ctypes.addressof(self._t_decode)
+
+    def steps(
+        self,
+        ctx: Any,
+        batch: Any,
+        k: int,
+        n_vocab: int,
+        max_steps: int,
+        eog: np.ndarray[Any, np.dtype[np.uint8]],
+        ignore_eos: np.ndarray[Any, np.dtype[np.uint8]],
+        knock: ctypes.c_int32,
+        knock_seen: int,
+        out: np.ndarray[Any, np.dtype[np.int32]],
+        step_count: ctypes.c_int64,
+    ) -> tuple[int, int, float]:
+        """Decode up to ``max_steps`` steps of ``batch`` (``k`` rows, one sequence each,
+        every row with logits; its token and position arrays advance in place). Returns
+        ``(steps, rc, seconds)``: the steps done (their tokens are ``out[:steps * k]``, step
+        by step, row by row), ``llama_decode``'s return code when a decode failed (else 0)
+        and the seconds spent inside ``llama_decode`` + ``llama_get_logits``.
+        ``step_count`` gains one as each step ends (other threads may read it meanwhile).
+
+        Not thread-safe (one caller: the scheduler thread). ``out`` must hold
+        ``max_steps * k`` int32; ``eog`` is ``n_vocab`` flags; ``ignore_eos`` is ``k``."""
+        if out.shape[0] < max_steps * k or eog.shape[0] != n_vocab or ignore_eos.shape[0] < k:
+            raise ValueError("native loop: an array is too small for the call")
+        self._t_decode.value = 0.0
+        done = self._fn(
+            ctx,
+            self._decode,
+            self._logits,
+            ctypes.addressof(batch),
+            k,
+            n_vocab,
+            max_steps,
+            eog.ctypes.data,
+            ignore_eos.ctypes.data,
+            ctypes.addressof(knock),
+            knock_seen,
+            out.ctypes.data,
+            self._rc_at,
+            self._t_at,
+            ctypes.addressof(step_count),
+        )
+        return int(done), int(self._rc.value), float(self._t_decode.value)
+
+
+def get() -> NativeLoop | None:
+    """The compiled loop (compiled on first use), or None when it cannot be had (see
+    :func:`why_not`). Thread-safe; tried once per process."""
+    global _loaded, _why_not, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _loaded = load()
+            except NativeLoopUnavailable as exc:
+                _why_not = str(exc)
+                logger.info("the compiled decode loop is off (%s); the Python loop runs", exc)
+        return _loaded
+
+
+def why_not() -> str | None:
+    """Why :func:`get` returned None (None when it has not been asked or succeeded)."""
+    return _why_not
+
+
+class NativeLoopUnavailable(Exception):
+    """The compiled loop cannot be used here; the message says why."""
+
+
+def load() -> NativeLoop:
+    """Build (or find in the cache) and load the compiled loop; raises
+    :class:`NativeLoopUnavailable` with the reason. Needs ``llama_cpp``."""
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off"):
+        raise NativeLoopUnavailable(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}")
+    import llama_cpp
+
+    layout = [(name, kind.__name__) for name, kind in llama_cpp.llama_batch._fields_]
+    if layout != _BATCH_LAYOUT:
+        raise NativeLoopUnavailable(
+            f"llama_cpp.llama_batch has the layout {layout}, not the one native_loop.c declares"
+        )
+    path = build()
+    try:
+        return NativeLoop(ctypes.CDLL(str(path)), path)
+    except OSError as exc:
+        raise NativeLoopUnavailable(f"{path} does not load: {exc}") from exc
+
+
+def build() -> Path:
+    """The compiled library's path: from the cache, or compiled now with ``$CC`` (else
+    ``cc``) under a file lock and published atomically (one compile per machine, however
+    many processes ask at once). Raises :class:`NativeLoopUnavailable` (no compiler, a
+    failed compile, an unwritable cache, Windows)."""
+    if sys.platform == "win32":
+        raise NativeLoopUnavailable("not built on Windows")
+    source = resources.files("saiverse_llm").joinpath("native_loop.c").read_bytes()
+    compiler = os.environ.get("CC") or "cc"
+    found = shutil.which(compiler)
+    if found is None:
+        raise NativeLoopUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC)")
+    key = hashlib.sha256(
+        b"\0".join([source, found.encode(), " ".join(_FLAGS).encode(), platform.machine().encode()])
+    ).hexdigest()[:16]
+    folder = cache_dir() / "native" / key
+    path = folder / "native_loop.so"
+    if path.exists():
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder / ".lock"), timeout=COMPILE_TIMEOUT):
+            if not path.exists():
+                _compile(found, source, folder, path)
+    except NativeLoopUnavailable:
+        raise
+    except Exception as exc:  # an unwritable cache, a lock timeout, ...
+        raise NativeLoopUnavailable(f"{folder}: {exc}") from exc
+    return path
+
+
+def _compile(compiler: str, source: bytes, folder: Path, path: Path) -> None:
+    src = folder / "native_loop.c"
+    with atomic_output(src) as tmp:
+        tmp.write_bytes(source)
+    with atomic_output(path) as tmp:
+        try:
+            done = subprocess.run(
+                [compiler, *_FLAGS, "-o", str(tmp), str(src)],
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NativeLoopUnavailable(f"{compiler} failed to run: {exc}") from exc
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise NativeLoopUnavailable(
+                f"{compiler} exited {done.returncode}: {lines[-1] if lines else 'no output'}"
+            )
+
+
+def cache_dir() -> Path:
+    """``$SAIVERSE_LLM_CACHE``, else ``$XDG_CACHE_HOME/saiverse-llm``, else
+    ``~/.cache/saiverse-llm``."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "saiverse-llm"

@@ -1,0 +1,227 @@
+"""The compiled steady loop (``saiverse_llm.native_loop``) gives what the engine's Python loop
+gives: the same tokens, text, counts, end and KV cells, alone and batched, when a stop string
+or an end-of-generation token lands inside one of its calls (it decodes several steps per
+call, so a reply can end before the call does: the tokens past the end must leave the KV).
+
+Real build, tiny model (f32 weights on the CPU backend: a row's logits do not depend on
+what else is in the batch, so a request's greedy text is the same alone and batched).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import copy_with_metadata
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
+
+BLOCKED = 300.0
+LOOPS = ("python", "native")
+
+
+@pytest.fixture
+def compiled(ours_only: None) -> None:
+    from saiverse_llm import native_loop
+
+    if native_loop.get() is None:
+        pytest.skip(f"the compiled loop is off here: {native_loop.why_not()}")
+
+
+@pytest.fixture
+def model_of(
+    make_client: Callable[..., Any], fresh_pool: Any, compiled: None
+) -> Callable[[Path], Any]:
+    """``model_of(path)``: the loaded model of a client on ``path`` (4 sequences, 1 thread)."""
+
+    def make(path: Path) -> Any:
+        client = make_client(path, pool=fresh_pool, n_seq_max=4, context_length=1024, n_threads=1)
+        return client.load()
+
+    return make
+
+
+def prompt_of(model: Any, i: int) -> list[int]:
+    text = f"<|im_start|>user\nTell me about topic number {i}, please.<|im_end|>\n"
+    return list(model.llm.tokenize(text.encode(), add_bos=True, special=True))
+
+
+class Run:
+    """One request's outcome: the tokens it decoded after its prompt, its text, completion
+    tokens and finish reason."""
+
+    def __init__(self, job: Any) -> None:
+        self.text = job.result()
+        self.tokens = job.tokens[len(job.gen.prompt) :]
+        self.n_tokens = job.gen.reply.n_tokens
+        self.finish = job.gen.reply.finish_reason
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.text, self.tokens, self.n_tokens, self.finish)
+
+
+def submit(
+    model: Any,
+    prompt: list[int],
+    *,
+    max_tokens: int,
+    ignore_eos: bool = True,
+    stop: list[str] | None = None,
+) -> Any:
+    from saiverse_llm.generation import Generation, ReplyBuilder
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    vocab = model.vocab
+    params = SamplingParams(temperature=0.0, ignore_eos=ignore_eos)
+    reply = ReplyBuilder(vocab, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos)
+    return model.engine.submit(Generation(prompt, Sampler(vocab, params), reply))
+
+
+def on_loop(model: Any, loop: str, work: Callable[[], Any]) -> tuple[Any, int, int]:
+    """``work()`` with the engine on ``loop`` from a clean KV: its result, the KV cells in
+    use once it is over, and the compiled loop's calls meanwhile."""
+    engine = model.engine
+    engine.native = loop == "native"
+    engine.flush()
+    assert engine.cells_used() == 0
+    before = engine.stats()["native_calls"]
+    result = work()
+    assert engine.wait_idle(BLOCKED), engine.stats()
+    calls = engine.stats()["native_calls"] - before
+    assert (calls > 0) == (loop == "native"), (loop, calls)
+    return result, engine.cells_used(), calls
+
+
+def test_a_long_reply_is_the_same_on_both_loops(
+    model_of: Callable[[Path], Any], tiny: Path
+) -> None:
+    """500 tokens (``ignore_eos``) and an exact ``max_tokens`` of 137 without it: the
+    same tokens, text, count and end; the KV holds the prompt and every decoded token
+    (the last sampled one is never decoded)."""
+    model = model_of(tiny)
+    prompt = prompt_of(model, 1)
+    for kwargs in ({"max_tokens": 500}, {"max_tokens": 137, "ignore_eos": False}):
+        got = {
+            loop: on_loop(model, loop, lambda kw=kwargs: Run(submit(model, prompt, **kw)))
+            for loop in LOOPS
+        }
+        (py, py_cells, _), (nat, nat_cells, _) = got["python"], got["native"]
+        assert nat.key() == py.key(), kwargs
+        assert nat.n_tokens == kwargs["max_tokens"] and nat.finish == "length"
+        assert nat_cells == py_cells == len(prompt) + nat.n_tokens - 1
+
+
+def test_a_stop_string_inside_a_call_ends_the_reply_where_the_python_loop_does(
+    model_of: Callable[[Path], Any], tiny: Path
+) -> None:
+    """Stop strings taken from the middle of a 400-token reply: the native reply ends at
+    the same token with the same text, and its KV cells past that token are dropped (the
+    compiled call had decoded further). The cached prefix then serves the next identical
+    request, which gives the same reply again."""
+    model = model_of(tiny)
+    prompt = prompt_of(model, 2)
+    full, _, _ = on_loop(model, "python", lambda: Run(submit(model, prompt, max_tokens=400)))
+    stops = []
+    for at in (len(full.text) // 3, len(full.text) // 2, 2 * len(full.text) // 3):
+        while full.text.find(full.text[at : at + 5]) != at:
+            at += 1
+        stops.append((at, full.text[at : at + 5]))
+    for at, stop in stops:
+
+        def twice(s: str = stop) -> tuple[Run, Run]:
+            first = Run(submit(model, prompt, max_tokens=400, stop=[s]))
+            again = submit(model, prompt, max_tokens=400, stop=[s])
+            return first, Run(again)
+
+        got = {loop: on_loop(model, loop, twice) for loop in LOOPS}
+        ((py, py_again), py_cells, _), ((nat, nat_again), nat_cells, _) = (
+            got["python"],
+            got["native"],
+        )
+        assert py.text == full.text[:at] and py.finish == "stop"
+        assert nat.key() == py.key() == py_again.key() == nat_again.key(), stop
+        assert nat_cells == py_cells == len(prompt) + nat.n_tokens - 1, stop
+
+
+def test_batched_replies_are_the_same_on_both_loops(
+    model_of: Callable[[Path], Any], tiny: Path
+) -> None:
+    """Three requests decoded together (different lengths, one with a stop string), and a
+    fourth that joins while they run: each gets what it gets on the Python loop."""
+    model = model_of(tiny)
+    prompts = [prompt_of(model, i) for i in range(4)]
+    solo, _, _ = on_loop(model, "python", lambda: Run(submit(model, prompts[2], max_tokens=300)))
+    stop = solo.text[len(solo.text) // 2 : len(solo.text) // 2 + 4]
+
+    def together() -> list[tuple[Any, ...]]:
+        jobs = [
+            submit(model, prompts[0], max_tokens=250),
+            submit(model, prompts[1], max_tokens=120, ignore_eos=False),
+            submit(model, prompts[2], max_tokens=300, stop=[stop]),
+        ]
+        while model.engine.stats()["steps"] < 40:
+            threading.Event().wait(0.002)
+        jobs.append(submit(model, prompts[3], max_tokens=60))
+        return [Run(job).key() for job in jobs]
+
+    got = {loop: on_loop(model, loop, together) for loop in LOOPS}
+    (py, py_cells, _), (nat, nat_cells, _) = got["python"], got["native"]
+    assert nat == py
+    assert nat_cells == py_cells
+    assert model.engine.stats()["peak_sequences"] >= 3
+
+
+@pytest.fixture
+def eot_on_a_common_token(
+    model_of: Callable[[Path], Any], tiny: Path, tmp_path: Path
+) -> tuple[Path, int]:
+    """A copy of the tiny model whose end-of-turn token (an end-of-generation id) is the
+    token its greedy replies use most: greedy decoding then ranks an end-of-generation token
+    first again and again, inside the compiled loop's calls."""
+    import gguf
+
+    model = model_of(tiny)
+    run = Run(submit(model, prompt_of(model, 3), max_tokens=300))
+    first: dict[int, int] = {}
+    for i, t in enumerate(run.tokens):
+        first.setdefault(t, i)
+    # ranked first at least 3 times, never before token 30 (so the reply that stops on it
+    # is past the first step, in the compiled loop)
+    counts = collections.Counter(t for t in run.tokens if model.vocab.piece(t) and first[t] >= 30)
+    token, n = counts.most_common(1)[0]
+    assert n >= 3, counts.most_common(3)
+    path = copy_with_metadata(
+        tiny,
+        tmp_path / "tiny-eot.gguf",
+        {gguf.Keys.Tokenizer.EOT_ID: (gguf.GGUFValueType.UINT32, token)},
+    )
+    return path, token
+
+
+def test_end_of_generation_inside_a_call_is_the_same_on_both_loops(
+    model_of: Callable[[Path], Any], eot_on_a_common_token: tuple[Path, int]
+) -> None:
+    """With ``ignore_eos`` the best other token is taken each time greedy ranks the
+    end-of-generation token first; without it the reply ends there. The same tokens on
+    both loops, and the end-of-generation id is never among ``ignore_eos`` tokens."""
+    path, eot = eot_on_a_common_token
+    model = model_of(path)
+    assert model.vocab.is_eog(eot)
+    prompt = prompt_of(model, 3)
+    for ignore in (True, False):
+
+        def work(ignore_eos: bool = ignore) -> Run:
+            return Run(submit(model, prompt, max_tokens=300, ignore_eos=ignore_eos))
+
+        got = {loop: on_loop(model, loop, work) for loop in LOOPS}
+        (py, py_cells, _), (nat, nat_cells, _) = got["python"], got["native"]
+        assert nat.key() == py.key(), ignore
+        assert nat_cells == py_cells
+        if ignore:
+            assert nat.n_tokens == 300 and eot not in nat.tokens
+        else:
+            assert nat.finish == "stop" and nat.n_tokens < 300

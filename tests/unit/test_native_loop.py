@@ -1,0 +1,98 @@
+"""Building the compiled steady loop (``saiverse_llm.native_loop.build``): once per machine,
+from the cache afterwards, one compile however many processes ask at once, and a one-line
+reason (never a traceback, never a half-written library) when it cannot be built.
+
+These tests run the real C compiler on the real source; the loop's results against the
+Python loop are checked on a real build in ``tests/client/test_native_loop.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saiverse_llm import native_loop
+from saiverse_llm.native_loop import NativeLoopUnavailable
+
+CC = shutil.which(os.environ.get("CC") or "cc")
+needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler on this machine")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(native_loop.ENV_CACHE, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def counting_cc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$CC``: the real compiler, each call logged to the returned file."""
+    log = tmp_path / "cc.log"
+    script = tmp_path / "counting-cc"
+    script.write_text(f'#!/bin/sh\necho "$$" >> "{log}"\nexec "{CC}" "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("CC", str(script))
+    return log
+
+
+@needs_cc
+def test_it_is_compiled_once_and_then_taken_from_the_cache(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = counting_cc(tmp_path, monkeypatch)
+    first = native_loop.build()
+    again = native_loop.build()
+    assert first == again and first.is_file()
+    assert cache in first.parents
+    assert len(log.read_text().split()) == 1
+    lib = ctypes.CDLL(str(first))
+    assert lib.saiverse_greedy_steps
+    assert not [p for p in first.parent.iterdir() if p.name.endswith(".part")]
+
+
+@needs_cc
+def test_processes_asking_at_once_share_one_compile(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = counting_cc(tmp_path, monkeypatch)
+    code = "from saiverse_llm import native_loop; print(native_loop.build())"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    paths = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(paths) == 1 and Path(paths.pop()).is_file()
+    assert len(log.read_text().split()) == 1
+
+
+def test_no_compiler_is_a_one_line_reason(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(NativeLoopUnavailable, match=r"no C compiler: '/nonexistent/cc'.*set CC"):
+        native_loop.build()
+
+
+def test_a_failed_compile_leaves_nothing_behind(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "broken-cc"
+    script.write_text('#!/bin/sh\necho "native_loop.c:1: error: boom" >&2\nexit 1\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("CC", str(script))
+    why = re.escape("exited 1: native_loop.c:1: error: boom")
+    with pytest.raises(NativeLoopUnavailable, match=why):
+        native_loop.build()
+    built = list(cache.rglob("*.so")) + list(cache.rglob("*.part"))
+    assert built == []
+
+
+def test_it_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native_loop.ENV_SWITCH, "0")
+    with pytest.raises(NativeLoopUnavailable, match=f"{native_loop.ENV_SWITCH}=0"):
+        native_loop.load()
