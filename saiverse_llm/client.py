@@ -183,12 +183,14 @@ class LlamaCppClient:
     ``max_retries`` (retries of transient errors, default 1), ``pool`` (default the
     process-wide pool), ``config_dirs`` (where ``fallback_model`` is looked up),
     ``chunk_hook(index, text)`` (called with every streamed chunk, and with the whole reply
-    as chunk 0 for ``generate``; an exception it raises is treated like a generation error,
-    which is how the retry tests inject failures; it runs on the model's scheduler thread,
-    so keep it short), ``n_seq_max`` (sequences of ``context_length`` tokens each decoded
-    together; None sizes it from free memory, :func:`saiverse_llm.loading.auto_n_seq`) and
-    any other ``llama_cpp.Llama`` keyword (e.g. ``flash_attn=True``), which becomes part of
-    the pool key.
+    as chunk 0 for ``generate``; a chunk is one token's text, or, for greedy requests in
+    the compiled loop, the text of up to ``chunk_seconds`` of decoding, so how much text a
+    chunk index holds depends on timing there; an exception it raises is treated like a
+    generation error, which is how the retry tests inject failures; it runs on the model's
+    scheduler thread, so keep it short), ``n_seq_max`` (sequences of ``context_length``
+    tokens each decoded together; None sizes it from free memory,
+    :func:`saiverse_llm.loading.auto_n_seq`) and any other ``llama_cpp.Llama`` keyword
+    (e.g. ``flash_attn=True``), which becomes part of the pool key.
 
     Thread-safe: concurrent calls on one model run as one batch (up to ``n_seq_max`` at a
     time, the others wait their turn); a stream nobody reads blocks no one; usage and tool

@@ -18,6 +18,12 @@ request is a :class:`Job` around the request's own
    (``llama_get_logits_ith``) and its reply builder turns the token into text, which goes to
    the job's reader.
 
+In the steady state (every running job decoding its last token, nothing waiting) the steps
+repeat without re-planning; when every job samples greedily they run in C
+(:mod:`saiverse_llm.native_loop`), up to ``chunk_seconds`` of steps per call, and the
+tokens of a call become text at once. A submit, a cancel or a call ends a C call after its
+current step, so a joining request still waits at most one step.
+
 A prompt's last token is always decoded as a row of its own (the rest in chunks), like a
 generated token: a prompt served from the KV cache then gives the same logits as its first
 run, and on the CPU backend with f32 weights a sequence's text does not depend on what else
@@ -387,6 +393,7 @@ class Engine:
         #: compare the two)
         self.native = True
         self._native_out = np.zeros(NATIVE_MAX_STEPS * settings.n_seq, dtype=np.int32)
+        native_loop.get(wait=False)  # built (or found) on a thread of its own meanwhile
         self._t_step = 0.0  # wall seconds per step of the compiled loop's last call
 
     # -- public ----------------------------------------------------------------------------
@@ -895,7 +902,7 @@ class Engine:
         t0 = time.perf_counter()
         rc = self._lc.llama_decode(ctx, b.raw)
         t_decode = time.perf_counter() - t0
-        self._steps.value += 1  # counted as it ends, as the steady loops count theirs
+        self._steps.value += 1  # counted as it ends (the compiled loop counts the same way)
         self.rows += row
         if rc:
             self._decode_failed(plan, rc)
@@ -1116,7 +1123,7 @@ class Engine:
         for job, _, _ in plan:
             if job.gen.sampler.route != "greedy":
                 return None
-        return native_loop.get()
+        return native_loop.get(wait=False)  # None while it is being built
 
     def _repeat_native(self, plan: list[tuple[Job, int, bool]], loop: NativeLoop) -> None:
         """:meth:`_repeat` with the decode steps in C: one call decodes up to
@@ -1127,10 +1134,12 @@ class Engine:
         or a row samples an end-of-generation token; another model with work gets one step
         per call, as in the Python loop.
 
-        A row whose reply ends on a stop string or a hook before the call's last step has
-        decoded tokens past its end: they are dropped from its KV cells
-        (``llama_memory_seq_rm``), so its record and cells hold what the Python loop's
-        would. The same tokens as the Python loop: greedy is an argmax either way."""
+        A row whose reply ends (a stop string, ``max_tokens`` of another row's length)
+        before the call's last step has decoded tokens past its end: they are dropped from
+        its KV cells (``llama_memory_seq_rm``; a memory that cannot drop a tail loses the
+        sequence's cached prefix instead), so its record and cells hold what the Python
+        loop's would. A row whose hook or tool-call filter raises fails alone (its cells are
+        freed). The same tokens as the Python loop: greedy is an argmax either way."""
         k = len(plan)
         b = self._batch
         token, pos, raw = b.token, b.pos, b.raw
@@ -1201,6 +1210,7 @@ class Engine:
                             if tail:
                                 job._out.append(tail)
                     except Exception as exc:  # a hook or the tool-call filter: this request
+                        job.tokens.extend(sampled)  # what its cells hold (freed as it fails)
                         job.n_past = start + done
                         ended.append((job, _FAILED, exc))
                         go_on = False
@@ -1234,15 +1244,19 @@ class Engine:
                 slot.ids[starts[row] : n] = job.tokens[starts[row] : n]
                 slot.n = n
                 slot.last_used = steps_now
-                if int(pos[row]) > n:  # decoded past the end of its reply
+                if int(pos[row]) > n and not (  # decoded past the end of its reply
                     lc.llama_memory_seq_rm(mem, slot.seq, n, -1)
-        if rc:
-            self._decode_failed(plan, rc)
-        elif ended:
+                    and lc.llama_memory_seq_pos_max(mem, slot.seq) == n - 1
+                ):  # a memory that cannot drop a tail (recurrent): drop the sequence
+                    lc.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+                    slot.n = 0
+        if ended:  # before a decode failure's: these ended before the failed step
             with self._cond:
                 for job, state, error in ended:
                     keep = state == _DONE and self.settings.cache_prompts
                     self._finish(job, state, error, keep=keep)
+        if rc:
+            self._decode_failed(plan, rc)
 
     def _decoder(self) -> Callable[[Any, Any], int]:
         """``llama_decode`` for a steady loop: the C function itself, or, while

@@ -5,8 +5,9 @@
  * each (row r: batch->token[r] at batch->pos[r]), and after each step picks every row's
  * next token by argmax of its logits (greedy; for a row that ignores end-of-generation,
  * the best token that is not one), writes it to out[step * k + r] and makes it the row's
- * next input. Python then turns the tokens into text, all at once. Nothing here allocates,
- * locks or calls Python.
+ * next input. Python then turns the tokens into text, all at once. Nothing here allocates
+ * or locks; the only calls out are llama_decode and llama_get_logits (which may run the
+ * process's abort and log callbacks).
  *
  * llama.cpp is not linked: the caller passes the addresses of llama_decode and
  * llama_get_logits from the library llama-cpp-python loaded, and native_loop.py checks
@@ -31,8 +32,9 @@ typedef float *(*sv_logits_fn)(void *ctx);
 #define SV_LANES 16
 #define SV_BLOCK 1024
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-/* one copy per vector width, picked at load time from the CPU (no CPU feature assumed) */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && defined(__GLIBC__)
+/* one copy per vector width, picked at load time from the CPU (no CPU feature assumed;
+ * needs glibc's ifunc) */
 #define SV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SV_CLONES

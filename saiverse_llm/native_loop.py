@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,8 @@ ENV_SWITCH = "SAIVERSE_LLM_NATIVE_LOOP"
 ENV_CACHE = "SAIVERSE_LLM_CACHE"
 #: Seconds a compile may take.
 COMPILE_TIMEOUT = 120.0
+#: Seconds to wait for another process's compile (longer than a compile may take).
+LOCK_TIMEOUT = 2 * COMPILE_TIMEOUT + 30.0
 _FLAGS = ["-O3", "-shared", "-fPIC"]
 
 #: llama-cpp-python's ``llama_batch`` fields as the C code declares them.
@@ -60,9 +63,10 @@ _BATCH_LAYOUT = [
 ]
 
 _lock = threading.Lock()
+_ready = threading.Event()
+_started = False
 _loaded: NativeLoop | None = None
 _why_not: str | None = None
-_tried = False
 
 
 class NativeLoop:
@@ -148,19 +152,39 @@ class NativeLoop:
         return int(done), int(self._rc.value), float(self._t_decode.value)
 
 
-def get() -> NativeLoop | None:
-    """The compiled loop (compiled on first use), or None when it cannot be had (see
-    :func:`why_not`). Thread-safe; tried once per process."""
-    global _loaded, _why_not, _tried
+def get(*, wait: bool = True) -> NativeLoop | None:
+    """The compiled loop, or None when it cannot be had (see :func:`why_not`).
+
+    The first call starts the build (or the load from the cache) on a thread of its own;
+    ``wait=False`` never blocks: None until it is ready (the engine asks from the thread
+    every model decodes on, which must not stall for a compile or another process's lock).
+    Tried once per process; thread-safe."""
+    global _started
     with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                _loaded = load()
-            except NativeLoopUnavailable as exc:
-                _why_not = str(exc)
-                logger.info("the compiled decode loop is off (%s); the Python loop runs", exc)
-        return _loaded
+        if not _started:
+            _started = True
+            threading.Thread(
+                target=_prepare, name="saiverse-llm native loop build", daemon=True
+            ).start()
+    if wait:
+        _ready.wait()
+    return _loaded if _ready.is_set() else None
+
+
+def _prepare() -> None:
+    global _loaded, _why_not
+    try:
+        _loaded = load()
+    except NativeLoopUnavailable as exc:
+        _why_not = str(exc)
+        logger.info("the compiled decode loop is off (%s); the Python loop runs", exc)
+    except Exception as exc:  # a bug or an odd machine: never worse than the Python loop
+        _why_not = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "the compiled decode loop failed to load (%s); the Python loop runs", _why_not
+        )
+    finally:
+        _ready.set()
 
 
 def why_not() -> str | None:
@@ -187,34 +211,45 @@ def load() -> NativeLoop:
     path = build()
     try:
         return NativeLoop(ctypes.CDLL(str(path)), path)
-    except OSError as exc:
-        raise NativeLoopUnavailable(f"{path} does not load: {exc}") from exc
+    except (OSError, AttributeError) as exc:  # a truncated or foreign file in the cache
+        logger.warning("%s does not load (%s); compiling it again", path, exc)
+        path = build(again=True)
+    try:
+        return NativeLoop(ctypes.CDLL(str(path)), path)
+    except (OSError, AttributeError) as exc:
+        raise NativeLoopUnavailable(
+            f"{path} does not load: {exc}. Fix: delete {path.parent}, or set {ENV_SWITCH}=0"
+        ) from exc
 
 
-def build() -> Path:
+def build(*, again: bool = False) -> Path:
     """The compiled library's path: from the cache, or compiled now with ``$CC`` (else
-    ``cc``) under a file lock and published atomically (one compile per machine, however
-    many processes ask at once). Raises :class:`NativeLoopUnavailable` (no compiler, a
-    failed compile, an unwritable cache, Windows)."""
+    ``cc``; it may hold arguments, as in ``ccache gcc``) under a file lock and published
+    atomically (one compile per machine, however many processes ask at once). ``again``:
+    replace the cached file (it did not load). Raises :class:`NativeLoopUnavailable` (no
+    compiler, a failed compile, an unwritable cache, Windows)."""
     if sys.platform == "win32":
         raise NativeLoopUnavailable("not built on Windows")
     source = resources.files("saiverse_llm").joinpath("native_loop.c").read_bytes()
-    compiler = os.environ.get("CC") or "cc"
-    found = shutil.which(compiler)
+    cc = os.environ.get("CC") or "cc"
+    try:
+        words = shlex.split(cc)
+    except ValueError as exc:
+        raise NativeLoopUnavailable(f"CC={cc!r} does not parse: {exc}") from exc
+    found = shutil.which(words[0]) if words else None
     if found is None:
-        raise NativeLoopUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC)")
-    key = hashlib.sha256(
-        b"\0".join([source, found.encode(), " ".join(_FLAGS).encode(), platform.machine().encode()])
-    ).hexdigest()[:16]
-    folder = cache_dir() / "native" / key
+        raise NativeLoopUnavailable(f"no C compiler: {cc!r} is not on PATH (set CC)")
+    command = [found, *words[1:]]
+    parts = [source, *(w.encode() for w in [*command, *_FLAGS, platform.machine()])]
+    folder = cache_dir() / "native" / hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     path = folder / "native_loop.so"
-    if path.exists():
+    if path.exists() and not again:
         return path
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder / ".lock"), timeout=COMPILE_TIMEOUT):
-            if not path.exists():
-                _compile(found, source, folder, path)
+        with FileLock(str(folder / ".lock"), timeout=LOCK_TIMEOUT):
+            if again or not path.exists():
+                _compile(command, source, folder, path)
     except NativeLoopUnavailable:
         raise
     except Exception as exc:  # an unwritable cache, a lock timeout, ...
@@ -222,25 +257,25 @@ def build() -> Path:
     return path
 
 
-def _compile(compiler: str, source: bytes, folder: Path, path: Path) -> None:
+def _compile(command: list[str], source: bytes, folder: Path, path: Path) -> None:
     src = folder / "native_loop.c"
     with atomic_output(src) as tmp:
         tmp.write_bytes(source)
     with atomic_output(path) as tmp:
         try:
             done = subprocess.run(
-                [compiler, *_FLAGS, "-o", str(tmp), str(src)],
+                [*command, *_FLAGS, "-o", str(tmp), str(src)],
                 capture_output=True,
                 text=True,
                 timeout=COMPILE_TIMEOUT,
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise NativeLoopUnavailable(f"{compiler} failed to run: {exc}") from exc
+            raise NativeLoopUnavailable(f"{command[0]} failed to run: {exc}") from exc
         if done.returncode != 0:
             lines = (done.stderr or done.stdout).strip().splitlines()
             raise NativeLoopUnavailable(
-                f"{compiler} exited {done.returncode}: {lines[-1] if lines else 'no output'}"
+                f"{command[0]} exited {done.returncode}: {lines[-1] if lines else 'no output'}"
             )
 
 

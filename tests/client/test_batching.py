@@ -50,14 +50,16 @@ def batched(
     pool of its own, one thread (these tests check scheduling, not speed: one thread keeps
     them quick on a machine other jobs keep busy). ``loop``: "native" (the compiled steady
     loop, the default where it builds) or "python" (the engine's Python loop);
-    ``max_unread``: the engine's pause threshold (the compiled loop hands text over in
-    larger pieces, so tests that need a stream to pause set a small one)."""
+    ``max_unread``, ``chunk_seconds``: the engine's pause threshold and the compiled
+    loop's time per call (it hands text over in pieces of up to 50 ms of decoding, so a
+    tiny model's reply may be 2 pieces: tests that need a stream to pause set both small)."""
 
     def make(
         n_seq_max: int | None = 4,
         *,
         loop: str = "native",
         max_unread: int | None = None,
+        chunk_seconds: float | None = None,
         **kwargs: Any,
     ) -> Any:
         kwargs.setdefault("context_length", 768)
@@ -65,8 +67,14 @@ def batched(
         client = make_client(tiny, pool=fresh_pool, n_seq_max=n_seq_max, **kwargs)
         engine = client.load().engine
         engine.native = loop == "native"
+        if engine.native:
+            from saiverse_llm import native_loop
+
+            native_loop.get()  # built before the test runs (else the Python loop runs)
         if max_unread is not None:
             engine.settings = dataclasses.replace(engine.settings, max_unread=max_unread)
+        if chunk_seconds is not None:
+            engine.settings = dataclasses.replace(engine.settings, chunk_seconds=chunk_seconds)
         return client
 
     return make
@@ -140,7 +148,7 @@ def test_an_unread_stream_does_not_block_another_thread(
     generate_stream on the same model was still blocked 20 s later (the model's lock was
     held for the whole stream). With one sequence the unread stream is paused and gives
     its sequence way; with more, the second request simply takes another."""
-    client = batched(n_seq_max, loop=loop, max_unread=4)
+    client = batched(n_seq_max, loop=loop, max_unread=4, chunk_seconds=0.001)
     opened = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)
     first = next(opened)
     assert first
@@ -163,7 +171,7 @@ def test_an_unread_stream_does_not_block_another_thread(
 def test_a_stream_paused_and_preempted_resumes_with_the_same_text(
     batched: Callable[..., Any], loop: str
 ) -> None:
-    client = batched(1, loop=loop, max_unread=4)
+    client = batched(1, loop=loop, max_unread=4, chunk_seconds=0.001)
     alone = "".join(client.generate_stream(LONG, max_tokens=150, temperature=0.0, ignore_eos=True))
     model = client.load()
     model.engine.flush()
@@ -181,7 +189,7 @@ def test_a_stream_left_unread_too_long_is_freed_with_a_log_line(
 ) -> None:
     from saiverse_llm.engine import StreamTimeoutError
 
-    client = batched(2, loop=loop, max_unread=4)
+    client = batched(2, loop=loop, max_unread=4, chunk_seconds=0.001)
     model = client.load()
     model.engine.settings = dataclasses.replace(model.engine.settings, stall_timeout=0.5)
     opened = client.generate_stream(LONG, max_tokens=400, temperature=0.0, ignore_eos=True)

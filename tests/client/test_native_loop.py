@@ -71,13 +71,16 @@ def submit(
     max_tokens: int,
     ignore_eos: bool = True,
     stop: list[str] | None = None,
+    on_text: Callable[[int, str], None] | None = None,
 ) -> Any:
     from saiverse_llm.generation import Generation, ReplyBuilder
     from saiverse_llm.sampling import Sampler, SamplingParams
 
     vocab = model.vocab
     params = SamplingParams(temperature=0.0, ignore_eos=ignore_eos)
-    reply = ReplyBuilder(vocab, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos)
+    reply = ReplyBuilder(
+        vocab, max_tokens=max_tokens, stop=stop, ignore_eos=ignore_eos, on_text=on_text
+    )
     return model.engine.submit(Generation(prompt, Sampler(vocab, params), reply))
 
 
@@ -225,3 +228,81 @@ def test_end_of_generation_inside_a_call_is_the_same_on_both_loops(
             assert nat.n_tokens == 300 and eot not in nat.tokens
         else:
             assert nat.finish == "stop" and nat.n_tokens < 300
+
+
+def long_calls(model: Any, seconds: float) -> None:
+    import dataclasses
+
+    engine = model.engine
+    engine.settings = dataclasses.replace(engine.settings, chunk_seconds=seconds)
+
+
+def test_a_hook_failing_in_a_call_fails_its_request_only(
+    model_of: Callable[[Path], Any], tiny: Path
+) -> None:
+    """A request whose ``on_text`` hook (the client's ``chunk_hook``) raises at its 4th
+    piece, several calls into its reply, while another request decodes beside it: that
+    request fails with the hook's error and its cells are freed; the other one ends
+    normally and the model goes on serving."""
+    model = model_of(tiny)
+    long_calls(model, 0.002)  # many calls, so the failure is inside a later one
+    model.engine.native = True
+
+    def hook(index: int, text: str) -> None:
+        if index == 3:
+            raise RuntimeError("hook failed at piece 3")
+
+    failing = submit(model, prompt_of(model, 5), max_tokens=400, on_text=hook)
+    other = submit(model, prompt_of(model, 6), max_tokens=400)
+    with pytest.raises(RuntimeError, match="hook failed at piece 3"):
+        failing.result()
+    assert Run(other).n_tokens == 400
+    assert model.engine.wait_idle(BLOCKED)
+    assert model.engine.stats()["native_calls"] > 3
+    again = Run(submit(model, prompt_of(model, 6), max_tokens=20))
+    assert again.n_tokens == 20
+    model.engine.flush()
+    assert model.engine.cells_used() == 0
+
+
+def test_a_reply_that_ended_before_a_failed_decode_in_the_same_call_stays_done(
+    model_of: Callable[[Path], Any], tiny: Path
+) -> None:
+    """Two requests in one long call: one ends on a stop string at about its 40th token,
+    then llama.cpp aborts a decode 30 steps later (its own abort callback, armed by the
+    step count). The first keeps its reply ("done", the same text as alone); only the
+    other fails with the decode's error."""
+    model = model_of(tiny)
+    model.engine.native = True
+    prompts = [prompt_of(model, 7), prompt_of(model, 8)]
+    solo = Run(submit(model, prompts[0], max_tokens=200))
+    cut = len(Run(submit(model, prompts[0], max_tokens=40)).text)
+    at = cut
+    while solo.text.find(solo.text[at : at + 4]) != at:
+        at += 1
+    stop = solo.text[at : at + 4]
+    want = Run(submit(model, prompts[0], max_tokens=200, stop=[stop]))
+    assert want.finish == "stop" and want.n_tokens < 120
+    model.engine.flush()
+    long_calls(model, 1.0)  # one call runs until the abort
+    engine = model.engine
+    target = [engine.steps + want.n_tokens + 30]
+    armed = threading.Event()
+    armed.set()
+    callback = llama_cpp.ggml_abort_callback(
+        lambda _data: armed.is_set() and engine.steps >= target[0]
+    )
+    llama_cpp.llama_set_abort_callback(model.llm.ctx, callback, None)
+    try:
+        jobs = [
+            submit(model, prompts[0], max_tokens=200, stop=[stop]),
+            submit(model, prompts[1], max_tokens=400),
+        ]
+        ended = Run(jobs[0])
+        with pytest.raises(RuntimeError, match=r"llama_decode returned 2 \(aborted\)"):
+            jobs[1].result()
+    finally:
+        armed.clear()
+    assert jobs[0].state == "done" and ended.key() == want.key()
+    assert engine.stats()["native_calls"] > 0
+    assert engine.wait_idle(BLOCKED)

@@ -96,3 +96,29 @@ def test_it_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(native_loop.ENV_SWITCH, "0")
     with pytest.raises(NativeLoopUnavailable, match=f"{native_loop.ENV_SWITCH}=0"):
         native_loop.load()
+
+
+@needs_cc
+def test_cc_may_hold_arguments(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CC="ccache gcc"`` style: the first word is the program, the rest are its
+    arguments (and part of the cache key)."""
+    monkeypatch.setenv("CC", f"{CC} -DSAIVERSE_NATIVE_TEST=1")
+    with_args = native_loop.build()
+    monkeypatch.setenv("CC", str(CC))
+    plain = native_loop.build()
+    assert with_args != plain
+    assert ctypes.CDLL(str(with_args)).saiverse_greedy_steps
+
+
+@needs_cc
+def test_a_cached_library_that_does_not_load_is_built_again(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = native_loop.build()
+    path.write_bytes(b"not a shared library")
+    with pytest.raises(OSError):
+        ctypes.CDLL(str(path))
+    assert native_loop.build(again=True) == path
+    assert ctypes.CDLL(str(path)).saiverse_greedy_steps
