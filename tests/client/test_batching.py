@@ -523,7 +523,7 @@ def test_a_decode_failing_mid_stream_ends_its_requests_and_frees_them(
 
     if not cpu_backend(n_gpu_layers):
         pytest.skip("llama.cpp's abort callback is checked by the CPU backend's graph compute")
-    client = batched(2, loop=loop)
+    client = batched(2, loop=loop, chunk_seconds=0.001)  # many chunks before the abort
     model = client.load()
     params = SamplingParams(temperature=0.0, ignore_eos=True)
 
@@ -801,13 +801,13 @@ def test_a_model_whose_scheduling_fails_ends_its_streams_and_others_go_on(
     from saiverse_llm.generation import Generation, ReplyBuilder
     from saiverse_llm.sampling import Sampler, SamplingParams
 
-    broken = batched(2, context_length=512)
+    broken = batched(2, context_length=512, chunk_seconds=0.001)  # many pieces
     other = batched(2, context_length=640)
     model = broken.load()
     params = SamplingParams(temperature=0.0, ignore_eos=True)
 
     def hook(index: int, text: str) -> None:
-        if index >= 20:
+        if index >= 5:
             raise SystemExit("a hook exits")
 
     jobs = [
