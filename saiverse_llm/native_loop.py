@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from saiverse_llm.atomic import atomic_output
+from saiverse_llm.atomic import atomic_output, atomic_write_bytes
 
 logger = logging.getLogger("saiverse_llm")
 
@@ -259,8 +259,7 @@ def build(*, again: bool = False) -> Path:
 
 def _compile(command: list[str], source: bytes, folder: Path, path: Path) -> None:
     src = folder / "native_loop.c"
-    with atomic_output(src) as tmp:
-        tmp.write_bytes(source)
+    atomic_write_bytes(src, source)
     with atomic_output(path) as tmp:
         try:
             done = subprocess.run(
