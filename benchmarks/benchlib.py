@@ -345,9 +345,10 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
 
     Returns ``(ratio, c_rate)``: llama.cpp's eval seconds over the loop's wall seconds
     (``llama_perf_context``, as ``stream<n>_ratio`` measures the client), and the C-side
-    eval rate in t/s. The ratio is the ceiling of any Python-driven stream's
-    stream/C-side ratio on this model, machine and load: on a model that decodes a token
-    in ~0.1 ms, a ctypes call and an argmax are already a few percent of it."""
+    eval rate in t/s. The ratio is the ceiling of a stream whose every token passes
+    through Python, on this model, machine and load: on a model that decodes a token in
+    ~0.1 ms, a ctypes call and an argmax are already a few percent of it (the client's
+    greedy steady state decodes in C, ``saiverse_llm.native_loop``, and can pass it)."""
     import ctypes
 
     import llama_cpp

@@ -15,9 +15,10 @@ measures, at the consumer of the stream:
 * ``stream<n>_ttft``: time to the first chunk (prompt evaluation included);
 * ``stream<n>_floor``: the same ratio for the barest loop Python can drive on the same
   context, in the same round (``benchlib.python_floor``: one-token ``llama_decode`` and an
-  argmax, nothing else), the ceiling of ``stream<n>_ratio`` on this model and machine (on
-  the tiny model a token decodes in ~0.1 ms, and one ctypes call and an argmax are a few
-  percent of that).
+  argmax, nothing else), the ceiling of a stream whose every token passes through Python on
+  this model and machine (on the tiny model a token decodes in ~0.1 ms, and one ctypes call
+  and an argmax are a few percent of that); the client's greedy steady state decodes in C
+  (``saiverse_llm.native_loop``) and can pass it.
 
 Both rates come from the same run, so competing work on the machine moves them together;
 the load is recorded with every result. llama-bench's tg for the same build and threads is

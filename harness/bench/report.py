@@ -1211,9 +1211,10 @@ def render_streaming(rs: ResultSet) -> list[str]:
         "rate (llama_perf_context) over the same window of the same run; ratio: the two "
         f"divided per round (goal >= {STREAM_GOAL}, flat in length). Python floor: the same "
         "ratio for the barest loop a Python caller can drive on the same context in the same "
-        "rounds (one-token llama_decode and an argmax, nothing else): the ceiling of the "
-        "ratio on that model and machine. llama-bench tg: the same build and threads, from "
-        "`llama-harness llama-bench`.",
+        "rounds (one-token llama_decode and an argmax, nothing else): the ceiling of a "
+        "stream whose every token passes through Python (the client's greedy steady state "
+        "decodes in C, saiverse_llm/native_loop.c, and can pass it). llama-bench tg: the same "
+        "build and threads, from `llama-harness llama-bench`.",
         "",
         "| variant | model | tokens | stream t/s | C-side t/s | ratio | Python floor "
         "| llama-bench tg | TTFT | threads | load |",
