@@ -10,8 +10,9 @@ rest is llama_decode's own batch checks outside llama.cpp's timer).
 
 :func:`get` compiles the C file once per machine with the system's C compiler (``$CC``, else
 ``cc``) into ``$SAIVERSE_LLM_CACHE`` (default ``~/.cache/saiverse-llm``)``/native/<hash>/``,
-under a file lock, written atomically; later processes load it. No compiler, a failed
-compile, a ``llama_batch`` whose layout differs from the one the C code expects, or
+under a file lock, written atomically with its SHA-256 beside it; later processes load it
+once the digest matches (a cut-short file is compiled again, never loaded). No compiler, a
+failed compile, a ``llama_batch`` whose layout differs from the one the C code expects, or
 ``SAIVERSE_LLM_NATIVE_LOOP=0`` leave :func:`get` returning None (with the reason in
 :func:`why_not` and one log line): the engine then runs its Python loop, which gives the
 same tokens.
@@ -225,8 +226,10 @@ def load() -> NativeLoop:
 def build(*, again: bool = False) -> Path:
     """The compiled library's path: from the cache, or compiled now with ``$CC`` (else
     ``cc``; it may hold arguments, as in ``ccache gcc``) under a file lock and published
-    atomically (one compile per machine, however many processes ask at once). ``again``:
-    replace the cached file (it did not load). Raises :class:`NativeLoopUnavailable` (no
+    atomically with its SHA-256 beside it (one compile per machine, however many processes
+    ask at once; a cached file whose digest does not match, cut short or altered, is
+    compiled again rather than loaded). ``again``: replace the cached file (it did not
+    load). Raises :class:`NativeLoopUnavailable` (no
     compiler, a failed compile, an unwritable cache, Windows)."""
     if sys.platform == "win32":
         raise NativeLoopUnavailable("not built on Windows")
@@ -243,12 +246,12 @@ def build(*, again: bool = False) -> Path:
     parts = [source, *(w.encode() for w in [*command, *_FLAGS, platform.machine()])]
     folder = cache_dir() / "native" / hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     path = folder / "native_loop.so"
-    if path.exists() and not again:
+    if not again and _intact(path):
         return path
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / ".lock"), timeout=LOCK_TIMEOUT):
-            if again or not path.exists():
+            if again or not _intact(path):
                 _compile(command, source, folder, path)
     except NativeLoopUnavailable:
         raise
@@ -276,6 +279,26 @@ def _compile(command: list[str], source: bytes, folder: Path, path: Path) -> Non
             raise NativeLoopUnavailable(
                 f"{command[0]} exited {done.returncode}: {lines[-1] if lines else 'no output'}"
             )
+        # the digest goes first: a library in place always has its digest beside it
+        atomic_write_bytes(_digest_path(path), _digest(tmp).encode())
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` is the library a compile here published: its SHA-256 is the one
+    written beside it. A cut-short or altered file is never handed to ``dlopen``, which maps
+    an ELF file's segments by its headers: a truncated one kills the process (SIGBUS)."""
+    try:
+        return _digest_path(path).read_text().strip() == _digest(path)
+    except OSError:  # missing (not built yet, or built before digests were kept)
+        return False
 
 
 def cache_dir() -> Path:

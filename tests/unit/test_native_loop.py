@@ -122,3 +122,34 @@ def test_a_cached_library_that_does_not_load_is_built_again(
         ctypes.CDLL(str(path))
     assert native_loop.build(again=True) == path
     assert ctypes.CDLL(str(path)).saiverse_greedy_steps
+
+
+@needs_cc
+def test_a_truncated_cached_library_is_built_again_not_loaded(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached library cut short (a full disk, an interrupted copy of the cache) is an
+    ELF file whose segments reach past its end: loading it killed the process with SIGBUS
+    (dlopen maps it, the loader touches the missing pages), before any fallback could run.
+    ``build`` must notice it and compile again."""
+    log = counting_cc(tmp_path, monkeypatch)
+    path = native_loop.build()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 4])
+    code = (
+        "import ctypes; from saiverse_llm import native_loop; "
+        "print(ctypes.CDLL(str(native_loop.build())).saiverse_greedy_steps)"
+    )
+    here = str(Path(__file__).resolve().parents[2])  # this checkout's saiverse_llm
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert len(log.read_text().split()) == 2  # the first build, and the one that repaired it
+    assert path.stat().st_size == len(whole)
