@@ -957,20 +957,12 @@ class Engine:
         decode = self._decoder()
         ctx = self.llm.ctx
         limit = self.settings.max_unread
-        jobs = [job for job, _, _ in plan]
-        slots: list[_Slot] = []
-        for job in jobs:
-            assert job.slot is not None
-            slots.append(job.slot)
+        jobs, slots, starts = self._steady_rows(plan)
         gens = [job.gen for job in jobs]
         samplers = [gen.sampler for gen in gens]
         greedy = all(s.route == "greedy" for s in samplers)
         n_vocab = samplers[0].vocab.n_vocab
         views = self._row_views
-        starts = [job.n_past for job in jobs]  # each record is written up to here
-        for row, job in enumerate(jobs):
-            token[row] = job.tokens[job.n_past]
-            pos[row] = job.n_past
         positions = pos[:k]
         clock = time.perf_counter
         counter = self._steps
@@ -1031,21 +1023,12 @@ class Engine:
                 if not go_on or self._waiting():
                     break
         finally:
-            steps = self.steps
             for row, job in enumerate(jobs):
-                slot = slots[row]
-                n = int(positions[row])
-                job.n_past = n
-                slot.ids[starts[row] : n] = job.tokens[starts[row] : n]
-                slot.n = n
-                slot.last_used = steps
+                job.n_past = int(positions[row])
+            self._record(jobs, slots, starts)
+        self._end_rows(ended)
         if rc:
             self._decode_failed(plan, rc)
-        elif ended:
-            with self._cond:
-                for job, state, error in ended:
-                    keep = state == _DONE and self.settings.cache_prompts
-                    self._finish(job, state, error, keep=keep)
 
     def _repeat_one(self, plan: list[tuple[Job, int, bool]]) -> None:
         """:meth:`_repeat` for a single stream (the most common case, and the one where a
@@ -1142,25 +1125,17 @@ class Engine:
         freed). The same tokens as the Python loop: greedy is an argmax either way."""
         k = len(plan)
         b = self._batch
-        token, pos, raw = b.token, b.pos, b.raw
+        pos, raw = b.pos, b.raw
         lc = self._lc
         ctx = self.llm.ctx
         limit = self.settings.max_unread
-        jobs = [job for job, _, _ in plan]
-        slots: list[_Slot] = []
-        for job in jobs:
-            assert job.slot is not None
-            slots.append(job.slot)
+        jobs, slots, starts = self._steady_rows(plan)
         gens = [job.gen for job in jobs]
         replies = [gen.reply for gen in gens]
         vocab = gens[0].sampler.vocab
         n_vocab = vocab.n_vocab
         eog = vocab.eog_flags()
         ignore = np.array([gen.sampler.params.ignore_eos for gen in gens], dtype=np.uint8)
-        starts = [job.n_past for job in jobs]  # each record is written up to here
-        for row, job in enumerate(jobs):
-            token[row] = job.tokens[job.n_past]
-            pos[row] = job.n_past
         out = self._native_out
         knock = _scheduler.knock
         # Readers are woken right before the next call, which lets go of the GIL: a reader
@@ -1236,27 +1211,56 @@ class Engine:
         finally:
             for job in wake:
                 job._wake(clock())
+            self._record(jobs, slots, starts)
             mem = lc.llama_get_memory(ctx)
-            steps_now = self.steps
             for row, job in enumerate(jobs):
                 slot = slots[row]
                 n = job.n_past
-                slot.ids[starts[row] : n] = job.tokens[starts[row] : n]
-                slot.n = n
-                slot.last_used = steps_now
                 if int(pos[row]) > n and not (  # decoded past the end of its reply
                     lc.llama_memory_seq_rm(mem, slot.seq, n, -1)
                     and lc.llama_memory_seq_pos_max(mem, slot.seq) == n - 1
                 ):  # a memory that cannot drop a tail (recurrent): drop the sequence
                     lc.llama_memory_seq_rm(mem, slot.seq, -1, -1)
                     slot.n = 0
-        if ended:  # before a decode failure's: these ended before the failed step
-            with self._cond:
-                for job, state, error in ended:
-                    keep = state == _DONE and self.settings.cache_prompts
-                    self._finish(job, state, error, keep=keep)
+        self._end_rows(ended)  # before a decode failure's: these ended before the failed step
         if rc:
             self._decode_failed(plan, rc)
+
+    def _steady_rows(
+        self, plan: list[tuple[Job, int, bool]]
+    ) -> tuple[list[Job], list[_Slot], list[int]]:
+        """A steady loop's jobs, their sequences and where each sequence's record is written
+        up to; each job's next token and position go into its row of the batch (sequence
+        ids, output flags and size stay as the plan's last :meth:`_step` left them)."""
+        b = self._batch
+        jobs = [job for job, _, _ in plan]
+        slots: list[_Slot] = []
+        for row, job in enumerate(jobs):
+            assert job.slot is not None
+            slots.append(job.slot)
+            b.token[row] = job.tokens[job.n_past]
+            b.pos[row] = job.n_past
+        return jobs, slots, [job.n_past for job in jobs]
+
+    def _record(self, jobs: list[Job], slots: list[_Slot], starts: list[int]) -> None:
+        """After a steady loop: each sequence's record holds its job's tokens up to
+        ``n_past`` (written from ``starts`` on)."""
+        steps = self.steps
+        for job, slot, start in zip(jobs, slots, starts, strict=True):
+            n = job.n_past
+            slot.ids[start:n] = job.tokens[start:n]
+            slot.n = n
+            slot.last_used = steps
+
+    def _end_rows(self, ended: list[tuple[Job, str, BaseException | None]]) -> None:
+        """After a steady loop: end the jobs that ended in it (a finished one keeps its
+        cells as a cached prefix when ``cache_prompts``)."""
+        if not ended:
+            return
+        with self._cond:
+            for job, state, error in ended:
+                keep = state == _DONE and self.settings.cache_prompts
+                self._finish(job, state, error, keep=keep)
 
     def _decoder(self) -> Callable[[Any, Any], int]:
         """``llama_decode`` for a steady loop: the C function itself, or, while
