@@ -556,6 +556,13 @@ class LlamaCppClient:
                 stop = [value] if isinstance(value, str) else [str(s) for s in value]
             else:
                 logger.debug("%s: ignoring unsupported argument %r", self.model_name, name)
+        if extra.get("ignore_eos") and (grammar is not None or response_schema is not None):
+            # the grammar's only way out is an end-of-generation token, which ignore_eos masks:
+            # llama.cpp's grammar sampler then throws through ctypes and the process aborts
+            raise ParameterError(
+                "parameter ignore_eos: true with a grammar or response_schema",
+                "drop ignore_eos (a grammar ends the reply itself; max_tokens still caps it)",
+            )
         schema: dict[str, Any] | None = None
         if response_schema is not None:
             if not isinstance(response_schema, Mapping):

@@ -236,3 +236,21 @@ def test_a_schema_reply_is_the_same_streamed_or_not(
     out = client.generate(MESSAGES, response_schema=SCHEMA, max_tokens=64, seed=3)
     text = "".join(client.generate_stream(MESSAGES, response_schema=SCHEMA, max_tokens=64, seed=3))
     assert json.loads(text) == out
+
+
+def test_ignore_eos_with_a_schema_or_grammar_is_a_clear_error_not_an_abort(
+    make_client: Callable[..., Any], tiny: Path
+) -> None:
+    """A grammar ends the reply with an end-of-generation token, which ``ignore_eos`` masks:
+    once the grammar was complete every token had -inf, llama.cpp's grammar sampler threw
+    a C++ exception through ctypes and the process aborted (SIGABRT, every model with it).
+    The combination is refused before anything runs, streaming or not."""
+    from saiverse_llm.user_errors import ParameterError
+
+    client = make_client(tiny)
+    for kwargs in ({"response_schema": SCHEMA}, {"grammar": forced('{"a": 1}')}):
+        for call in (client.generate, lambda *a, **k: "".join(client.generate_stream(*a, **k))):
+            with pytest.raises(ParameterError, match="ignore_eos"):
+                call(MESSAGES, max_tokens=64, seed=3, temperature=0.0, ignore_eos=True, **kwargs)
+    out = client.generate(MESSAGES, response_schema=SCHEMA, max_tokens=64, seed=3)
+    assert isinstance(out, dict)
