@@ -27,6 +27,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -264,20 +265,29 @@ def _compile(command: list[str], source: bytes, folder: Path, path: Path) -> Non
     src = folder / "native_loop.c"
     atomic_write_bytes(src, source)
     with atomic_output(path) as tmp:
-        try:
-            done = subprocess.run(
+        try:  # a session of its own: a timeout stops the driver and all it started (cc1, as)
+            proc = subprocess.Popen(
                 [*command, *_FLAGS, "-o", str(tmp), str(src)],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=COMPILE_TIMEOUT,
-                check=False,
+                start_new_session=True,
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except OSError as exc:
             raise NativeLoopUnavailable(f"{command[0]} failed to run: {exc}") from exc
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
+        with proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=COMPILE_TIMEOUT)
+            except BaseException as exc:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    raise NativeLoopUnavailable(f"{command[0]} failed to run: {exc}") from exc
+                raise
+        if proc.returncode != 0:
+            lines = (stderr or stdout).strip().splitlines()
             raise NativeLoopUnavailable(
-                f"{command[0]} exited {done.returncode}: {lines[-1] if lines else 'no output'}"
+                f"{command[0]} exited {proc.returncode}: {lines[-1] if lines else 'no output'}"
             )
         # the digest goes first: a library in place always has its digest beside it
         atomic_write_bytes(_digest_path(path), _digest(tmp).encode())

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,33 @@ def test_a_truncated_cached_library_is_built_again_not_loaded(
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert len(log.read_text().split()) == 2  # the first build, and the one that repaired it
     assert path.stat().st_size == len(whole)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_compile_past_its_time_leaves_no_process_behind(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiler that hangs is stopped after ``COMPILE_TIMEOUT`` with a one-line reason,
+    and so is everything it started (``cc`` runs ``cc1``, ``as``, ``ld``): killing only the
+    driver left its children running, holding a core, after the loop gave up on them."""
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "hanging-cc"
+    script.write_text(f'#!/bin/sh\nsleep 300 &\necho $! > "{pid_file}"\nwait\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("CC", str(script))
+    monkeypatch.setattr(native_loop, "COMPILE_TIMEOUT", 1.0)
+    with pytest.raises(NativeLoopUnavailable, match="timed out"):
+        native_loop.build()
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the kill is delivered at once; give the kernel a moment to reap
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+            break  # a zombie: dead, waiting for init to reap it
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        pytest.fail(f"the compiler's child {child} was still running after the timeout")
+    assert list(cache.rglob("*.so")) == []
