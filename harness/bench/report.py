@@ -1306,9 +1306,11 @@ def render_batching(rs: ResultSet) -> list[str]:
         "Streams t/s: B threads each read a generate_stream (64-token prompt, 64 tokens, "
         "temperature 0) on one model; tokens per second over the decode steps that held all B "
         "sequences. S_TG: llama.cpp's llama-batched-bench, same build, threads and batch, in "
-        f"the same round (`{command}`); ratio: the two divided per round (goal >= "
-        f"{BATCH_GOAL} at every B). TTFT: a request arriving while B - 1 streams decode (its "
-        "prompt included); join: decode steps it waited for a sequence.",
+        f"the same round (`{command}`); a round repeats both, interleaved, until it has "
+        "lasted 3 s (at most 9 times; a slow model: once) and keeps their medians; ratio: "
+        f"the two divided per round (goal >= {BATCH_GOAL} at every B). TTFT: a request "
+        "arriving while B - 1 streams decode (its prompt included); join: decode steps it "
+        "waited for a sequence.",
         "",
         "| variant | model | B | streams t/s | llama-batched-bench S_TG | ratio | TTFT | join "
         "| threads | load |",
@@ -1405,6 +1407,7 @@ def _model_settings(rs: ResultSet, model: str) -> str:
                 "isolation",
                 "c_side_tps",
                 "completion_tokens",
+                "repeats_per_round",
             ):
                 seen.setdefault(k, set()).add(str(v))
     info = rs.variants
