@@ -796,18 +796,28 @@ class Engine:
         return min(wait, CANCEL_POLL)
 
     def _free_slot(self, job: Job) -> _Slot | None:
-        """The free sequence that already holds the longest prefix of ``job``'s tokens,
-        else the one used least recently."""
+        """The free sequence that already holds the longest prefix of ``job``'s tokens;
+        among equals, the one that keeps the running sequences' ids closest together, then
+        the one used least recently.
+
+        Close ids matter: llama.cpp's KV cache with a stream per sequence (``kv_unified``
+        off) computes a step's attention over every stream from the lowest to the highest
+        sequence id in the batch. Measured here (tiny model, 2 threads, 8 sequences): 2 rows
+        on sequences 0 and 7 decoded at ~5,000 t/s, on 0 and 1 at ~9,500; 4 rows on
+        0, 2, 5, 7 at ~4,900, on 0-3 at ~10,000."""
         free = [s for s in self._slots if s.job is None]
         if not free:
             return None
+        running = [s.seq for s in self._slots if s.job is not None]
+        low = min(running, default=None)
+        high = max(running, default=None)
         want = np.asarray(job.tokens[:-1], dtype=np.intc)
-        best, best_keep = None, -1
-        for slot in free:
-            keep = _common_prefix(slot.ids, slot.n, want)
-            if keep > best_keep or (keep == best_keep and best and slot.last_used < best.last_used):
-                best, best_keep = slot, keep
-        return best
+
+        def rank(slot: _Slot) -> tuple[int, int, int]:
+            span = 0 if low is None or high is None else max(high, slot.seq) - min(low, slot.seq)
+            return (_common_prefix(slot.ids, slot.n, want), -span, -slot.last_used)
+
+        return max(free, key=rank)
 
     def _preempt_paused(self, *, all_of_them: bool) -> _Slot | None:
         """Take the sequence of the job paused longest (its reader is behind); it re-joins

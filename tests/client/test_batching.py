@@ -848,3 +848,40 @@ def test_run_on_decode_thread_runs_where_the_models_decode(batched: Callable[...
     assert run_on_decode_thread(model.engine.on_scheduler_thread) is True
     with pytest.raises(ZeroDivisionError):
         run_on_decode_thread(lambda: 1 // 0)
+
+
+@pytest.mark.parametrize("b", [2, 4])
+def test_concurrent_requests_take_neighbouring_sequences(
+    batched: Callable[..., Any], b: int
+) -> None:
+    """llama.cpp computes a step's attention over every KV stream from the lowest to the
+    highest sequence id in the batch, so B requests on sequences 0 and 7 decode at about
+    half the rate of B requests on 0 and 1: requests that arrive together take neighbouring
+    sequences, whatever order the sequences were last used in (here made to alternate,
+    so that least-recently-used alone would pick 1, 3, 5, 7)."""
+    from saiverse_llm.generation import Generation, ReplyBuilder
+    from saiverse_llm.sampling import Sampler, SamplingParams
+
+    client = batched(8)
+    model = client.load()
+    engine = model.engine
+    settle(model)
+    engine.flush()
+    for seq, slot in enumerate(engine._slots):
+        slot.last_used = [5, 0, 6, 1, 7, 2, 8, 3][seq]
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+    jobs = []
+    for i in range(b):
+        gen = Generation(
+            client.format_prompt(ask(i)).tokens,
+            Sampler(model.vocab, params),
+            ReplyBuilder(model.vocab, max_tokens=600),
+        )
+        jobs.append(engine.submit(gen))
+    while engine.stats()["running"] < b and not any(j.done for j in jobs):
+        threading.Event().wait(0.001)
+    seqs = sorted(j.slot.seq for j in jobs if j.slot is not None)
+    for job in jobs:
+        job.cancel()
+    settle(model)
+    assert len(seqs) == b and seqs[-1] - seqs[0] == b - 1, seqs
