@@ -210,27 +210,21 @@ def load() -> NativeLoop:
         raise NativeLoopUnavailable(
             f"llama_cpp.llama_batch has the layout {layout}, not the one native_loop.c declares"
         )
-    path = build()
+    path = build()  # a cut-short or altered cached file is compiled again there
     try:
         return NativeLoop(ctypes.CDLL(str(path)), path)
-    except (OSError, AttributeError) as exc:  # a truncated or foreign file in the cache
-        logger.warning("%s does not load (%s); compiling it again", path, exc)
-        path = build(again=True)
-    try:
-        return NativeLoop(ctypes.CDLL(str(path)), path)
-    except (OSError, AttributeError) as exc:
+    except (OSError, AttributeError) as exc:  # the compiler's own output does not load
         raise NativeLoopUnavailable(
             f"{path} does not load: {exc}. Fix: delete {path.parent}, or set {ENV_SWITCH}=0"
         ) from exc
 
 
-def build(*, again: bool = False) -> Path:
+def build() -> Path:
     """The compiled library's path: from the cache, or compiled now with ``$CC`` (else
     ``cc``; it may hold arguments, as in ``ccache gcc``) under a file lock and published
     atomically with its SHA-256 beside it (one compile per machine, however many processes
     ask at once; a cached file whose digest does not match, cut short or altered, is
-    compiled again rather than loaded). ``again``: replace the cached file (it did not
-    load). Raises :class:`NativeLoopUnavailable` (no
+    compiled again rather than loaded). Raises :class:`NativeLoopUnavailable` (no
     compiler, a failed compile, an unwritable cache, Windows)."""
     if sys.platform == "win32":
         raise NativeLoopUnavailable("not built on Windows")
@@ -247,12 +241,12 @@ def build(*, again: bool = False) -> Path:
     parts = [source, *(w.encode() for w in [*command, *_FLAGS, platform.machine()])]
     folder = cache_dir() / "native" / hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     path = folder / "native_loop.so"
-    if not again and _intact(path):
+    if _intact(path):
         return path
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / ".lock"), timeout=LOCK_TIMEOUT):
-            if again or not _intact(path):
+            if not _intact(path):
                 _compile(command, source, folder, path)
     except NativeLoopUnavailable:
         raise

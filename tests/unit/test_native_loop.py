@@ -121,7 +121,7 @@ def test_a_cached_library_that_does_not_load_is_built_again(
     path.write_bytes(b"not a shared library")
     with pytest.raises(OSError):
         ctypes.CDLL(str(path))
-    assert native_loop.build(again=True) == path
+    assert native_loop.build() == path
     assert ctypes.CDLL(str(path)).saiverse_greedy_steps
 
 
