@@ -18,6 +18,7 @@ from harness.bench.agree import (
     write_result,
 )
 from harness.build.variants import Variant, VariantError, load_registry
+from saiverse_llm.user_errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,13 +100,22 @@ def _model(spec: str) -> tuple[Path, str]:
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" or path.exists():
         if not path.is_file():
-            raise AgreeError(f"--model {spec}: no such file; fix: give a GGUF file or a test "
-                             "model name (`llama-harness models list`)")  # fmt: skip
+            raise UsageError(
+                f"--model {spec}: no such file",
+                "give a GGUF file or a test model name (`llama-harness models list`)",
+            )
         return path, path.stem
-    from harness.models.model_manifest import ManifestError, ModelFetchError, ensure_model
+    from harness.models.model_manifest import (
+        ManifestError,
+        ModelFetchError,
+        UnknownModelError,
+        ensure_model,
+    )
 
     try:
         return ensure_model(spec, say=lambda m: print(m, file=sys.stderr)), spec
+    except UnknownModelError as exc:
+        raise UsageError(f"--model {spec}: {exc.what}", f"{exc.fix}, or a GGUF file") from exc
     except (ManifestError, ModelFetchError, KeyError, ValueError) as exc:
         raise AgreeError(f"--model {spec}: {exc}") from exc
 
@@ -120,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
         _error(f"--text {args.text}: no such file. Fix: give a UTF-8 text file")
         return 2
     try:
+        model, model_name = _model(args.model)
         variants = load_registry().variants
         reference = _side(args.reference, variants)
         others = [_side(spec, variants) for spec in args.others]
-        model, model_name = _model(args.model)
     except VariantError as exc:
         _error(str(exc))
         return 2

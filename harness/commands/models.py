@@ -145,7 +145,7 @@ def run_fetch(args: argparse.Namespace) -> int:
             )
         except (ManifestError, ModelFetchError) as exc:  # report it, go on with the next
             print(error_line_of(exc), file=sys.stderr)
-            status = 2 if isinstance(exc, ManifestError) else 1
+            status = 2 if isinstance(exc, ManifestError | UsageError) else 1
             continue
         print(path)
     return status

@@ -41,6 +41,7 @@ from saiverse_llm.download import (
     sha256_file,
     stamped_sha256,
 )
+from saiverse_llm.user_errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class ManifestError(ValueError):
 
 class ModelFetchError(RuntimeError):
     """No source could provide a verified copy; the message lists each attempt and the fix."""
+
+
+class UnknownModelError(UsageError, ModelFetchError):
+    """The name is not in the manifest (a usage error, exit status 2); the message names it
+    and the known models."""
 
 
 @dataclass(frozen=True)
@@ -212,9 +218,9 @@ def get_model(
 ) -> TestModel:
     models = manifest if isinstance(manifest, Mapping) else load_manifest(manifest)
     if name not in models:
-        raise ModelFetchError(
-            f"unknown test model {name!r}; known: {', '.join(sorted(models)) or '(none)'} "
-            "(see `llama-harness models list`)"
+        raise UnknownModelError(
+            f"unknown test model {name!r}",
+            f"use one of: {', '.join(sorted(models)) or '(none)'} (`llama-harness models list`)",
         )
     return models[name]
 

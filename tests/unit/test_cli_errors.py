@@ -466,3 +466,20 @@ def test_a_full_disk_under_the_log_file_is_one_warning_not_a_traceback(
     assert "Traceback" not in err and "Logging error" not in err, err
     warnings = [ln for ln in err.splitlines() if "cannot write the log file" in ln]
     assert len(warnings) == 1 and "Fix: " in warnings[0], err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agree", "cpu", "cpu", "--model", "nosuch-model", "--no-write"],
+        ["models", "fetch", "nosuch-model"],
+        ["models", "path", "nosuch-model"],
+    ],
+)
+def test_an_unknown_test_model_is_a_usage_error_naming_the_known_ones(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code, out, err = run(capsys, "llama-harness", argv)
+    last = assert_error_line(code, out, err, expect=2)
+    assert "'nosuch-model'" in last and "tiny" in last.split("Fix:")[1]
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
