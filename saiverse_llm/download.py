@@ -27,6 +27,7 @@ from typing import Any
 
 from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 
+from saiverse_llm import cache_dirs
 from saiverse_llm.atomic import atomic_write_json, publish, temp_path_beside
 from saiverse_llm.progress import StepProgress
 
@@ -192,15 +193,15 @@ def hub_offline() -> bool:
 
 
 def hub_cache_dir() -> Path:
-    """The Hub cache as ``huggingface_hub`` would pick it, evaluated now."""
+    """The Hub cache as ``huggingface_hub`` would pick it, evaluated now: ``$HF_HUB_CACHE``,
+    else ``$HF_HOME/hub``, else ``huggingface/hub`` in
+    :func:`saiverse_llm.cache_dirs.user_cache_home`."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME")
     if home:
         return Path(home).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
+    return cache_dirs.user_cache_home() / "huggingface" / "hub"
 
 
 def _remove_from_hub_cache(pointer: Path) -> str:

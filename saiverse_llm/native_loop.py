@@ -38,15 +38,13 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
+from saiverse_llm import cache_dirs
 from saiverse_llm.atomic import atomic_output, atomic_write_bytes
 
 logger = logging.getLogger("saiverse_llm")
 
 #: ``SAIVERSE_LLM_NATIVE_LOOP=0`` turns the compiled loop off (the Python loop runs).
 ENV_SWITCH = "SAIVERSE_LLM_NATIVE_LOOP"
-#: Where compiled loops are kept (default ``~/.cache/saiverse-llm``, under ``$XDG_CACHE_HOME``
-#: when that is set).
-ENV_CACHE = "SAIVERSE_LLM_CACHE"
 #: Seconds a compile may take.
 COMPILE_TIMEOUT = 120.0
 #: Seconds to wait for another process's compile (longer than a compile may take).
@@ -239,7 +237,8 @@ def build() -> Path:
         raise NativeLoopUnavailable(f"no C compiler: {cc!r} is not on PATH (set CC)")
     command = [found, *words[1:]]
     parts = [source, *(w.encode() for w in [*command, *_FLAGS, platform.machine()])]
-    folder = cache_dir() / "native" / hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    folder = cache_dirs.saiverse_cache_dir() / "native" / key
     path = folder / "native_loop.so"
     if _intact(path):
         return path
@@ -303,13 +302,3 @@ def _intact(path: Path) -> bool:
         return _digest_path(path).read_text().strip() == _digest(path)
     except OSError:  # missing (not built yet, or built before digests were kept)
         return False
-
-
-def cache_dir() -> Path:
-    """``$SAIVERSE_LLM_CACHE``, else ``$XDG_CACHE_HOME/saiverse-llm``, else
-    ``~/.cache/saiverse-llm``."""
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "saiverse-llm"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from saiverse_llm import native_loop
+from saiverse_llm import cache_dirs, native_loop
 from saiverse_llm.native_loop import NativeLoopUnavailable
 
 CC = shutil.which(os.environ.get("CC") or "cc")
@@ -28,7 +28,7 @@ needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler on this machine"
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(native_loop.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache_dirs.ENV_CACHE, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
