@@ -396,6 +396,82 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
     return result
 
 
+def c_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, float] | None:
+    """The fastest stream any caller can drive on ``model`` (a client's loaded model) with
+    this build: one call of the engine's own compiled loop
+    (:meth:`saiverse_llm.native_loop.NativeLoop.steps`: one-token ``llama_decode``,
+    ``llama_get_logits`` and an argmax per step, nothing else: no text, no second thread)
+    for ``n_gen`` tokens after ``prompt`` on the model's own context (sequence 0), on the
+    engine's scheduler thread, as :func:`python_floor`.
+
+    Returns ``(ratio, c_rate)`` as :func:`python_floor`, or None when the compiled loop is
+    off or could not be built here (``saiverse_llm.native_loop.why_not``). The ratio is the
+    ceiling of ``stream<n>_ratio`` for the client's greedy steady state on this model,
+    machine and load: what llama.cpp's eval timer leaves out of every ``llama_decode``
+    (the batch's checks before ``t_compute_start_us``) and the argmax."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from saiverse_llm import native_loop
+
+    compiled = native_loop.get(wait=True)
+    if compiled is None:
+        return None
+
+    def loop(llm: Any) -> tuple[float, float]:
+        ctx = llm.ctx
+        n_vocab = int(llm.n_vocab())
+        mem = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
+        llm.reset()
+        batch = llama_cpp.llama_batch_init(1, 0, 1)
+        try:
+            ids = (llama_cpp.llama_token * len(prompt))(*prompt)
+            if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ids, len(prompt))):
+                raise RuntimeError("c_floor: the prompt did not decode")
+            first = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), (n_vocab,))
+            batch.n_tokens = 1
+            batch.token[0] = int(first.argmax())
+            batch.pos[0] = len(prompt)
+            batch.n_seq_id[0] = 1
+            batch.seq_id[0][0] = 0
+            batch.logits[0] = 1
+            no_eog = np.zeros(n_vocab, dtype=np.uint8)  # decode exactly n_gen steps
+            ignore = np.ones(1, dtype=np.uint8)
+            out = (ctypes.c_int32 * n_gen)()
+            llama_cpp.llama_perf_context_reset(ctx)
+            t0 = time.perf_counter()
+            done, rc, _ = compiled.steps(
+                ctx,
+                batch,
+                1,
+                n_vocab,
+                n_gen,
+                no_eog,
+                ignore,
+                ctypes.c_int32(0),
+                0,
+                out,
+                ctypes.c_int64(0),
+            )
+            wall = time.perf_counter() - t0
+            if rc or done != n_gen:
+                raise RuntimeError(f"c_floor: the loop stopped after {done} steps (rc {rc})")
+            p = llama_cpp.llama_perf_context(ctx)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
+            llm.reset()
+            llama_cpp.llama_perf_context_reset(ctx)
+        t_eval = float(p.t_eval_ms) / 1000.0
+        return t_eval / wall, int(p.n_eval) / t_eval
+
+    result: tuple[float, float] = model.engine.run_exclusive(loop)
+    return result
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     n = len(xs)
     if n == 0:

@@ -227,13 +227,23 @@ class Job:
 
     # -- scheduler side ----------------------------------------------------------------
 
-    def _wake(self, now: float) -> None:
+    def _wake(self, now: float, *, last: bool = False) -> None:
         """After a step that sampled for this job: wake its reader if it sleeps on an
         empty stream (at most once per :data:`WAKE_INTERVAL`, unless text piles up). A
         skipped wake is made up at a later step: the job keeps decoding until its reader
         has ``max_unread`` chunks (past the backlog that always wakes) or it ends
-        (:meth:`_end` wakes)."""
-        if now - self._woken_at < WAKE_INTERVAL and len(self._out) < self._wake_backlog:
+        (:meth:`_end` wakes).
+
+        ``last``: the reply has ended and its last text is out: wake the reader now, so
+        the text reaches it while the scheduler ends the job (the reader runs at the
+        scheduler's next ctypes call, which lets go of the GIL, instead of after the
+        job's bookkeeping: ~0.15-0.2 ms sooner on the tiny model here, ~1% of a
+        128-token reply's streaming time)."""
+        if (
+            not last
+            and now - self._woken_at < WAKE_INTERVAL
+            and len(self._out) < self._wake_backlog
+        ):
             return
         with self._cond:
             if self._reader_waiting and self._out:
@@ -392,7 +402,8 @@ class Engine:
         #: False: the Python steady loop even where the compiled one could run (tests
         #: compare the two)
         self.native = True
-        self._native_out = np.zeros(NATIVE_MAX_STEPS * settings.n_seq, dtype=np.int32)
+        #: the compiled loop's tokens (a ctypes array: a slice of it is a list at once)
+        self._native_out = (ctypes.c_int32 * (NATIVE_MAX_STEPS * settings.n_seq))()
         native_loop.get(wait=False)  # built (or found) on a thread of its own meanwhile
         self._t_step = 0.0  # wall seconds per step of the compiled loop's last call
 
@@ -1020,6 +1031,7 @@ class Engine:
                         go_on = False
                         continue
                     if gen.reply.done:
+                        job._wake(now, last=True)
                         ended.append((job, _DONE, None))
                         go_on = False
                         continue
@@ -1083,6 +1095,7 @@ class Engine:
                     failed = exc
                     break
                 if reply.done:
+                    job._wake(clock(), last=True)
                     break
                 tokens.append(gen.last_token)
                 now = clock()
@@ -1180,12 +1193,11 @@ class Engine:
                 self.rows += done * k  # (the loop advanced self.steps)
                 self._t_decode = t_decode
                 go_on = done > 0
-                grid = out[: done * k].reshape(done, k)
                 now = clock()
                 for row in range(k if done else 0):
                     job, gen, reply = jobs[row], gens[row], replies[row]
                     start = job.n_past
-                    sampled: list[int] = grid[:, row].tolist()
+                    sampled: list[int] = out[row : done * k : k]  # step by step, row by row
                     try:
                         text, used = reply.push_many(sampled)
                         if text:
@@ -1201,6 +1213,7 @@ class Engine:
                         go_on = False
                         continue
                     if reply.done:  # its last token is not decoded (as in the Python loop)
+                        job._wake(now, last=True)
                         gen.last_token = sampled[used - 1]
                         job.tokens.extend(sampled[: used - 1])
                         job.n_past = start + used
@@ -1221,8 +1234,10 @@ class Engine:
         finally:
             for job in wake:
                 job._wake(clock())
-            self._record(jobs, slots, starts)
+            # a ctypes call lets go of the GIL: a reader woken for its reply's last text
+            # (``_wake(last=True)``) takes it here, before the bookkeeping below
             mem = lc.llama_get_memory(ctx)
+            self._record(jobs, slots, starts)
             for row, job in enumerate(jobs):
                 slot = slots[row]
                 n = job.n_past

@@ -117,7 +117,7 @@ class NativeLoop:
         ignore_eos: np.ndarray[Any, np.dtype[np.uint8]],
         knock: ctypes.c_int32,
         knock_seen: int,
-        out: np.ndarray[Any, np.dtype[np.int32]],
+        out: ctypes.Array[ctypes.c_int32],
         step_count: ctypes.c_int64,
     ) -> tuple[int, int, float]:
         """Decode up to ``max_steps`` steps of ``batch`` (``k`` rows, one sequence each,
@@ -127,9 +127,9 @@ class NativeLoop:
         and the seconds spent inside ``llama_decode`` + ``llama_get_logits``.
         ``step_count`` gains one as each step ends (other threads may read it meanwhile).
 
-        Not thread-safe (one caller: the scheduler thread). ``out`` must hold
-        ``max_steps * k`` int32; ``eog`` is ``n_vocab`` flags; ``ignore_eos`` is ``k``."""
-        if out.shape[0] < max_steps * k or eog.shape[0] != n_vocab or ignore_eos.shape[0] < k:
+        Not thread-safe (one caller: the scheduler thread). ``out`` is a ctypes int32 array
+        of at least ``max_steps * k``; ``eog`` is ``n_vocab`` flags; ``ignore_eos`` is ``k``."""
+        if len(out) < max_steps * k or eog.shape[0] != n_vocab or ignore_eos.shape[0] < k:
             raise ValueError("native loop: an array is too small for the call")
         self._t_decode.value = 0.0
         done = self._fn(
@@ -144,7 +144,7 @@ class NativeLoop:
             ignore_eos.ctypes.data,
             ctypes.addressof(knock),
             knock_seen,
-            out.ctypes.data,
+            ctypes.addressof(out),
             self._rc_at,
             self._t_at,
             ctypes.addressof(step_count),

@@ -308,6 +308,7 @@ def _settings_from_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
         "n_ctx_seq",
         "llama_batched_bench",
         "completion_tokens",  # per measured round (chat and stream rows)
+        "floor_loop",  # stream rows: "C" (the compiled loop alone) or "Python"
     )
     return {k: extra[k] for k in keys if k in extra}
 
@@ -1209,14 +1210,16 @@ def render_streaming(rs: ResultSet) -> list[str]:
         "",
         "Stream t/s: chunks received from the first to the last; C-side: llama.cpp's eval "
         "rate (llama_perf_context) over the same window of the same run; ratio: the two "
-        f"divided per round (goal >= {STREAM_GOAL}, flat in length). Python floor: the same "
-        "ratio for the barest loop a Python caller can drive on the same context in the same "
-        "rounds (one-token llama_decode and an argmax, nothing else): the ceiling of a "
-        "stream whose every token passes through Python (the client's greedy steady state "
-        "decodes in C, saiverse_llm/native_loop.c, and can pass it). llama-bench tg: the same "
-        "build and threads, from `llama-harness llama-bench`.",
+        f"divided per round (goal >= {STREAM_GOAL}, flat in length). Floor: the same ratio "
+        "for the barest loop of the kind the client ran, on the same context in the same "
+        "rounds: (C) the client's compiled loop alone (saiverse_llm/native_loop.c: one-token "
+        "llama_decode, llama_get_logits and an argmax, nothing else), (Python) the barest "
+        "Python loop; the ratio's ceiling on this model, machine and load (llama.cpp's eval "
+        "timer starts after llama_decode has checked the batch, so a loop of nothing but "
+        "decodes stays below 1). llama-bench tg: the same build and threads, from "
+        "`llama-harness llama-bench`.",
         "",
-        "| variant | model | tokens | stream t/s | C-side t/s | ratio | Python floor "
+        "| variant | model | tokens | stream t/s | C-side t/s | ratio | floor "
         "| llama-bench tg | TTFT | threads | load |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -1249,13 +1252,21 @@ def render_streaming(rs: ResultSet) -> list[str]:
             f"| {_md(label)} | {model} | {n} | "
             f"{format_cell(stream, None) if stream else '—'} | "
             f"{format_cell(c_side, None) if c_side else '—'} | {ratio_text} | "
-            f"{f'{floor.value:.3f} ±{floor.stddev:.3f}' if floor else '—'} | "
+            f"{_floor_cell(floor, settings)} | "
             f"{(format_cell(lb, None) + f' ({lb_label})') if lb else '—'} | "
             f"{format_cell(ttft, None) if ttft else '—'} | "
             f"{settings.get('n_threads', '-')} | {load} |"
         )
     lines.append("")
     return lines
+
+
+def _floor_cell(floor: Measurement | None, settings: Mapping[str, Any]) -> str:
+    """A streaming row's floor, with the loop it ran ("C" or "Python") when recorded."""
+    if floor is None:
+        return "—"
+    loop = settings.get("floor_loop")
+    return f"{floor.value:.3f} ±{floor.stddev:.3f}" + (f" ({_md(str(loop))})" if loop else "")
 
 
 #: What benchmarks/benchlib.py's reduced benchmark set leaves out (LLAMA_HARNESS_BENCH_SET).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,37 @@ def test_a_reply_that_ended_before_a_failed_decode_in_the_same_call_stays_done(
     assert jobs[0].state == "done" and ended.key() == want.key()
     assert engine.stats()["native_calls"] > 0
     assert engine.wait_idle(BLOCKED)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_replys_last_text_reaches_its_reader_before_the_job_is_wound_up(
+    model_of: Callable[[Path], Any], tiny: Path, loop: str
+) -> None:
+    """A reply's last text goes to its reader as soon as it is known, not after the
+    scheduler has ended the job (freed or kept its sequence, woken the pool's waiters): here
+    ending a job takes 0.5 s longer, and the reader has the whole reply before that is over
+    (the stream's end still comes after it). Both steady loops; before the fix the last
+    text came with the job's end, 0.5 s later."""
+    model = model_of(tiny)
+    engine = model.engine
+    engine.native = loop == "native"
+    prompt = prompt_of(model, 9)
+    want = Run(submit(model, prompt, max_tokens=200)).text
+    engine.flush()
+    finish = engine._finish
+    wound_up: list[float] = []
+
+    def slow_finish(job: Any, state: str, error: BaseException | None, *, keep: bool) -> None:
+        threading.Event().wait(0.5)  # lets go of the GIL, as any wait does
+        wound_up.append(time.perf_counter())
+        finish(job, state, error, keep=keep)
+
+    engine._finish = slow_finish
+    try:
+        job = submit(model, prompt, max_tokens=200)
+        got: list[tuple[float, str]] = [(time.perf_counter(), c) for c in job.chunks()]
+    finally:
+        del engine._finish
+    assert "".join(c for _, c in got) == want
+    assert len(wound_up) == 1 and got[-1][0] < wound_up[0], (got[-1][0], wound_up)
+    assert (engine.stats()["native_calls"] > 0) == (loop == "native")

@@ -402,7 +402,8 @@ def test_latency_chart_fits_a_readme_with_units_per_panel(tmp_path: Path) -> Non
 
 def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
     """benchmarks/test_streaming.py: stream t/s next to the C-side eval rate of the same run,
-    the ratio (flagged below 0.95), the Python floor of the same rounds, llama-bench tg,
+    the ratio (flagged below 0.95), the floor of the same rounds (with its loop when
+    recorded), llama-bench tg,
     TTFT, threads and load."""
     root = tmp_path / "reports"
     doc = bench_doc("cpu", "tiny", {"tg128": 100})
@@ -411,6 +412,7 @@ def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
             **doc["benchmarks"][0]["extra_info"],
             "metric": f"stream{n}",
             "loadavg": [0.5, 0.4, 0.3],
+            **({"floor_loop": "C"} if n == 128 else {}),
             "metrics": {
                 f"stream{n}": _metric(stream, 1.0, "t/s", True),
                 f"stream{n}_c": _metric(c_side, 1.0, "t/s", True),
@@ -428,7 +430,7 @@ def test_streaming_rows_have_their_own_table(tmp_path: Path) -> None:
     start = next(i for i, line in enumerate(lines) if line.startswith("## Streaming"))
     rows = [line for line in lines[start:] if line.startswith("| cpu | tiny |")]
     assert rows[0].startswith(
-        "| cpu | tiny | 128 | 98.0 ±1.0% | 100 ±1.0% | 0.980 ±0.010 | 0.960 ±0.002 |"
+        "| cpu | tiny | 128 | 98.0 ±1.0% | 100 ±1.0% | 0.980 ±0.010 | 0.960 ±0.002 (C) |"
     )
     assert "105 ±1.0% (tg128)" in rows[0] and "| 2 | 0.50 |" in rows[0]
     assert (
