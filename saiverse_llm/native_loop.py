@@ -223,7 +223,8 @@ def build() -> Path:
     atomically with its SHA-256 beside it (one compile per machine, however many processes
     ask at once; a cached file whose digest does not match, cut short or altered, is
     compiled again rather than loaded). Raises :class:`NativeLoopUnavailable` (no
-    compiler, a failed compile, an unwritable cache, Windows)."""
+    compiler, a failed compile (one that exits 0 but leaves no non-empty library, ELF on
+    Linux, e.g. ``CC=true``, too: nothing is published), an unwritable cache, Windows)."""
     if sys.platform == "win32":
         raise NativeLoopUnavailable("not built on Windows")
     source = resources.files("saiverse_llm").joinpath("native_loop.c").read_bytes()
@@ -282,8 +283,29 @@ def _compile(command: list[str], source: bytes, folder: Path, path: Path) -> Non
             raise NativeLoopUnavailable(
                 f"{command[0]} exited {proc.returncode}: {lines[-1] if lines else 'no output'}"
             )
+        missing = _not_a_library(tmp)
+        if missing is not None:  # CC=true, or a wrapper that wrote something else
+            raise NativeLoopUnavailable(
+                f"the compiler `{shlex.join(command)}` exited 0 but wrote no library "
+                f"({missing}). Fix: set CC to a C compiler (cc, gcc or clang)"
+            )
         # the digest goes first: a library in place always has its digest beside it
         atomic_write_bytes(_digest_path(path), _digest(tmp).encode())
+
+
+def _not_a_library(path: Path) -> str | None:
+    """Why the compiler's output ``path`` cannot be the shared library (missing, empty, not
+    ELF on Linux), or None when it may be."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        return f"its output file cannot be read: {exc.strerror or exc}"
+    if not head:
+        return "its output file is empty"
+    if sys.platform.startswith("linux") and head != b"\x7fELF":
+        return f"its output file is not ELF: it starts with {head!r}"
+    return None
 
 
 def _digest_path(path: Path) -> Path:

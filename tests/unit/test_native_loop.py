@@ -93,6 +93,41 @@ def test_a_failed_compile_leaves_nothing_behind(
     assert built == []
 
 
+@pytest.mark.parametrize(
+    ("compiler", "why"),
+    [
+        ("true", "its output file is empty"),  # exits 0, writes nothing
+        (  # writes a text file where -o says
+            '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && o=$2; shift; done\n'
+            'printf "not a library" > "$o"\n',
+            "not ELF",
+        ),
+    ],
+    ids=["writes-nothing", "writes-no-elf"],
+)
+def test_a_compiler_that_exits_0_without_a_library_publishes_nothing(
+    compiler: str, why: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CC=true`` (or a wrapper that writes something else) exits 0: the empty or foreign
+    file was published as the library, with a matching digest, so every later process found
+    it "intact", failed to load it and fell back, and the bad file stayed in the cache."""
+    if compiler.startswith("#!"):
+        script = tmp_path / "odd-cc"
+        script.write_text(compiler)
+        script.chmod(0o755)
+        compiler = str(script)
+    if sys.platform != "linux" and why == "not ELF":
+        pytest.skip("the ELF check is Linux's")
+    monkeypatch.setenv("CC", compiler)
+    with pytest.raises(NativeLoopUnavailable) as caught:
+        native_loop.build()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.search(rf"exited 0 but wrote no library \(.*{why}.*\)\. Fix: set CC", message)
+    left = [p for p in cache.rglob("*") if p.suffix in (".so", ".part", ".sha256")]
+    assert left == []
+
+
 def test_it_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(native_loop.ENV_SWITCH, "0")
     with pytest.raises(NativeLoopUnavailable, match=f"{native_loop.ENV_SWITCH}=0"):
