@@ -34,6 +34,7 @@ from saiverse_llm.cli_errors import (
     run_cli,
 )
 from saiverse_llm.config import ConfigError, ModelConfig
+from saiverse_llm.fallback import fallback_cycles
 from saiverse_llm.fetch import register_fetch
 from saiverse_llm.fit_command import register_fit
 from saiverse_llm.gguf_file import GGUFError, read_gguf
@@ -174,6 +175,20 @@ def dangling_fallbacks(entries: dict[str, RegistryEntry]) -> dict[str, str]:
     return result
 
 
+def live_fallbacks(entries: dict[str, RegistryEntry]) -> dict[str, str]:
+    """Key -> its ``fallback_model`` key, for valid configs with ``fallback_on_error`` whose
+    fallback is another valid config (the edges :func:`fallback_cycles` walks)."""
+    edges: dict[str, str] = {}
+    for key, entry in entries.items():
+        cfg = entry.config
+        if cfg is None or not cfg.fallback_on_error or cfg.fallback_model in (None, key):
+            continue
+        target = entries.get(cfg.fallback_model or "")
+        if target is not None and target.valid:
+            edges[key] = target.key
+    return edges
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     dirs = search_dirs(args.dirs)
     entries = discover(dirs)
@@ -186,6 +201,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     for key, note in notes.items():
         log.warning("%s: %s", entries[key].path, note)
+    for cycle in fallback_cycles(live_fallbacks(entries)):
+        loop = " -> ".join([*cycle, cycle[0]])
+        log.warning(
+            "fallback_model cycle %s (%s): a failure is answered by the next config only, never "
+            "around the loop. Fix: point one of these fallback_model fields elsewhere or remove it",
+            loop,
+            ", ".join(str(entries[key].path) for key in cycle),
+        )
+        for key in cycle:
+            notes.setdefault(key, f"fallback_model cycle {loop}")
     invalid = [e for e in entries.values() if not e.valid]
     if args.json:
         print(json.dumps(_list_json(dirs, entries, notes), indent=2, ensure_ascii=False))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -317,3 +317,28 @@ def make_fallback(
     if fallback_model is None or fallback_model.startswith("gemini"):
         return GeminiFallback(fallback_model or DEFAULT_GEMINI_MODEL)
     return LocalModelFallback(fallback_model, factory=local_factory, dirs=dirs)
+
+
+def fallback_cycles(edges: Mapping[str, str]) -> list[list[str]]:
+    """The loops in ``edges`` (config key -> the key of its ``fallback_model``) of two or more
+    configs, each once, starting at its smallest key, in order: ``[["a", "b"]]`` for a -> b -> a.
+
+    Harmless at run time (a fallback model never falls back itself: one hop at most), but a
+    sign of a mistake, so ``saiverse-llm list`` warns about each. A config naming itself is
+    not listed here (``list`` has its own note for it)."""
+    cycles: list[list[str]] = []
+    seen: set[str] = set()
+    for start in sorted(edges):
+        path: list[str] = []
+        where: dict[str, int] = {}
+        key = start
+        while key in edges and key not in seen and key not in where:
+            where[key] = len(path)
+            path.append(key)
+            key = edges[key]
+        if key in where and len(path) - where[key] > 1:
+            cycle = path[where[key] :]
+            first = cycle.index(min(cycle))
+            cycles.append(cycle[first:] + cycle[:first])
+        seen.update(path)
+    return sorted(cycles)

@@ -55,6 +55,9 @@ def configs(tmp_path: Path, tiny: Path, n_gpu_layers: int, ours_only: None) -> P
     write_config(d, "double-fault", cut, fallback_on_error=True, fallback_model="also-broken")
     write_config(d, "also-broken", tmp_path / "missing.gguf")
     write_config(d, "healthy", tiny, fallback_on_error=True, fallback_model="tiny-fallback")
+    # a fallback cycle: loop-a -> loop-b -> loop-a, both broken
+    write_config(d, "loop-a", cut, fallback_on_error=True, fallback_model="loop-b")
+    write_config(d, "loop-b", tmp_path / "missing.gguf", fallback_model="loop-a")
     return d
 
 
@@ -110,3 +113,17 @@ def test_both_failing_names_both(configs: Path) -> None:
     assert "primary.gguf" in text and "truncated" in text
     assert "also-broken" in text and "missing.gguf" in text
     assert "Fix:" in text
+
+
+def test_a_fallback_cycle_ends_after_one_hop(configs: Path) -> None:
+    """loop-a falls back to loop-b, whose own fallback (loop-a) is never used: one error
+    naming both, not a loop."""
+    client = get_llm_client("loop-a", dirs=[configs])
+    for call in (
+        lambda: client.generate(MESSAGES, max_tokens=4),
+        lambda: "".join(client.generate_stream(MESSAGES, max_tokens=4)),
+    ):
+        with pytest.raises(FallbackError) as info:
+            call()
+        text = str(info.value)
+        assert "primary.gguf" in text and "loop-b" in text and "missing.gguf" in text

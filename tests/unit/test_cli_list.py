@@ -187,6 +187,36 @@ def test_dangling_fallback_model_is_flagged(env: Path, capsys: pytest.CaptureFix
     assert models["good-fallback"]["note"] is None
 
 
+def test_a_fallback_cycle_is_one_warning_naming_it(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = env / "ud" / "models"
+    put(d, "loop-a", fallback_model="loop-b")
+    put(d, "loop-b", fallback_model="loop-a")
+    put(d, "ring-1", fallback_model="ring-2")
+    put(d, "ring-2", fallback_model="ring-3")
+    put(d, "ring-3", fallback_model="ring-1")
+    put(d, "into-ring", fallback_model="ring-1")  # leads into a loop, is not part of one
+    put(d, "off-x", fallback_model="off-y", fallback_on_error=False)  # never falls back
+    put(d, "off-y", fallback_model="off-x")
+    assert main(["list", "--json", "--dir", str(d)]) == 0
+    captured = capsys.readouterr()
+    data, err = json.loads(captured.out), captured.err
+    warnings = [line for line in err.splitlines() if "fallback_model cycle" in line]
+    assert len(warnings) == 2, err
+    assert "loop-a -> loop-b -> loop-a" in warnings[0] and "Fix:" in warnings[0]
+    assert "ring-1 -> ring-2 -> ring-3 -> ring-1" in warnings[1]
+    models = by_key(data)
+    assert models["loop-b"]["note"] == "fallback_model cycle loop-a -> loop-b -> loop-a"
+    assert "cycle" in models["ring-3"]["note"]
+    assert models["into-ring"]["note"] is None
+    assert models["off-x"]["note"] is None and models["off-y"]["note"] is None
+
+    assert main(["list", "--dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(warning: fallback_model cycle loop-a -> loop-b -> loop-a)") == 2
+
+
 def test_table_output(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gguf = env / "cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
     gguf.parent.mkdir(parents=True)
