@@ -354,12 +354,12 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
     import llama_cpp
     import numpy as np
 
+    from saiverse_llm.sampling import logits_function
+
     def loop(llm: Any) -> tuple[float, float]:
         ctx = llm.ctx
         n_vocab = int(llm.n_vocab())
-        logits_at = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
-            ("llama_get_logits_ith", llama_cpp.llama_cpp._lib)
-        )
+        logits_at = logits_function()
         decode = llama_cpp.llama_decode
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)

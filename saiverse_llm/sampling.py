@@ -42,10 +42,11 @@ _logits_fn: Any = None
 _all_logits_fn: Any = None
 
 
-def _logits_function() -> Any:
-    """``llama_get_logits_ith`` with a prototype of our own returning ``void *``: the
-    address comes back as a plain int (None for NULL), without a ctypes pointer object
-    per token."""
+def logits_function() -> Any:
+    """``llama_get_logits_ith(ctx, idx)`` with a prototype of our own returning ``void *``:
+    the address of output row ``idx``'s ``n_vocab`` float32 logits comes back as a plain
+    int (None for NULL), without a ctypes pointer object per token. Made once per process;
+    needs ``llama_cpp``. The one declaration of it (the benchmarks use it too)."""
     global _logits_fn
     if _logits_fn is None:
         import llama_cpp
@@ -57,7 +58,7 @@ def _logits_function() -> Any:
 
 def _all_logits_function() -> Any:
     """``llama_get_logits`` (every output row of the last decode, in batch order) returning
-    a plain address, like :func:`_logits_function`."""
+    a plain address, like :func:`logits_function`."""
     global _all_logits_fn
     if _all_logits_fn is None:
         import llama_cpp
@@ -85,7 +86,7 @@ def greedy_rows(
     base = _all_logits_function()(ctx)
     view = views.get((base, k))
     if view is None:
-        if not base or _logits_function()(ctx, k - 1) != base + 4 * n_vocab * (k - 1):
+        if not base or logits_function()(ctx, k - 1) != base + 4 * n_vocab * (k - 1):
             return None
         if len(views) > 16:
             views.clear()
@@ -143,7 +144,7 @@ class Sampler:
         self.vocab = vocab
         self.params = params
         self._views: dict[int | None, np.ndarray[Any, np.dtype[np.float32]]] = {}
-        self._logits_at = _logits_function()
+        self._logits_at = logits_function()
         self._chain: Any = None
         self._cands: Any = None
         self._cand_view: Any = None
