@@ -169,6 +169,22 @@ def _check_param(name: str, value: object) -> Any:
     return number
 
 
+def _check_stop(value: object) -> list[str]:
+    """``stop`` as a list of strings: a string, or a list or tuple of strings (None, handled
+    by the caller, means no stop strings); anything else is a :class:`ParameterError`."""
+    if isinstance(value, str):
+        return [value]
+    fix = "pass a string, a list of strings, or None for no stop strings"
+    if not isinstance(value, (list, tuple)):
+        raise ParameterError(f"parameter stop: bad value {value!r} (not a string or a list)", fix)
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ParameterError(
+                f"parameter stop: bad value {item!r} at stop[{index}] (not a string)", fix
+            )
+    return list(value)
+
+
 class LlamaCppClient:
     """SAIVerse-compatible llama.cpp client (see the module docstring).
 
@@ -553,7 +569,7 @@ class LlamaCppClient:
             elif name == "grammar":
                 grammar = value
             elif name == "stop":
-                stop = [value] if isinstance(value, str) else [str(s) for s in value]
+                stop = _check_stop(value)
             else:
                 logger.debug("%s: ignoring unsupported argument %r", self.model_name, name)
         if extra.get("ignore_eos") and (grammar is not None or response_schema is not None):

@@ -121,6 +121,29 @@ def test_stop_string_that_begins_the_reply(
     assert chunks == []
 
 
+@pytest.mark.parametrize(
+    ("stop", "named"),
+    [([None], "None at stop[0]"), ([STOP, 5], "5 at stop[1]"), (7, "7"), ([b"x"], "b'x'")],
+)
+def test_a_stop_that_is_not_strings_is_a_parameter_error(
+    make_client: Callable[..., Any], tiny: Path, stop: object, named: str
+) -> None:
+    """stop=[None] used to become the stop string "None" (and stop=7 a TypeError)."""
+    from saiverse_llm.user_errors import ParameterError
+
+    client = make_client(tiny)
+    messages = [{"role": "user", "content": "x"}]
+    for call in (client.generate, lambda *a, **k: "".join(client.generate_stream(*a, **k))):
+        with pytest.raises(ParameterError) as info:
+            call(messages, stop=stop, max_tokens=4)
+        text = str(info.value)
+        assert f"parameter stop: bad value {named}" in text and "Fix: pass a string" in text
+    g = f"alpha{STOP}beta"
+    for ok in (STOP, [STOP], (STOP,), None, [], [""]):
+        whole, chunks = both(client, messages, grammar=forced(g), stop=ok, max_tokens=64, seed=1)
+        assert whole == "".join(chunks) == ("alpha" if ok and ok != [""] else g), ok
+
+
 @pytest.mark.parametrize("n", [1, 7, 96])
 def test_max_tokens_is_exact(
     make_client: Callable[..., Any], tiny: Path, n: int, ours_only: None
