@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from saiverse_llm import native_loop
-from saiverse_llm.errors import GenerationError
+from saiverse_llm.errors import GenerationError, NanLogitsError
 from saiverse_llm.generation import Generation, check_decode
 from saiverse_llm.native_loop import NativeLoop
 from saiverse_llm.sampling import greedy_rows
@@ -1144,8 +1144,9 @@ class Engine:
         before the call's last step has decoded tokens past its end: they are dropped from
         its KV cells (``llama_memory_seq_rm``; a memory that cannot drop a tail loses the
         sequence's cached prefix instead), so its record and cells hold what the Python
-        loop's would. A row whose hook or tool-call filter raises fails alone (its cells are
-        freed). The same tokens as the Python loop: greedy is an argmax either way."""
+        loop's would. A row whose hook or tool-call filter raises, or whose logits hold NaN
+        (:class:`~saiverse_llm.errors.NanLogitsError`, as the Python loop), fails alone (its
+        cells are freed). The same tokens as the Python loop: greedy is an argmax either way."""
         k = len(plan)
         b = self._batch
         pos, raw = b.pos, b.raw
@@ -1198,18 +1199,25 @@ class Engine:
                     job, gen, reply = jobs[row], gens[row], replies[row]
                     start = job.n_past
                     sampled: list[int] = out[row : done * k : k]  # step by step, row by row
+                    failed: BaseException | None = None
+                    if sampled[-1] < 0:  # NaN logits at the call's last step (which ended it)
+                        sampled.pop()
+                        failed = NanLogitsError()  # unless the reply ended before that step
                     try:
-                        text, used = reply.push_many(sampled)
+                        text, used = reply.push_many(sampled) if sampled else ("", 0)
                         if text:
                             job._out.append(text)
                         if reply.done:
+                            failed = None
                             tail = gen.finish()
                             if tail:
                                 job._out.append(tail)
                     except Exception as exc:  # a hook or the tool-call filter: this request
+                        failed = exc
+                    if failed is not None:
                         job.tokens.extend(sampled)  # what its cells hold (freed as it fails)
                         job.n_past = start + done
-                        ended.append((job, _FAILED, exc))
+                        ended.append((job, _FAILED, failed))
                         go_on = False
                         continue
                     if reply.done:  # its last token is not decoded (as in the Python loop)

@@ -38,6 +38,21 @@ class RetryDivergedError(GenerationError):
     """A retried stream produced different text than was already yielded."""
 
 
+class NanLogitsError(GenerationError):
+    """The model's logits for the next token hold NaN: its arithmetic broke (a build for
+    another CPU or GPU, a faulty offload, a damaged model file). No token can be chosen
+    from them: greedy decoding fails the request in both steady loops (numpy's argmax
+    and the compiled loop's would otherwise pick different tokens), and a retry gives the
+    same NaN."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the model's logits for the next token hold NaN (its arithmetic broke: a build "
+            "for another CPU or GPU, a faulty GPU offload, or a damaged model file). Fix: "
+            "run `llama-harness doctor`, try n_gpu_layers 0, and check the file's SHA-256"
+        )
+
+
 class TransientError(RuntimeError):
     """Raise (e.g. from a hook) to mark an error as worth one retry."""
 

@@ -43,32 +43,52 @@ typedef float *(*sv_logits_fn)(void *ctx);
 /* The first index of the largest of x[0..n) that is not flagged in skip (skip may be NULL),
  * as numpy's argmax: the maximum of each block of SV_BLOCK values in SV_LANES independent
  * lanes (which compilers vectorize), then the first index holding the maximum. -1 when
- * every value is skipped. */
+ * every value is skipped; SV_NAN when x holds a NaN (numpy's argmax would return the first
+ * NaN: the caller fails the row, as the Python loop does). */
+#define SV_NAN (-2)
 SV_CLONES static int32_t sv_argmax(const float *x, int32_t n, const uint8_t *skip) {
     if (skip != NULL) {
         int32_t best = -1;
-        for (int32_t i = 0; i < n; i++)
+        for (int32_t i = 0; i < n; i++) {
+            if (x[i] != x[i]) return SV_NAN;
             if (!skip[i] && (best < 0 || x[i] > x[best])) best = i;
+        }
         return best;
     }
     float best = x[0];
     int32_t where = 0;
+    int32_t nan = x[0] != x[0];
     for (int32_t b = 0; b < n; b += SV_BLOCK) {
         int32_t len = n - b < SV_BLOCK ? n - b : SV_BLOCK;
         const float *y = x + b;
         float acc[SV_LANES];
-        for (int j = 0; j < SV_LANES; j++) acc[j] = y[0];
+        int32_t odd[SV_LANES];
+        for (int j = 0; j < SV_LANES; j++) {
+            acc[j] = y[0];
+            odd[j] = 0;
+        }
         int32_t i = 0;
         for (; i + SV_LANES <= len; i += SV_LANES)
-            for (int j = 0; j < SV_LANES; j++) acc[j] = y[i + j] > acc[j] ? y[i + j] : acc[j];
+            for (int j = 0; j < SV_LANES; j++) {
+                acc[j] = y[i + j] > acc[j] ? y[i + j] : acc[j];
+                odd[j] |= y[i + j] != y[i + j];
+            }
         float m = acc[0];
-        for (int j = 1; j < SV_LANES; j++) m = acc[j] > m ? acc[j] : m;
-        for (; i < len; i++) m = y[i] > m ? y[i] : m;
+        for (int j = 1; j < SV_LANES; j++) {
+            m = acc[j] > m ? acc[j] : m;
+            nan |= odd[j];
+        }
+        nan |= odd[0];
+        for (; i < len; i++) {
+            m = y[i] > m ? y[i] : m;
+            nan |= y[i] != y[i];
+        }
         if (m > best) {
             best = m;
             where = b;
         }
     }
+    if (nan) return SV_NAN;
     int32_t end = where + SV_BLOCK < n ? where + SV_BLOCK : n;
     for (int32_t i = where; i < end; i++)
         if (x[i] == best) return i;
@@ -84,7 +104,8 @@ static double sv_now(void) {
 /*
  * Returns the steps done (each decoded all k rows and sampled them). It stops early, after
  * a step, when a row that does not ignore end-of-generation sampled an end-of-generation
- * token, or when *knock no longer equals knock_seen (work arrived for the scheduler). A
+ * token, when a row's logits held a NaN (its token at that step is -1), or when *knock no
+ * longer equals knock_seen (work arrived for the scheduler). A
  * failed llama_decode stops it with *rc set to its return code (that step is not counted);
  * *rc is 0 otherwise. *t_decode gains the seconds spent in llama_decode and
  * llama_get_logits.
@@ -119,7 +140,10 @@ int32_t saiverse_greedy_steps(void *ctx, void *decode, void *get_logits, sv_batc
         for (int32_t row = 0; row < k; row++) {
             const float *x = logits + (int64_t)row * n_vocab;
             int32_t token = sv_argmax(x, n_vocab, NULL);
-            if (eog[token]) {
+            if (token == SV_NAN) {
+                token = -1;
+                ended = 1;
+            } else if (eog[token]) {
                 if (ignore_eos[row]) {
                     int32_t other = sv_argmax(x, n_vocab, eog);
                     if (other >= 0) token = other;

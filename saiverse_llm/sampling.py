@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from saiverse_llm.errors import NanLogitsError
 from saiverse_llm.vocab import Vocab
 
 #: Vocabularies at least this large take the numpy top-k route; below it llama.cpp's chain
@@ -81,7 +82,9 @@ def greedy_rows(
     ``llama_get_logits`` holds the output rows contiguously, in batch order (llama.h);
     that is checked against ``llama_get_logits_ith`` once per buffer address and row
     count, when the 2-D view of it is made and kept in ``views`` (the caller's cache).
-    None when the check fails: the caller then samples row by row."""
+    None when the check fails, or when a row's logits hold NaN: the caller then samples
+    row by row (and :meth:`Sampler.sample` fails that row with
+    :class:`~saiverse_llm.errors.NanLogitsError`)."""
     k = len(samplers)
     base = _all_logits_function()(ctx)
     view = views.get((base, k))
@@ -95,6 +98,8 @@ def greedy_rows(
         views[(base, k)] = view
     tokens: list[int] = view.argmax(axis=1).tolist()
     for row, token in enumerate(tokens):
+        if view[row, token] != view[row, token]:  # argmax is the first NaN when there is one
+            return None  # row by row: Sampler.sample fails that row alone
         sampler = samplers[row]
         if token in sampler._eog_set:  # ignore_eos: the best token that does not end
             logits = view[row]
@@ -252,6 +257,8 @@ class Sampler:
             if view is None:
                 view = self._view(address, idx)
             token = int(view.argmax())
+            if view[token] != view[token]:  # argmax is the first NaN when there is one
+                raise NanLogitsError()
             if token in self._eog_set:  # ignore_eos: the best token that does not end
                 view[self._eog] = -np.inf
                 token = int(view.argmax())

@@ -341,3 +341,63 @@ def test_a_replys_last_text_reaches_its_reader_before_the_job_is_wound_up(
     assert "".join(c for _, c in got) == want
     assert len(wound_up) == 1 and got[-1][0] < wound_up[0], (got[-1][0], wound_up)
     assert (engine.stats()["native_calls"] > 0) == (loop == "native")
+
+
+@pytest.fixture
+def nan_now_and_then(tiny: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny model whose output row for one token is +inf at one input of
+    the final projection, -inf at another and 0 elsewhere: that token's logit is NaN when
+    the two inputs have the same sign (inf - inf), +inf or -inf otherwise, so a reply meets
+    NaN logits at some step, not always the first (where the compiled loop never runs)."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "nan-tiny.gguf"
+    path.write_bytes(tiny.read_bytes())
+    reader = gguf.GGUFReader(path, "r+")
+    (output,) = [t for t in reader.tensors if t.name == "output.weight"]
+    assert output.tensor_type == gguf.GGMLQuantizationType.F32
+    row = output.data[100]
+    row[:] = 0.0
+    row[0], row[1] = np.inf, -np.inf
+    reader.data.flush()
+    return path
+
+
+def test_nan_logits_fail_the_request_after_the_same_text_on_both_loops(
+    model_of: Callable[[Path], Any], nan_now_and_then: Path
+) -> None:
+    """Greedy decoding on logits that hold NaN fails the request with NanLogitsError,
+    after the same text, on both loops, also when the NaN comes inside a compiled call
+    (numpy's argmax returned the first NaN, the compiled loop's skipped it: the two gave
+    different tokens, and neither said the numbers were broken). Its cells are freed."""
+    from saiverse_llm.errors import NanLogitsError
+
+    model = model_of(nan_now_and_then)
+    engine = model.engine
+
+    def attempt(prompt: list[int], loop: str) -> tuple[str, str, int]:
+        engine.native = loop == "native"
+        engine.flush()
+        before = engine.stats()["native_calls"]
+        job = submit(model, prompt, max_tokens=200)
+        pieces: list[str] = []
+        outcome = "done"
+        try:
+            for piece in job.chunks():
+                pieces.append(piece)
+        except NanLogitsError:
+            outcome = "nan"
+        assert engine.wait_idle(BLOCKED)
+        if outcome == "nan":
+            assert engine.cells_used() == 0
+        return "".join(pieces), outcome, engine.stats()["native_calls"] - before
+
+    in_a_call = 0
+    for i in range(40):
+        prompt = prompt_of(model, 100 + i)
+        py_text, py_end, _ = attempt(prompt, "python")
+        nat_text, nat_end, calls = attempt(prompt, "native")
+        assert (nat_text, nat_end) == (py_text, py_end), i
+        in_a_call += py_end == "nan" and calls > 0
+    assert in_a_call >= 2, "no reply met NaN logits inside a compiled call"
