@@ -11,6 +11,7 @@ from typing import Any
 from harness import paths
 from harness.doctor import build_log
 from harness.doctor.doctor import (
+    DOCTOR_STEPS,
     DoctorOptions,
     render_json,
     render_markdown,
@@ -20,6 +21,7 @@ from harness.doctor.doctor import (
 from saiverse_llm.atomic import atomic_write_text
 from saiverse_llm.cli_errors import int_arg, split_fix
 from saiverse_llm.config import N_GPU_LAYERS_RANGE
+from saiverse_llm.progress import StepProgress
 from saiverse_llm.tables import message_console
 from saiverse_llm.user_errors import UsageError
 
@@ -88,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         logs=logs,
         probe_tokens=args.tokens,
     )
-    with err.status(f"inspecting the llama_cpp of {python} ..."):
+    with StepProgress("doctor") as bar:
+        options.progress = lambda what, done, total: bar.update(done, total, phase=what)
         report = run_doctor(options)
+        bar.update(len(DOCTOR_STEPS), len(DOCTOR_STEPS))
     if args.json:
         sys.stdout.write(render_json(report) + "\n")
     else:

@@ -39,6 +39,7 @@ from typing import Any
 
 from harness.build import toolchain
 from harness.doctor import legacy_flags
+from harness.doctor.prefilter import may_match, search
 
 STEP_LABELS = {
     "pip": "pip (resolving / build dependencies)",
@@ -118,10 +119,6 @@ _CONFIGURED_BACKEND_RE = re.compile(r"-- Including (\w+) backend")
 _NOT_GPU = ("CPU", "BLAS", "RPC")
 
 
-# Any marker or error: most lines of a build log are neither, and one search skips them.
-_ANY_RE = re.compile(
-    "|".join(f"(?:{r.pattern})" for _, r in (*_STEP_MARKERS, *_ERRORS)), re.IGNORECASE
-)
 _KIND_RES = tuple(
     (step, re.compile(marker.pattern, re.IGNORECASE | re.MULTILINE))
     for step, marker in _STEP_MARKERS
@@ -137,15 +134,13 @@ def _first_error(lines: list[str]) -> tuple[str | None, int | None]:
     """
     step: str | None = None
     for i, line in enumerate(lines):
-        if not _ANY_RE.search(line):
-            continue
         for name, marker in _STEP_MARKERS:
-            if marker.search(line):
+            if may_match(marker, line) and marker.search(line):
                 if not (step in ("import", "runtime") and name in ("compile", "link")):
                     step = name
                 break
         for implied, pattern in _ERRORS:
-            if pattern.search(line):
+            if may_match(pattern, line) and pattern.search(line):
                 if implied in ("import", "runtime", "link") or step in (None, "pip"):
                     step = implied
                 return step, i
@@ -199,9 +194,9 @@ def _reason(lines: list[str], index: int) -> str:
 def failing_step(text: str) -> tuple[str | None, str | None, bool]:
     """(step, the line that says why, whether a build failed) for a whole log."""
     lines = text.splitlines()
-    build_failed = bool(_BUILD_FAILED_RE.search(text))
+    build_failed = bool(search(_BUILD_FAILED_RE, text))
     step, index = _first_error(lines)
-    skbuild = _SKBUILD_STEP_RE.search(text)
+    skbuild = search(_SKBUILD_STEP_RE, text)
     if skbuild and step not in ("import", "runtime"):  # scikit-build-core names the phase
         if skbuild.group(1).lower() == "configuration":
             step = "configure"
@@ -231,8 +226,16 @@ def _unused_variables(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _search(pattern: str, text: str, flags: int = 0) -> re.Match[str] | None:
+    """``re.search``, skipped when the pattern's words are not in ``text`` (prefilter)."""
+    return search(re.compile(pattern, flags), text)
+
+
 def _last(pattern: str, text: str, flags: int = re.IGNORECASE) -> re.Match[str] | None:
-    matches = list(re.finditer(pattern, text, flags))
+    compiled = re.compile(pattern, flags)
+    if not may_match(compiled, text):
+        return None
+    matches = list(compiled.finditer(text))
     return matches[-1] if matches else None
 
 
@@ -255,7 +258,7 @@ def _cuda_facts(text: str) -> dict[str, Any]:
             if number is not None and number not in archs:
                 archs.append(number)
     facts["log.cuda_archs"] = archs or None
-    bad = re.search(r"Unsupported gpu architecture '(compute_|sm_)?(\d+)\w*'", text, re.I)
+    bad = _search(r"Unsupported gpu architecture '(compute_|sm_)?(\d+)\w*'", text, re.I)
     arch = int(bad.group(2)) if bad else None
     facts["log.unsupported_arch"] = arch
     release = toolchain.release_tuple(version)
@@ -278,7 +281,7 @@ def _compiler_facts(text: str) -> dict[str, Any]:
     cxx = _last(r"The CXX compiler identification is (\w+ [\d.]+)|CUDA host compiler is "
                 r"(\w+ [\d.]+)", text)  # fmt: skip
     facts["log.host_compiler"] = next((g for g in cxx.groups() if g), None) if cxx else None
-    limit = re.search(
+    limit = _search(
         r"unsupported GNU version! gcc versions later than (\d+)|unsupported clang version! "
         r"clang version must be less than (\d+)|unsupported Microsoft Visual Studio version! "
         r"Only the versions between (\d+) and (\d+)",
@@ -301,7 +304,7 @@ def _compiler_facts(text: str) -> dict[str, Any]:
     cmake = _last(r"using CMake ([\d.]+)|You are running version ([\d.]+)|cmake version "
                   r"([\d.]+)", text)  # fmt: skip
     facts["log.cmake_version"] = next((g for g in cmake.groups() if g), None) if cmake else None
-    required = re.search(r"CMake ([\d.]+) or higher is required|Could not find CMake with "
+    required = _search(r"CMake ([\d.]+) or higher is required|Could not find CMake with "
                          r"version >=\s*([\d.]+)", text)  # fmt: skip
     facts["log.cmake_required"] = (
         next((g for g in required.groups() if g), None) if required else None
@@ -313,7 +316,7 @@ def _vulkan_facts(text: str) -> dict[str, Any]:
     missing: list[str] = []
     for m in re.finditer(r"Could NOT find Vulkan \(missing:\s*([^)]*)\)", text):
         missing += m.group(1).split()
-    if re.search(r"Vulkan_GLSLC_EXECUTABLE-NOTFOUND|glslc: (command )?not found", text):
+    if _search(r"Vulkan_GLSLC_EXECUTABLE-NOTFOUND|glslc: (command )?not found", text):
         missing.append("glslc")
     found = _last(r"(?:Found|find) Vulkan.*?\(found version \"([\d.]+)\"\)", text)
     return {
@@ -336,7 +339,7 @@ def _runtime_facts(text: str) -> dict[str, Any]:
         ("HIP", r"found \d+ ROCm devices|loaded ROCm backend"),
         ("SYCL", r"ggml_sycl|loaded SYCL backend"),
     ):  # fmt: skip
-        if re.search(pattern, text):
+        if _search(pattern, text):
             backends.append(backend)
     facts["log.runtime_gpu_backends"] = backends or None
     count = _last(r"found (\d+) (CUDA|ROCm) devices|Found (\d+) Vulkan devices|"
@@ -352,13 +355,13 @@ def _runtime_facts(text: str) -> dict[str, Any]:
     ]
     facts["log.gpu_compute_caps"] = list(dict.fromkeys(caps)) or None
     facts["log.wsl"] = bool(
-        re.search(
+        _search(
             r"/usr/lib/wsl|microsoft-standard-WSL|\bWSL ?2?\b|(^|\s)/mnt/[a-z]/", text, re.I | re.M
         )
     )
     # A GPU backend that was loaded but could not start (no device, driver too old, no
     # libcuda): "offloaded 0/N" after it is not an n_gpu_layers problem.
-    facts["log.gpu_backend_failed"] = bool(_BACKEND_FAILED_RE.search(text)) or (
+    facts["log.gpu_backend_failed"] = bool(search(_BACKEND_FAILED_RE, text)) or (
         facts["log.gpu_devices_found"] == 0
     )
     oom = _last(r"allocating ([\d.]+) MiB on device \d+: cudaMalloc failed|failed to allocate "
@@ -416,7 +419,7 @@ def log_facts(text: str | None) -> dict[str, Any]:
     if not text or not text.strip():
         return {"user.log": None, "log.build_failed": None}
     facts: dict[str, Any] = {"user.log": text}
-    kinds = {step for step, marker in _KIND_RES if marker.search(text)}
+    kinds = {step for step, marker in _KIND_RES if search(marker, text)}
     step, line, build_failed = failing_step(text)
     # a log of the failing line alone (no step marker before it) still shows that step
     facts["log.kinds"] = [s for s in STEPS if s in kinds or s == step]
@@ -431,11 +434,11 @@ def log_facts(text: str | None) -> dict[str, Any]:
         backends = sorted({canonical_backend(b) for b in configured})
         facts["log.configured_backends"] = backends
         facts["log.configured_gpu_backends"] = [b for b in backends if b not in _NOT_GPU]
-    error = re.search(r"CMake Error[^\n]*\n(?:\s*\n)?([^\n]+)", text)
+    error = _search(r"CMake Error[^\n]*\n(?:\s*\n)?([^\n]+)", text)
     facts["log.cmake_error"] = " ".join(error.group(0).split()) if error else None
     facts["log.cmake_unused"] = _unused_variables(text) or None
     # nvidia-container-cli refusing an image's NVIDIA_REQUIRE_CUDA ("cuda>=12.8")
-    required = re.search(r"unsatisfied condition: cuda\s*>=\s*(\d+\.\d+)", text)
+    required = _search(r"unsatisfied condition: cuda\s*>=\s*(\d+\.\d+)", text)
     facts["log.required_cuda"] = required.group(1) if required else None
     facts["log.defines"] = legacy_flags.defines(text) or None
     version = _last(r"llama[_-]cpp[_-]python[-=]+(\d+\.\d+\.\d+)", text)

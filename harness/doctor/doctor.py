@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import yaml
 from harness.build import buildinfo
 from harness.build.buildinfo import BuildInfo, BuildInfoError
 from harness.doctor import build_log, legacy_flags
+from harness.doctor.prefilter import search
 from saiverse_llm import devices
 from saiverse_llm.devices import Runner
 from saiverse_llm.redact import redact_obj, redact_text
@@ -267,7 +268,7 @@ def _check(op: str, value: Any, arg: Any) -> bool:
     if op == "matches":
         pattern = re.compile(str(arg), re.IGNORECASE | re.MULTILINE)
         items = value if isinstance(value, list | tuple | set) else [value]
-        return any(pattern.search(str(v)) for v in items)
+        return any(search(pattern, str(v)) for v in items)
     if op == "in":
         return value in arg if isinstance(arg, list) else False
     if op in ("gt", "ge", "lt", "le"):
@@ -322,7 +323,7 @@ def _found(op: str, value: Any, arg: Any) -> str:
     if isinstance(value, str) and ("\n" in value or len(value) > 160):
         if op == "matches":
             pattern = re.compile(str(arg), re.IGNORECASE)
-            line = next((ln for ln in value.splitlines() if pattern.search(ln)), None)
+            line = next((ln for ln in value.splitlines() if search(pattern, ln)), None)
             if line is not None:
                 return _show(line.strip())
         if op == "contains":
@@ -856,6 +857,16 @@ def hint_facts(facts: Mapping[str, Any]) -> Facts:
 # --------------------------------------------------------------------------- the doctor
 
 
+#: The doctor's steps, in order, as its progress names them.
+DOCTOR_STEPS = (
+    "inspecting llama_cpp",
+    "reading the machine",
+    "reading the logs",
+    "probing offload",
+    "matching causes",
+)
+
+
 @dataclass
 class DoctorOptions:
     python: str = sys.executable
@@ -867,6 +878,13 @@ class DoctorOptions:
     env: Mapping[str, str] | None = None  # the environment to inspect (default os.environ)
     pip_env: Mapping[str, str] | None = None  # environment for `pip cache dir`
     probe_tokens: int = 16
+    # told each step as it starts: (what, steps done, steps in all); see DOCTOR_STEPS
+    progress: Callable[[str, int, int], None] | None = None
+
+    def step(self, what: str) -> None:
+        """Tell ``progress`` (if any) that step ``what`` (one of DOCTOR_STEPS) starts."""
+        if self.progress is not None:
+            self.progress(what, DOCTOR_STEPS.index(what), len(DOCTOR_STEPS))
 
 
 @dataclass
@@ -1052,6 +1070,7 @@ def collect_facts(
 ) -> tuple[Facts, BuildInfo | None, dict[str, dict[str, Any]]]:
     env = dict(os.environ if options.env is None else options.env)
     facts: Facts = {}
+    options.step("inspecting llama_cpp")
     host = host_facts()
     facts.update(host)
     info: BuildInfo | None = None
@@ -1069,14 +1088,17 @@ def collect_facts(
         facts["python.translated"] = bool(
             host.get("host.arm64_capable") and facts.get("python.machine") == "x86_64"
         )
+    options.step("reading the machine")
     nv = nvidia_facts()
     facts.update(nv)
     facts.update(cuda_facts(info, nv))
     facts.update(env_facts(env))
     facts.update(pip_cache_facts(pip_cache_dir(options.python, options.pip_env), info))
     facts.update(gpu_presence_facts(host, nv))
+    options.step("reading the logs")
     facts.update(user_input_facts(facts, options.commands, options.logs))
     facts.update(runtime_facts(options.kwargs))
+    options.step("probing offload")
     probes: dict[str, dict[str, Any]] = {}
     wants_probe = (options.probe or options.kwargs is not None) and bool(info and info.installed)
     model: Path | None = options.model
@@ -1145,6 +1167,7 @@ def diagnose(
 def run_doctor(options: DoctorOptions, causes: Sequence[Cause] | None = None) -> DoctorReport:
     facts, info, probes = collect_facts(options)
     env = dict(os.environ if options.env is None else options.env)
+    options.step("matching causes")
     return diagnose(facts, env, causes, info, probes)
 
 

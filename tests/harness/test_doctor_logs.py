@@ -241,3 +241,21 @@ def test_cli_json_of_a_log_with_secrets_is_valid_and_complete(tmp_path: Path) ->
     assert lines[0] == "print_info: BOS token        = 2 '<bos>'"
     assert "load_tensors: offloaded 0/29 layers to GPU" in lines
     assert "no-cuda-device" in [c["id"] for c in data["causes"]]
+
+
+def test_cli_shows_its_steps_as_progress(
+    tmp_path: Path, bare_python: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long --log run is never silent: each step is a progress line off a terminal (and a
+    line every 30 s while one lasts; a bar in a terminal), on stderr, the report unchanged."""
+    entry = load_entry(CORPUS_DIR / "38-case13-nvcc-124-native-120.yaml")
+    log = tmp_path / "pip-install.log"
+    log.write_text(entry["log"])
+    monkeypatch.setenv("LLAMA_HARNESS_PROGRESS", "lines")
+    proc = _cli("--python", bare_python, "--log", str(log))
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    for n, step in enumerate(doctor.DOCTOR_STEPS):
+        assert any(ln.startswith(f"doctor: {step} {n}/5 ") for ln in lines), proc.stderr
+    assert lines[-1].startswith("doctor: matching causes 5/5 (100%), done in"), proc.stderr
+    assert "Failing step:" in proc.stdout and "doctor:" not in proc.stdout
