@@ -58,7 +58,7 @@ from saiverse_llm.errors import (
     is_transient,
 )
 from saiverse_llm.fallback import Fallback, FallbackError, LocalGenerator, make_fallback
-from saiverse_llm.generation import Generation, ReplyBuilder, unseen
+from saiverse_llm.generation import Generation, ReplyBuilder, split_stops, unseen
 from saiverse_llm.loading import LoadedModel, LoadSpec
 from saiverse_llm.messages import Message, MessageError, normalize_messages
 from saiverse_llm.pool import Closable, ModelLoadError, ModelPool, default_pool
@@ -422,10 +422,12 @@ class LlamaCppClient:
             ignore_eos=ignore_eos,
             **extra,
         )
+        stops, stop_tokens = split_stops(model.vocab, [*request.stop, *prompt.stop])
         reply = ReplyBuilder(
             model.vocab,
             max_tokens=min(request.max_tokens, n_ctx - len(prompt.tokens)),
-            stop=[*request.stop, *prompt.stop],
+            stop=stops,
+            stop_tokens=stop_tokens,
             tool_filter=ToolCallStreamFilter(tool_names(request.tools)) if request.tools else None,
             ignore_eos=ignore_eos,
             on_text=on_text,

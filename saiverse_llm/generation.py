@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from saiverse_llm.errors import RetryDivergedError
@@ -43,6 +43,23 @@ _DECODE_CODES = {
 }
 
 
+def split_stops(vocab: Vocab, stops: Iterable[str]) -> tuple[list[str], list[int]]:
+    """``stops`` as ``(text stops, stop tokens)`` for :class:`ReplyBuilder`: a stop that
+    begins with a control token of ``vocab`` (a chat format's turn marker: ChatML's
+    ``<|im_end|>``, Gemma's ``"<end_of_turn>\\n"``) stops on that token only, so the same
+    characters written as plain text (in a tool call's arguments, in code the model
+    quotes) do not end the reply; any other stop stays text."""
+    texts: list[str] = []
+    tokens: list[int] = []
+    for stop in stops:
+        token = vocab.control_token(stop)
+        if token is None:
+            texts.append(stop)
+        elif token not in tokens:
+            tokens.append(token)
+    return texts, tokens
+
+
 class ReplyBuilder:
     """Tokens in, reply text out: UTF-8, stop strings, ``max_tokens``, tool-call filter.
 
@@ -50,7 +67,13 @@ class ReplyBuilder:
     ``finish()`` returns the rest. ``on_text(index, text)`` (optional) sees every piece of
     decoded model text before stop strings and filters (the client's retry hook).
     ``n_tokens`` counts completion tokens: every sampled token except an end-of-generation
-    one. ``finish_reason``: "stop" (end-of-generation token or stop string) or "length"."""
+    one or a stop token. ``finish_reason``: "stop" (end-of-generation token, stop token or
+    stop string) or "length".
+
+    ``stop_tokens``: token ids that end the reply when sampled, as an end-of-generation token
+    does (also with ``ignore_eos``): a chat format's turn marker that is one control token of
+    the vocabulary (ChatML's ``<|im_end|>``) stops on that token, never on the same
+    characters written as plain text (inside a tool call's arguments, say)."""
 
     def __init__(
         self,
@@ -58,6 +81,7 @@ class ReplyBuilder:
         *,
         max_tokens: int,
         stop: list[str] | None = None,
+        stop_tokens: Iterable[int] = (),
         tool_filter: ToolCallStreamFilter | None = None,
         ignore_eos: bool = False,
         on_text: Callable[[int, str], None] | None = None,
@@ -67,6 +91,7 @@ class ReplyBuilder:
         self.vocab = vocab
         self.max_tokens = max_tokens
         self.stops = [s for s in (stop or []) if s]
+        self.stop_tokens = frozenset(stop_tokens)
         self._hold = max((len(s) for s in self.stops), default=1) - 1
         #: the first characters of the stop strings: text without any of them (and with
         #: nothing held back) cannot contain a stop string or the start of one
@@ -98,7 +123,7 @@ class ReplyBuilder:
         if self.done:
             raise RuntimeError("ReplyBuilder.push after the reply is done")
         vocab = self.vocab
-        if not self.ignore_eos and vocab.is_eog(token):
+        if (not self.ignore_eos and vocab.is_eog(token)) or token in self.stop_tokens:
             self.done, self.finish_reason = True, "stop"
             return ""
         self.n_tokens += 1
@@ -138,10 +163,9 @@ class ReplyBuilder:
         vocab = self.vocab
         n = min(len(tokens), self.max_tokens - self.n_tokens)
         end = n  # tokens[:end] add text; tokens[end] (if < n) ends the reply
-        if not self.ignore_eos:
-            eog = vocab.eog_set()
-            if not eog.isdisjoint(tokens[:n]):
-                end = next(i for i in range(n) if tokens[i] in eog)
+        ends = self.stop_tokens if self.ignore_eos else self._ends()
+        if ends and not ends.isdisjoint(tokens[:n]):
+            end = next(i for i in range(n) if tokens[i] in ends)
         out = ""
         if end:
             decoder = self._decoder
@@ -172,6 +196,11 @@ class ReplyBuilder:
         if self.n_tokens >= self.max_tokens:
             self.done, self.finish_reason = True, "length"
         return out, n
+
+    def _ends(self) -> frozenset[int]:
+        """The ids that end the reply: end-of-generation and stop tokens."""
+        eog = self.vocab.eog_set()
+        return eog | self.stop_tokens if self.stop_tokens else eog
 
     def _push_each(self, tokens: list[int]) -> tuple[str, int]:
         pieces: list[str] = []

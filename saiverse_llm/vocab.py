@@ -105,6 +105,21 @@ class Vocab:
             self._eog_flags = flags
         return self._eog_flags
 
+    def control_token(self, text: str) -> int | None:
+        """The id of the control token ``text`` begins with (``<|im_end|>``,
+        ``<end_of_turn>`` of ``"<end_of_turn>\\n"``, ...), or None when ``text`` does not
+        begin with a control token of this vocabulary (plain text)."""
+        if not text:
+            return None
+        ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if not ids:
+            return None
+        token = int(ids[0])
+        if not int(self._llama_cpp.llama_vocab_get_attr(self.vocab, token)) & ATTR_CONTROL:
+            return None
+        raw = self._llama_cpp.llama_vocab_get_text(self.vocab, token).decode("utf-8", "replace")
+        return token if raw and text.startswith(raw) else None
+
     def control_texts(self, text: str) -> list[str]:
         """The distinct substrings of ``text`` that tokenizing with ``special=True`` would
         turn into control tokens, longest first. Empty for ordinary text."""

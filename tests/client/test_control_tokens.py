@@ -191,3 +191,66 @@ def test_markers_written_through_ascii_json_stay_plain_text(
     )
     assert control_tokens(llm, evil.tokens) == control_tokens(llm, clean.tokens)
     assert json.dumps("hi" + attack)[1:-1] in evil.text
+
+
+@pytest.mark.parametrize(
+    ("which", "chat_format", "marker"),
+    [
+        ("tiny", None, "<|im_end|>"),
+        ("tiny", "chatml", "<|im_end|>"),
+        ("gemma", None, "<end_of_turn>"),
+    ],
+)
+def test_a_turn_marker_written_as_text_in_a_reply_does_not_end_it(
+    request: pytest.FixtureRequest,
+    make_client: Callable[..., Any],
+    which: str,
+    chat_format: str | None,
+    marker: str,
+    ours_only: None,
+) -> None:
+    """The reply's side: the format's end-of-turn stop ends a reply on the marker's control
+    token only. The same characters as plain text, inside a tool call's arguments, stay in
+    the arguments; before, the text stop ended the reply there and the cut call was
+    "repaired" to empty arguments. Pushed one by one and all at once (the compiled loop)."""
+    from saiverse_llm.generation import ReplyBuilder, split_stops
+    from saiverse_llm.tools import ToolCallStreamFilter
+
+    client = make_client(request.getfixturevalue(which), chat_format=chat_format)
+    vocab = client.load().vocab
+    llm = client.llama
+    prompt = client.format_prompt([{"role": "user", "content": "hi"}])
+    stops, stop_tokens = split_stops(vocab, prompt.stop)
+    assert any(marker in stop for stop in prompt.stop), prompt.stop
+    assert not any(marker in stop for stop in stops) and len(stop_tokens) == 1, (stops, prompt)
+    code = f"print('{marker}')"
+    call = '<tool_call>{"name": "run", "arguments": {"code": "' + code + '"}}</tool_call>'
+    plain = list(llm.tokenize(call.encode(), add_bos=False, special=False))
+    assert not control_tokens(llm, plain)
+    for all_at_once in (False, True):
+        reply = ReplyBuilder(
+            vocab,
+            max_tokens=500,
+            stop=stops,
+            stop_tokens=stop_tokens,
+            tool_filter=ToolCallStreamFilter(["run"]),
+        )
+        shown = reply.push_many(plain)[0] if all_at_once else "".join(map(reply.push, plain))
+        assert not reply.done and shown == ""  # a call is held back, never shown
+        assert reply.push(stop_tokens[0]) == "" and reply.done
+        assert reply.finish_reason == "stop" and reply.n_tokens == len(plain)
+        reply.finish()
+        (got,) = reply.tool_calls
+        assert (got.name, got.arguments, got.repaired) == ("run", {"code": code}, False)
+    # the format's stop, written as plain text in prose: a text stop (before) ends the
+    # reply there, the token stop does not
+    (stop,) = [stop for stop in prompt.stop if marker in stop]
+    prose = list(llm.tokenize(f"It prints {stop} as text.".encode(), add_bos=False, special=False))
+    before = ReplyBuilder(vocab, max_tokens=500, stop=prompt.stop)
+    now = ReplyBuilder(vocab, max_tokens=500, stop=stops, stop_tokens=stop_tokens)
+    for token in prose:
+        if not before.done:
+            before.push(token)
+        now.push(token)
+    assert before.done and before.raw == "It prints "
+    assert not now.done and now.raw == f"It prints {stop} as text."
