@@ -598,6 +598,11 @@ def load_variant_dir(directory: Path) -> ResultSet:
 def collect(reports: Path) -> ResultSet:
     """Every variant folder under ``reports`` (those holding a results file)."""
     rs = ResultSet()
+    if reports.exists() and not reports.is_dir():
+        raise ReportError(
+            f"{reports}: is a file, not a folder; fix: pass the folder that holds "
+            "<variant>/bench.json (e.g. reports/), not a file in it"
+        )
     if not reports.is_dir():
         raise ReportError(
             f"{reports}: no such folder; fix: run `nox -s bench-<variant>` first or pass the "

@@ -337,6 +337,17 @@ def test_report_with_malformed_inputs(
     assert name in last
 
 
+def test_report_given_a_file_for_the_reports_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    bench = tmp_path / "bench.json"
+    bench.write_text("{}")
+    code, out, err = run(capsys, "llama-harness", ["report", "--reports", str(bench)])
+    last = assert_error_line(code, out, err, expect=2)
+    assert f"{bench}: is a file, not a folder" in last and "no such" not in last
+    assert "Fix: pass the folder that holds <variant>/bench.json" in last
+
+
 def test_an_unexpected_exception_is_an_internal_error_line_with_the_log(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
