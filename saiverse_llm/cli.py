@@ -53,7 +53,7 @@ from saiverse_llm.registry import (
     search_dirs,
     user_models_dir,
 )
-from saiverse_llm.tables import print_table
+from saiverse_llm.tables import message_console, print_table
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def _list_json(
 
 def _console() -> Console:
     # Piped output: lines are never wrapped at 80 columns (the table: saiverse_llm.tables)
-    return Console(soft_wrap=True)
+    return message_console()
 
 
 def _print_table(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
+from rich.text import Text
 
 from saiverse_llm import fit
 from saiverse_llm.cli_errors import float_arg, int_arg
@@ -166,7 +167,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         n_threads=args.n_threads,
     )
     console = message_console(err=True)
-    with console.status(f"loading {client.model_name} ({client.model_path}) ..."):
+    # a Text: a status string is always read as rich markup, and the names are the user's
+    with console.status(Text(f"loading {client.model_name} ({client.model_path}) ...")):
         report = client.load_report()
     with console.status(f"generating {args.tokens} tokens ..."):
         started = time.perf_counter()

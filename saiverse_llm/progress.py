@@ -128,11 +128,12 @@ class StepProgress:
 
             count = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
             self._rich = Progress(
-                TextColumn("[bold]{task.description}"),
+                # the label and phase hold names (variants, models, files): never markup
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 count,
                 TimeElapsedColumn(),
-                console=Console(file=self.stream),
+                console=Console(file=self.stream, markup=False),
                 transient=False,
             )
             self._rich.__enter__()

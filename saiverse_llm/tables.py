@@ -1,5 +1,11 @@
 """Tables both CLIs print: drawn by rich in a terminal, full-width plain text elsewhere.
 
+Every console made here has rich markup switched off: cells, titles and messages hold
+names and paths users chose (a config's ``display_name``, a model file ``a[/]b.gguf``), which
+rich would otherwise read as markup (``[bold]`` restyles, ``[/]`` raises ``MarkupError``).
+Colour comes from ``Text(..., style=...)`` and column styles, never from ``[red]`` in a
+string.
+
 In a terminal rich fits a table to the window. Piped or redirected (CI logs, ``> file``),
 rich would assume 80 columns and cut cells ("ll…", "pp5…", half a path). There the table is
 printed at its natural width, without colour, as a Markdown-style pipe table that reads in a
@@ -21,9 +27,10 @@ from rich.table import Table
 
 
 def message_console(*, err: bool = False, **options: Any) -> Console:
-    """The console for messages (not tables): rich markup and colour in a terminal, but long
-    lines are never wrapped at 80 columns, so a path in a log stays one piece."""
-    return Console(stderr=err, soft_wrap=True, **options)
+    """The console for messages (not tables): colour in a terminal (``Text`` styles; no
+    markup, see the module docstring), and long lines are never wrapped at 80 columns, so a
+    path in a log stays one piece."""
+    return Console(stderr=err, soft_wrap=True, markup=False, **options)
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:
@@ -36,13 +43,14 @@ def is_terminal(stream: IO[str] | None = None) -> bool:
 
 def plain_console(table: Table, stream: IO[str]) -> Console:
     """A console as wide as ``table`` needs, no colour, no terminal tricks."""
-    probe = Console(file=stream, width=100_000, no_color=True, force_terminal=False)
+    probe = Console(file=stream, width=100_000, no_color=True, force_terminal=False, markup=False)
     width = probe.measure(table).maximum
     return Console(
         file=stream,
         width=max(40, width + 1),
         no_color=True,
         force_terminal=False,
+        markup=False,
         emoji=False,
         highlight=False,
         soft_wrap=False,
@@ -54,7 +62,7 @@ def print_table(table: Table, *, err: bool = False, stream: IO[str] | None = Non
     full-width plain pipe table otherwise."""
     out = stream if stream is not None else (sys.stderr if err else sys.stdout)
     if is_terminal(out):
-        Console(file=out).print(table)
+        Console(file=out, markup=False).print(table)
         return
     out.write(plain_text(table))
     out.flush()

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from harness.ship import bundle
 from saiverse_llm.cli_errors import ArgumentParser
 from saiverse_llm.tables import message_console
@@ -141,7 +143,7 @@ def _make(args: argparse.Namespace) -> int:
 
         def step(message: str) -> None:
             console.log(message)
-            status.update(message)
+            status.update(Text(message))  # a str would be read as rich markup
 
         report = bundle.build_bundle(spec, step=step)
     if report.slim is not None:

@@ -130,6 +130,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
 
+    from rich.text import Text
+
     from harness.models.model_manifest import ManifestError, ModelFetchError, ensure_model
 
     err = message_console(err=True, highlight=False)
@@ -141,7 +143,7 @@ def run_fetch(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 offline=True if args.offline else None,
                 manifest=args.manifest,
-                say=lambda msg: err.print(f"[yellow]warning:[/] {msg}"),
+                say=lambda msg: err.print(Text.assemble(("warning:", "yellow"), f" {msg}")),
             )
         except (ManifestError, ModelFetchError) as exc:  # report it, go on with the next
             print(error_line_of(exc), file=sys.stderr)

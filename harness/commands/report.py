@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markdown import Markdown
+    from rich.text import Text
 
     from harness.bench.report import write_report
     from saiverse_llm.tables import is_terminal
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     reports: Path = args.reports or paths.reports_dir()
     out: Path = args.output or reports / "report"
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    with console.status(f"collecting results from {reports}"):
+    with console.status(Text(f"collecting results from {reports}")):  # a str is markup
         result = write_report(
             reports,
             out,
@@ -101,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
         assert result.regressions is not None
         bad = [r for r in result.regressions if r.regressed]
         console.print(
-            f"[red]{len(bad)} regression(s) beyond {args.threshold:g}% against {args.compare}[/red]"
+            Text(
+                f"{len(bad)} regression(s) beyond {args.threshold:g}% against {args.compare}",
+                style="red",
+            )
         )
         return 1
     return 0

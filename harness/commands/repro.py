@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from harness.doctor import repro
 from saiverse_llm.redact import redact_text
 from saiverse_llm.tables import message_console
@@ -24,10 +26,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("no replay case given", "name CASE.yaml file(s) or --all")
     results = []
     for case in cases:
-        with err.status(f"replaying {case.id} ...") as status:
+        with err.status(Text(f"replaying {case.id} ...")) as status:  # a str is markup
 
             def say(message: str, status: Any = status) -> None:
-                status.update(message)
+                status.update(Text(message))
                 err.print(redact_text(message), markup=False)
 
             try:

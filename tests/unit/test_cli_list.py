@@ -217,6 +217,18 @@ def test_a_fallback_cycle_is_one_warning_naming_it(
     assert out.count("(warning: fallback_model cycle loop-a -> loop-b -> loop-a)") == 2
 
 
+def test_names_with_rich_markup_are_shown_as_written(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[/] in a path made rich raise MarkupError (an internal error); [bold] was eaten."""
+    d = env / "ud" / "models"
+    put(d, "[red]z", display_name="[bold]B[/bold] x[/]y", model_path="/m/a[/]b.gguf")
+    assert main(["list", "--dir", str(d)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "[red]z" in line)
+    assert "[bold]B[/bold] x[/]y" in row and "/m/a[/]b.gguf" in row
+
+
 def test_table_output(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gguf = env / "cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
     gguf.parent.mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,34 @@ def test_messages_in_a_log_are_not_wrapped_at_80_columns(
     )
     err = capsys.readouterr().err
     assert err == f"llama-bench: {LONG_PATH}/tools/bin/llama-bench (key 921936e3)\n"
+
+
+NAMES = ("x[/]y", "[bold]B[/bold]", "[red]r", "/m/a[/]b.gguf")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, _Terminal])
+def test_names_are_never_read_as_rich_markup(stream: type[io.StringIO]) -> None:
+    """A name a user chose ([/] made rich raise MarkupError; [bold] restyled the cell)."""
+    from saiverse_llm.progress import StepProgress
+    from saiverse_llm.tables import message_console
+
+    t = Table(title=f"check {NAMES[0]}")
+    t.add_column("key")
+    t.add_column("path")
+    for name in NAMES:
+        t.add_row(name, f"/models/{name}")
+    out = stream()
+    print_table(t, stream=out)
+    message_console(file=out, width=200).print(f"loading {NAMES[1]} {NAMES[0]}")
+    with StepProgress(f"download {NAMES[0]}", stream=out, bar=stream is _Terminal) as bar:
+        bar.update(1, 2, phase=NAMES[1])
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    for name in NAMES:
+        assert name in text and f"/models/{name}" in text
+    assert f"check {NAMES[0]}" in text and f"loading {NAMES[1]} {NAMES[0]}" in text
+    assert f"download {NAMES[0]}: {NAMES[1]}" in text
