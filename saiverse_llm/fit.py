@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from saiverse_llm import llama_archs
+from saiverse_llm.cgroup_memory import memory_headroom
 from saiverse_llm.config import DEFAULT_CONTEXT_CAP, ModelConfig
 from saiverse_llm.gguf_file import GGUFArray, GGUFInfo, MetadataValue, read_gguf
 from saiverse_llm.quant_types import (
@@ -1118,15 +1119,30 @@ def _meminfo(*fields: str) -> dict[str, int] | None:
     return found if len(found) == len(fields) else None
 
 
-def host_available_bytes() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` (Linux), else ``None``."""
-    info = _meminfo("MemAvailable")
-    return None if info is None else info["MemAvailable"]
-
-
-def host_memory_limit_bytes() -> int | None:
-    """What this machine can still give a process: ``MemAvailable + SwapFree`` from
-    ``/proc/meminfo`` (Linux), else ``None``. An allocation beyond it cannot succeed
-    without the kernel's OOM killer ending a process."""
+def available_memory(
+    *, swap: bool, cgroup_root: Path | None = None, self_cgroup: Path | None = None
+) -> tuple[int, str] | None:
+    """(bytes, where the figure comes from) of system memory this process can still get:
+    ``MemAvailable`` (plus ``SwapFree`` with ``swap``) from ``/proc/meminfo``, or, when it
+    is smaller, the room under the memory limit of the process's cgroup, i.e. its container
+    (:func:`saiverse_llm.cgroup_memory.memory_headroom`; with ``swap`` the machine's
+    ``SwapFree`` is added to it: a cgroup's own swap limit is not read, so the figure errs
+    towards allowing). None when ``/proc/meminfo`` cannot be read (not Linux).
+    ``cgroup_root``/``self_cgroup``: see :func:`~saiverse_llm.cgroup_memory.memory_headroom`."""
     info = _meminfo("MemAvailable", "SwapFree")
-    return None if info is None else info["MemAvailable"] + info["SwapFree"]
+    if info is None:
+        return None
+    swap_free = info["SwapFree"] if swap else 0
+    plus = " + SwapFree" if swap else ""
+    found = (info["MemAvailable"] + swap_free, f"MemAvailable{plus}")
+    room = memory_headroom(cgroup_root, self_cgroup)
+    if room is not None and room + swap_free < found[0]:
+        found = (room + swap_free, f"the room under this container's cgroup memory limit{plus}")
+    return found
+
+
+def host_available_bytes() -> int | None:
+    """Free system memory for this process: ``available_memory(swap=False)``'s bytes
+    (MemAvailable, or the container's cgroup room when smaller); None: not Linux."""
+    found = available_memory(swap=False)
+    return None if found is None else found[0]

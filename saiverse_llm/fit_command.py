@@ -170,8 +170,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if probed is not None:
             device, memory, source = "GPU", probed[0], probed[1]
     if memory is None:
-        memory = fit.host_available_bytes()
-        source = "free system memory (MemAvailable)"
+        found = fit.available_memory(swap=False)
+        memory, source = (found[0], f"free system memory ({found[1]})") if found else (None, "")
     ngl = req.n_gpu_layers if device == "GPU" else 0
     plan = (
         fit.plan(

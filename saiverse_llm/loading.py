@@ -336,11 +336,13 @@ class LoadSpec:
         summary = check_gguf(path)
         n_ctx = self._resolve_n_ctx(summary)
         llama_cpp = llama_cpp_module()
+        available = fit.available_memory(swap=True)
         check_host_memory(
             self,
             n_ctx=n_ctx,
             gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
-            available=fit.host_memory_limit_bytes(),
+            available=available[0] if available else None,
+            source=available[1] if available else "",
         )
         kwargs: dict[str, Any] = {
             "model_path": str(path),
@@ -556,7 +558,8 @@ class ModelMemoryError(ModelLoadError):
     (:func:`check_host_memory` refused it before llama.cpp was called). ``requested_bytes``
     is the allocation that failed (None when llama.cpp did not say) or the system memory the
     load needs, ``what`` what it was for; ``available_bytes`` is what the machine had
-    (MemAvailable + SwapFree) when the load was refused beforehand, else None."""
+    (:func:`saiverse_llm.fit.available_memory` with swap) when the load was refused
+    beforehand, else None."""
 
     def __init__(
         self,
@@ -671,11 +674,17 @@ def host_load_bytes(spec: LoadSpec, *, n_ctx: int, gpu_offload: bool) -> dict[st
 
 
 def check_host_memory(
-    spec: LoadSpec, *, n_ctx: int, gpu_offload: bool, available: int | None
+    spec: LoadSpec,
+    *,
+    n_ctx: int,
+    gpu_offload: bool,
+    available: int | None,
+    source: str = "MemAvailable + SwapFree",
 ) -> None:
     """Refuse a load whose system memory (:func:`host_load_bytes`) is more than
-    :data:`MEMORY_GUARD_SLACK` times ``available`` (MemAvailable + SwapFree,
-    :func:`saiverse_llm.fit.host_memory_limit_bytes`; None: not Linux, no check) BEFORE
+    :data:`MEMORY_GUARD_SLACK` times ``available`` (:func:`saiverse_llm.fit.available_memory`
+    with swap: MemAvailable + SwapFree, or the room under the container's cgroup memory
+    limit when smaller; ``source`` says which, for the message; None: not Linux, no check) BEFORE
     llama.cpp is called: llama.cpp writes its per-cell KV state (~48 bytes per cell) before
     any buffer fails, and the kernel's OOM killer ends the process (or another one).
     ``SAIVERSE_LLM_MEMORY_GUARD=0`` turns the check off. Raises :class:`ModelMemoryError`
@@ -700,7 +709,7 @@ def check_host_memory(
         f"not enough memory to load {spec.model_name} ({spec.path}): {what} at n_ctx={n_ctx} "
         f"(n_gpu_layers={spec.n_gpu_layers}{'' if gpu_offload else ', a CPU-only build'}) "
         f"need {_size(requested)} ({requested:,} bytes) of system memory, and this machine "
-        f"has {_size(available)} ({available:,} bytes) available (MemAvailable + SwapFree); "
+        f"has {_size(available)} ({available:,} bytes) available ({source}); "
         "the load was refused before llama.cpp was called. Fix: "
         + _memory_fixes(spec, n_ctx=n_ctx)
         + f" (or set {MEMORY_GUARD_ENV}=0 to try anyway). Memory plan: "

@@ -121,6 +121,35 @@ def test_a_load_far_beyond_memory_is_refused_before_llama_cpp(tiny: Path, ours_o
     assert "complete GGUF" not in message
 
 
+def test_the_guard_takes_a_container_memory_limit_below_the_machine_s(
+    tiny: Path, ours_only: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a container whose cgroup allows 2 MiB more (memory.max), a load that fits the
+    machine's MemAvailable but not the container is refused, naming the container's limit
+    (before, the guard read /proc/meminfo only and the OOM killer ended the process)."""
+    from saiverse_llm import cgroup_memory
+    from saiverse_llm.client import LlamaCppClient
+    from saiverse_llm.loading import MEMORY_GUARD_ENV, ModelMemoryError
+
+    monkeypatch.delenv(MEMORY_GUARD_ENV, raising=False)
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "memory.max").write_text(f"{10 * 2**20}\n")
+    (root / "memory.current").write_text(f"{8 * 2**20}\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/\n")
+    monkeypatch.setattr(cgroup_memory, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroup_memory, "SELF_CGROUP", own)
+    client = LlamaCppClient(
+        str(tiny), context_length=4096, n_gpu_layers=0, fallback_on_error=False, n_threads=2
+    )
+    with pytest.raises(ModelMemoryError) as info:
+        client.generate([{"role": "user", "content": "hi"}], max_tokens=2)
+    available = info.value.available_bytes
+    assert available is not None and available >= 2 * 2**20
+    assert "cgroup memory limit" in str(info.value) and "before llama.cpp" in str(info.value)
+
+
 def overlapping_copy(src: Path, dst: Path) -> Path:
     """A copy of ``src`` whose output.weight data offset points into the previous tensor:
     llama.cpp refuses it with "tensor 'output.weight' has offset ..., expected ..."."""

@@ -117,12 +117,38 @@ def test_the_guard_can_be_turned_off_and_is_skipped_without_meminfo(
     check_host_memory(spec, n_ctx=400_000_000, gpu_offload=False, available=GIB)
 
 
-def test_available_memory_is_memavailable_plus_swapfree() -> None:
+def test_available_memory_is_memavailable_plus_swapfree(tmp_path: Path) -> None:
     text = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     if not text:
         pytest.skip("no /proc/meminfo")
     values = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in text.splitlines() if line}
-    limit = fit.host_memory_limit_bytes()
-    assert limit is not None
+    found = fit.available_memory(swap=True, cgroup_root=tmp_path / "no-cgroups")
+    assert found is not None and found[1] == "MemAvailable + SwapFree"
+    limit = found[0]
     expected = values["MemAvailable"] + values["SwapFree"]
     assert abs(limit - expected) < 512 * fit.MIB  # both read a moving figure
+
+
+def test_the_guard_names_a_container_limit_that_is_the_smaller(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cgroup v2 memory.max below the machine's free memory is what the guard compares
+    with, and the message says so (fake cgroup root; the real load path is
+    tests/client/test_load_errors.py)."""
+    monkeypatch.delenv(MEMORY_GUARD_ENV, raising=False)
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "memory.max").write_text(f"{64 * fit.MIB}\n")
+    (root / "memory.current").write_text(f"{60 * fit.MIB}\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/\n")
+    found = fit.available_memory(swap=False, cgroup_root=root, self_cgroup=own)
+    if found is None:
+        pytest.skip("no /proc/meminfo")
+    assert found[0] == 4 * fit.MIB
+    with pytest.raises(ModelMemoryError) as info:
+        check_host_memory(
+            _spec(tiny_gguf), n_ctx=65_536, gpu_offload=False, available=found[0], source=found[1]
+        )
+    assert "(the room under this container's cgroup memory limit)" in str(info.value)
+    check_host_memory(_spec(tiny_gguf), n_ctx=65_536, gpu_offload=False, available=64 * GIB)
