@@ -1173,7 +1173,9 @@ class Engine:
         try:
             while True:
                 room = min(reply.max_tokens - reply.n_tokens for reply in replies)
-                room = min(room, self.n_ctx_seq - int(pos[:k].max()), NATIVE_MAX_STEPS)
+                # each row's position is its n_past here (a call advances both)
+                top = max(job.n_past for job in jobs)
+                room = min(room, self.n_ctx_seq - top, NATIVE_MAX_STEPS)
                 if _scheduler.others_want(self) or self._t_step <= 0.0:
                     want = 1
                 else:

@@ -92,6 +92,7 @@ class ReplyBuilder:
         self.max_tokens = max_tokens
         self.stops = [s for s in (stop or []) if s]
         self.stop_tokens = frozenset(stop_tokens)
+        self._end_ids: frozenset[int] | None = None  # end-of-generation + stop tokens
         self._hold = max((len(s) for s in self.stops), default=1) - 1
         #: the first characters of the stop strings: text without any of them (and with
         #: nothing held back) cannot contain a stop string or the start of one
@@ -160,19 +161,22 @@ class ReplyBuilder:
         ``on_text`` sees the new text as one piece."""
         if self.done:
             raise RuntimeError("ReplyBuilder.push_many after the reply is done")
-        vocab = self.vocab
         n = min(len(tokens), self.max_tokens - self.n_tokens)
-        end = n  # tokens[:end] add text; tokens[end] (if < n) ends the reply
+        head = tokens if n == len(tokens) else tokens[:n]  # tokens[:end] add text
+        end = n  # tokens[end] (if < n) ends the reply
         ends = self.stop_tokens if self.ignore_eos else self._ends()
-        if ends and not ends.isdisjoint(tokens[:n]):
-            end = next(i for i in range(n) if tokens[i] in ends)
+        if ends and not ends.isdisjoint(head):
+            end = next(i for i in range(n) if head[i] in ends)
+            head = head[:end]
         out = ""
         if end:
+            # runs right after a compiled call, with cold caches: every step counts
             decoder = self._decoder
-            state = decoder.getstate()
-            text = decoder.decode(vocab.bytes_of(tokens[:end]))
-            window = self._pending + text
-            if any(stop in window for stop in self.stops):
+            stops = self.stops
+            state = decoder.getstate() if stops else None
+            text = decoder.decode(self.vocab.bytes_of(head))
+            window = self._pending + text if self._pending else text
+            if state is not None and any(stop in window for stop in stops):
                 decoder.setstate(state)  # push one by one to end on the right token
                 return self._push_each(tokens)
             self._utf8_clean = not decoder.getstate()[0]
@@ -184,12 +188,13 @@ class ReplyBuilder:
                 # hold back from the first character, within the last ``hold``, that
                 # begins a stop string (none: release everything)
                 split = len(window)
-                for k in range(max(0, len(window) - self._hold), len(window)):
-                    if window[k] in self._stop_starts:
-                        split = k
-                        break
-                self._pending = window[split:]
-                out = self._release(window[:split])
+                if self._stop_starts:
+                    for k in range(max(0, len(window) - self._hold), len(window)):
+                        if window[k] in self._stop_starts:
+                            split = k
+                            break
+                    self._pending = window[split:]
+                out = self._release(window[:split] if split < len(window) else window)
         if end < n:
             self.done, self.finish_reason = True, "stop"
             return out, end + 1
@@ -199,8 +204,10 @@ class ReplyBuilder:
 
     def _ends(self) -> frozenset[int]:
         """The ids that end the reply: end-of-generation and stop tokens."""
-        eog = self.vocab.eog_set()
-        return eog | self.stop_tokens if self.stop_tokens else eog
+        if self._end_ids is None:
+            eog = self.vocab.eog_set()
+            self._end_ids = eog | self.stop_tokens if self.stop_tokens else eog
+        return self._end_ids
 
     def _push_each(self, tokens: list[int]) -> tuple[str, int]:
         pieces: list[str] = []

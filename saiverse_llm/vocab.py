@@ -11,6 +11,7 @@ plain text. Thread-safe for readers (the caches only ever gain entries).
 from __future__ import annotations
 
 import ctypes
+import operator
 import threading
 from typing import Any
 
@@ -60,6 +61,10 @@ class Vocab:
     def bytes_of(self, tokens: list[int]) -> bytes:
         """The bytes ``tokens`` add to a reply, joined."""
         cached = self._pieces
+        if len(tokens) > 1:  # one C-level gather when every piece is known already
+            got = operator.itemgetter(*tokens)(cached)
+            if None not in got:
+                return b"".join(got)
         return b"".join([cached[t] or self.piece(t) for t in tokens])
 
     def text(self, token: int) -> str | None:
