@@ -42,8 +42,9 @@ class NanLogitsError(GenerationError):
     """The model's logits for the next token hold NaN: its arithmetic broke (a build for
     another CPU or GPU, a faulty offload, a damaged model file). No token can be chosen
     from them: greedy decoding fails the request in both steady loops (numpy's argmax
-    and the compiled loop's would otherwise pick different tokens), and a retry gives the
-    same NaN."""
+    and the compiled loop's would otherwise pick different tokens), sampling fails it too
+    (llama.cpp's chain would pick a token anyway, or abort the process inside a grammar),
+    and a retry gives the same NaN."""
 
     def __init__(self) -> None:
         super().__init__(

@@ -263,9 +263,13 @@ class Sampler:
                 view[self._eog] = -np.inf
                 token = int(view.argmax())
             return token
-        if self.route == "chain" and not self._eog.size:
-            return int(self._lc.llama_sampler_sample(self._chain, ctx, idx))
         logits = self.logits(ctx, idx)
+        if self.route == "chain":
+            top = logits.max()
+            if top != top:  # max is NaN when any logit is (the chain would pick a token
+                raise NanLogitsError()  # anyway, or abort the process inside a grammar)
+            if not self._eog.size:
+                return int(self._lc.llama_sampler_sample(self._chain, ctx, idx))
         if self._eog.size:
             logits[self._eog] = -np.inf
         if self.route == "chain":
@@ -277,6 +281,9 @@ class Sampler:
         n = logits.shape[0]
         whole = n - n % _BLOCK
         maxima = logits[:whole].reshape(-1, _BLOCK).max(axis=1)
+        top, tail = maxima.max(), logits[whole:].max(initial=-np.inf)
+        if top != top or tail != tail:  # max is NaN when any logit is (np.partition
+            raise NanLogitsError()  # would sort them last: no candidates, or wrong ones)
         # At least k blocks reach the k-th largest block maximum, so the top k logits are
         # all >= it: the candidates above this threshold contain the exact top k.
         threshold = np.partition(maxima, maxima.shape[0] - k)[maxima.shape[0] - k]

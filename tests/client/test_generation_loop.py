@@ -276,3 +276,56 @@ def test_greedy_rows_pick_what_each_rows_own_sampler_picks(
                 s.close()
     assert got == want == one_by_one
     assert got[1] != eog and got[2] == eog
+
+
+@pytest.fixture
+def nan_logits_gguf(tiny: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny model whose final projection holds NaN in one input column:
+    every logit of every step is NaN."""
+    import gguf
+
+    path = tmp_path / "nan-everywhere.gguf"
+    path.write_bytes(tiny.read_bytes())
+    reader = gguf.GGUFReader(path, "r+")
+    (output,) = [t for t in reader.tensors if t.name == "output.weight"]
+    assert output.tensor_type == gguf.GGMLQuantizationType.F32
+    output.data[:, 0] = float("nan")
+    reader.data.flush()
+    return path
+
+
+@pytest.mark.parametrize(
+    "route", ["chain", "chain+penalties", "chain+grammar", "top-k", "chain+ignore_eos"]
+)
+def test_nan_logits_fail_a_sampled_request_too(
+    make_client: Callable[..., Any],
+    nan_logits_gguf: Path,
+    ours_only: None,
+    route: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sampling at temperature > 0 from NaN logits fails the request with NanLogitsError,
+    as greedy decoding does, once (no retry). Before, llama.cpp's chain silently returned
+    one token again and again ('\\x1b' * 40 here, a normal-looking reply) and the numpy
+    top-k route (Gemma's vocabulary) raised "ValueError: could not broadcast input array
+    from shape (0,) into shape (2,)"."""
+    from saiverse_llm import sampling
+    from saiverse_llm.errors import NanLogitsError
+
+    kwargs: dict[str, Any] = {"temperature": 0.8, "max_tokens": 40, "seed": 3}
+    if route == "top-k":  # the route of large vocabularies, on the tiny one
+        monkeypatch.setattr(sampling, "FAST_TOP_K_MIN_VOCAB", 0)
+        kwargs["top_k"] = 2
+    elif route == "chain+penalties":
+        kwargs["repeat_penalty"] = 1.1
+    elif route == "chain+grammar":
+        kwargs["grammar"] = llama_cpp.LlamaGrammar.from_string('root ::= [a-z]+ "."', verbose=False)
+    elif route == "chain+ignore_eos":
+        kwargs["ignore_eos"] = True
+    client = make_client(nan_logits_gguf, context_length=512, max_retries=3)
+    messages = [{"role": "user", "content": "hello"}]
+    for call in (client.generate, lambda *a, **k: "".join(client.generate_stream(*a, **k))):
+        with pytest.raises(NanLogitsError):
+            call(messages, **kwargs)
+    assert "retrying" not in caplog.text
