@@ -60,7 +60,7 @@ from saiverse_llm.errors import (
 from saiverse_llm.fallback import Fallback, FallbackError, LocalGenerator, make_fallback
 from saiverse_llm.generation import Generation, ReplyBuilder, split_stops, unseen
 from saiverse_llm.loading import LoadedModel, LoadSpec
-from saiverse_llm.messages import Message, MessageError, normalize_messages
+from saiverse_llm.messages import Message, MessageError, normalize_messages, replace_surrogates
 from saiverse_llm.pool import Closable, ModelLoadError, ModelPool, default_pool
 from saiverse_llm.request import Reply, Request
 from saiverse_llm.sampling import Sampler, SamplingParams
@@ -171,18 +171,30 @@ def _check_param(name: str, value: object) -> Any:
 
 def _check_stop(value: object) -> list[str]:
     """``stop`` as a list of strings: a string, or a list or tuple of strings (None, handled
-    by the caller, means no stop strings); anything else is a :class:`ParameterError`."""
+    by the caller, means no stop strings); anything else is a :class:`ParameterError`.
+    UTF-16 surrogates are read as messages' are (:func:`replace_surrogates`: a pair is its
+    character, a lone one U+FFFD), with a warning."""
     if isinstance(value, str):
-        return [value]
-    fix = "pass a string, a list of strings, or None for no stop strings"
-    if not isinstance(value, (list, tuple)):
-        raise ParameterError(f"parameter stop: bad value {value!r} (not a string or a list)", fix)
-    for index, item in enumerate(value):
-        if not isinstance(item, str):
+        stops = [value]
+    else:
+        fix = "pass a string, a list of strings, or None for no stop strings"
+        if not isinstance(value, (list, tuple)):
             raise ParameterError(
-                f"parameter stop: bad value {item!r} at stop[{index}] (not a string)", fix
+                f"parameter stop: bad value {value!r} (not a string or a list)", fix
             )
-    return list(value)
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ParameterError(
+                    f"parameter stop: bad value {item!r} at stop[{index}] (not a string)", fix
+                )
+        stops = list(value)
+    fixed: list[str] = replace_surrogates(stops)
+    if fixed != stops:
+        logger.warning(
+            "parameter stop: UTF-16 surrogate(s) read as the characters they encode, a lone "
+            "one as U+FFFD (not encodable as UTF-8)"
+        )
+    return fixed
 
 
 class LlamaCppClient:

@@ -144,6 +144,22 @@ def test_a_stop_that_is_not_strings_is_a_parameter_error(
         assert whole == "".join(chunks) == ("alpha" if ok and ok != [""] else g), ok
 
 
+def test_a_stop_with_utf16_surrogates_is_read_as_messages_are(
+    make_client: Callable[..., Any], tiny: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop string from JSON written by a UTF-16 program ("\\ud83c\\udf38"): a pair is
+    the character it encodes, a lone surrogate is U+FFFD (with a warning), as in messages.
+    Before, the stop's control-token check encoded it and the request died with a
+    UnicodeEncodeError traceback."""
+    client = make_client(tiny)
+    messages = [{"role": "user", "content": "x"}]
+    g = "alpha\U0001f338beta"
+    for stop, want in (("\ud83c\udf38", "alpha"), (["\ud800"], g), ("a\udfffb", g)):
+        whole, chunks = both(client, messages, grammar=forced(g), stop=stop, max_tokens=64, seed=1)
+        assert whole == "".join(chunks) == want, stop
+    assert "surrogate" in caplog.text
+
+
 @pytest.mark.parametrize("n", [1, 7, 96])
 def test_max_tokens_is_exact(
     make_client: Callable[..., Any], tiny: Path, n: int, ours_only: None
