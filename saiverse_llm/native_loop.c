@@ -44,7 +44,10 @@ typedef float *(*sv_logits_fn)(void *ctx);
  * as numpy's argmax: the maximum of each block of SV_BLOCK values in SV_LANES independent
  * lanes (which compilers vectorize), then the first index holding the maximum. -1 when
  * every value is skipped; SV_NAN when x holds a NaN (numpy's argmax would return the first
- * NaN: the caller fails the row, as the Python loop does). */
+ * NaN: the caller fails the row, as the Python loop does). The lanes also sum the values:
+ * a sum is NaN only when its values hold a NaN or both infinities, and only then is x
+ * scanned for a NaN (a per-value NaN test in the lanes kept compilers from vectorizing:
+ * 2-3x slower on Gemma's 262k logits; the sums cost ~15%). */
 #define SV_NAN (-2)
 SV_CLONES static int32_t sv_argmax(const float *x, int32_t n, const uint8_t *skip) {
     if (skip != NULL) {
@@ -62,23 +65,23 @@ SV_CLONES static int32_t sv_argmax(const float *x, int32_t n, const uint8_t *ski
         int32_t len = n - b < SV_BLOCK ? n - b : SV_BLOCK;
         const float *y = x + b;
         float acc[SV_LANES];
-        int32_t odd[SV_LANES];
+        float sum[SV_LANES];
         for (int j = 0; j < SV_LANES; j++) {
             acc[j] = y[0];
-            odd[j] = 0;
+            sum[j] = 0.0f;
         }
         int32_t i = 0;
         for (; i + SV_LANES <= len; i += SV_LANES)
             for (int j = 0; j < SV_LANES; j++) {
                 acc[j] = y[i + j] > acc[j] ? y[i + j] : acc[j];
-                odd[j] |= y[i + j] != y[i + j];
+                sum[j] += y[i + j];
             }
         float m = acc[0];
         for (int j = 1; j < SV_LANES; j++) {
             m = acc[j] > m ? acc[j] : m;
-            nan |= odd[j];
+            nan |= sum[j] != sum[j];
         }
-        nan |= odd[0];
+        nan |= sum[0] != sum[0];
         for (; i < len; i++) {
             m = y[i] > m ? y[i] : m;
             nan |= y[i] != y[i];
@@ -88,7 +91,9 @@ SV_CLONES static int32_t sv_argmax(const float *x, int32_t n, const uint8_t *ski
             where = b;
         }
     }
-    if (nan) return SV_NAN;
+    if (nan)
+        for (int32_t i = 0; i < n; i++)
+            if (x[i] != x[i]) return SV_NAN;
     int32_t end = where + SV_BLOCK < n ? where + SV_BLOCK : n;
     for (int32_t i = where; i < end; i++)
         if (x[i] == best) return i;
