@@ -22,7 +22,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -334,56 +334,32 @@ def new_conversation(target: Any) -> None:
     llama_cpp.llama_perf_context_reset(llm.ctx)
 
 
-def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, float]:
-    """The fastest stream a Python caller can drive on ``model`` (a client's loaded model):
-    a bare loop of one-token ``llama_decode`` calls and a numpy argmax of the logits,
-    nothing else (no sampler object, no text, no second thread), for ``n_gen`` tokens
-    after ``prompt`` on the model's own context (sequence 0), run on the engine's
-    scheduler thread (``Engine.run_exclusive``: the thread every decode runs on; a decode
-    on another thread would give the process a second OpenMP team and slow every later
-    decode, see ``saiverse_llm.engine._Scheduler``).
-
-    Returns ``(ratio, c_rate)``: llama.cpp's eval seconds over the loop's wall seconds
-    (``llama_perf_context``, as ``stream<n>_ratio`` measures the client), and the C-side
-    eval rate in t/s. The ratio is the ceiling of a stream whose every token passes
-    through Python, on this model, machine and load: on a model that decodes a token in
-    ~0.1 ms, a ctypes call and an argmax are already a few percent of it (the client's
-    greedy steady state decodes in C, ``saiverse_llm.native_loop``, and can pass it)."""
-    import ctypes
-
+def _bare_loop(
+    model: Any, prompt: list[int], name: str, run: Callable[[Any, int], float]
+) -> tuple[float, float]:
+    """The frame of :func:`python_floor` and :func:`c_floor`: on the engine's scheduler
+    thread (``Engine.run_exclusive``: the thread every decode runs on; a decode on another
+    thread would give the process a second OpenMP team and slow every later decode, see
+    ``saiverse_llm.engine._Scheduler``), sequence 0 of the model's own context is cleared,
+    ``prompt`` decoded and llama.cpp's perf counters reset; then ``run(ctx, n_vocab)``
+    decodes from there and returns its wall seconds; the sequence and counters are cleared
+    again afterwards. Returns ``(ratio, c_rate)``: llama.cpp's eval seconds over those
+    wall seconds (``llama_perf_context``, as ``stream<n>_ratio`` measures the client), and
+    the C-side eval rate in t/s. ``name`` prefixes the errors."""
     import llama_cpp
-    import numpy as np
-
-    from saiverse_llm.sampling import logits_function
 
     def loop(llm: Any) -> tuple[float, float]:
         ctx = llm.ctx
-        n_vocab = int(llm.n_vocab())
-        logits_at = logits_function()
-        decode = llama_cpp.llama_decode
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
         llm.reset()
         try:
             ids = (llama_cpp.llama_token * len(prompt))(*prompt)
-            if decode(ctx, llama_cpp.llama_batch_get_one(ids, len(prompt))):
-                raise RuntimeError("python_floor: the prompt did not decode")
-            one = (llama_cpp.llama_token * 1)()
-            batch = llama_cpp.llama_batch_get_one(one, 1)
-            views: dict[int, Any] = {}
-            llama_cpp.llama_perf_context_reset(ctx)
-            t0 = time.perf_counter()
-            for _ in range(n_gen):
-                address = logits_at(ctx, -1)
-                view = views.get(address)
-                if view is None:
-                    view = np.ctypeslib.as_array((ctypes.c_float * n_vocab).from_address(address))
-                    views[address] = view
-                one[0] = int(view.argmax())
-                if decode(ctx, batch):
-                    raise RuntimeError("python_floor: a decode failed")
+            if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ids, len(prompt))):
+                raise RuntimeError(f"{name}: the prompt did not decode")
             llama_cpp.llama_synchronize(ctx)
-            wall = time.perf_counter() - t0
+            llama_cpp.llama_perf_context_reset(ctx)
+            wall = run(ctx, int(llm.n_vocab()))
             p = llama_cpp.llama_perf_context(ctx)
         finally:
             llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
@@ -396,16 +372,57 @@ def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, floa
     return result
 
 
+def python_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, float]:
+    """The fastest stream a Python caller can drive on ``model`` (a client's loaded model):
+    a bare loop of one-token ``llama_decode`` calls and a numpy argmax of the logits,
+    nothing else (no sampler object, no text, no second thread), for ``n_gen`` tokens
+    after ``prompt`` on the model's own context (sequence 0), run as :func:`_bare_loop`
+    says.
+
+    Returns ``(ratio, c_rate)`` (:func:`_bare_loop`). The ratio is the ceiling of a stream
+    whose every token passes through Python, on this model, machine and load: on a model
+    that decodes a token in ~0.1 ms, a ctypes call and an argmax are already a few percent
+    of it (the client's greedy steady state decodes in C, ``saiverse_llm.native_loop``,
+    and can pass it)."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from saiverse_llm.sampling import logits_function
+
+    def run(ctx: Any, n_vocab: int) -> float:
+        logits_at = logits_function()
+        decode = llama_cpp.llama_decode
+        one = (llama_cpp.llama_token * 1)()
+        batch = llama_cpp.llama_batch_get_one(one, 1)
+        views: dict[int, Any] = {}
+        t0 = time.perf_counter()
+        for _ in range(n_gen):
+            address = logits_at(ctx, -1)
+            view = views.get(address)
+            if view is None:
+                view = np.ctypeslib.as_array((ctypes.c_float * n_vocab).from_address(address))
+                views[address] = view
+            one[0] = int(view.argmax())
+            if decode(ctx, batch):
+                raise RuntimeError("python_floor: a decode failed")
+        llama_cpp.llama_synchronize(ctx)
+        return time.perf_counter() - t0
+
+    return _bare_loop(model, prompt, "python_floor", run)
+
+
 def c_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, float] | None:
     """The fastest stream any caller can drive on ``model`` (a client's loaded model) with
     this build: one call of the engine's own compiled loop
     (:meth:`saiverse_llm.native_loop.NativeLoop.steps`: one-token ``llama_decode``,
     ``llama_get_logits`` and an argmax per step, nothing else: no text, no second thread)
-    for ``n_gen`` tokens after ``prompt`` on the model's own context (sequence 0), on the
-    engine's scheduler thread, as :func:`python_floor`.
+    for ``n_gen`` tokens after ``prompt`` on the model's own context (sequence 0), run as
+    :func:`_bare_loop` says.
 
-    Returns ``(ratio, c_rate)`` as :func:`python_floor`, or None when the compiled loop is
-    off or could not be built here (``saiverse_llm.native_loop.why_not``). The ratio is the
+    Returns ``(ratio, c_rate)`` (:func:`_bare_loop`), or None when the compiled loop is off
+    or could not be built here (``saiverse_llm.native_loop.why_not``). The ratio is the
     ceiling of ``stream<n>_ratio`` for the client's greedy steady state on this model,
     machine and load: what llama.cpp's eval timer leaves out of every ``llama_decode``
     (the batch's checks before ``t_compute_start_us``) and the argmax."""
@@ -420,17 +437,9 @@ def c_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, float] | 
     if compiled is None:
         return None
 
-    def loop(llm: Any) -> tuple[float, float]:
-        ctx = llm.ctx
-        n_vocab = int(llm.n_vocab())
-        mem = llama_cpp.llama_get_memory(ctx)
-        llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
-        llm.reset()
+    def run(ctx: Any, n_vocab: int) -> float:
         batch = llama_cpp.llama_batch_init(1, 0, 1)
         try:
-            ids = (llama_cpp.llama_token * len(prompt))(*prompt)
-            if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ids, len(prompt))):
-                raise RuntimeError("c_floor: the prompt did not decode")
             first = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), (n_vocab,))
             batch.n_tokens = 1
             batch.token[0] = int(first.argmax())
@@ -441,35 +450,19 @@ def c_floor(model: Any, prompt: list[int], n_gen: int) -> tuple[float, float] | 
             no_eog = np.zeros(n_vocab, dtype=np.uint8)  # decode exactly n_gen steps
             ignore = np.ones(1, dtype=np.uint8)
             out = (ctypes.c_int32 * n_gen)()
-            llama_cpp.llama_perf_context_reset(ctx)
+            knock, steps = ctypes.c_int32(0), ctypes.c_int64(0)
             t0 = time.perf_counter()
             done, rc, _ = compiled.steps(
-                ctx,
-                batch,
-                1,
-                n_vocab,
-                n_gen,
-                no_eog,
-                ignore,
-                ctypes.c_int32(0),
-                0,
-                out,
-                ctypes.c_int64(0),
+                ctx, batch, 1, n_vocab, n_gen, no_eog, ignore, knock, 0, out, steps
             )
             wall = time.perf_counter() - t0
-            if rc or done != n_gen:
-                raise RuntimeError(f"c_floor: the loop stopped after {done} steps (rc {rc})")
-            p = llama_cpp.llama_perf_context(ctx)
         finally:
             llama_cpp.llama_batch_free(batch)
-            llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
-            llm.reset()
-            llama_cpp.llama_perf_context_reset(ctx)
-        t_eval = float(p.t_eval_ms) / 1000.0
-        return t_eval / wall, int(p.n_eval) / t_eval
+        if rc or done != n_gen:
+            raise RuntimeError(f"c_floor: the loop stopped after {done} steps (rc {rc})")
+        return wall
 
-    result: tuple[float, float] = model.engine.run_exclusive(loop)
-    return result
+    return _bare_loop(model, prompt, "c_floor", run)
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
