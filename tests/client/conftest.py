@@ -217,6 +217,21 @@ def copy_with_metadata(src: Path, dst: Path, values: dict[str, tuple[Any, Any]])
     return dst
 
 
+def copy_with_output(src: Path, dst: Path, edit: Callable[[Any], None]) -> Path:
+    """A copy of ``src`` (an f32 model: the tiny one) whose final projection
+    ``output.weight`` has been changed in place by ``edit(data)`` (``data``: the tensor as
+    a writable numpy array, one row per token)."""
+    import gguf
+
+    dst.write_bytes(src.read_bytes())
+    reader = gguf.GGUFReader(dst, "r+")
+    (output,) = [t for t in reader.tensors if t.name == "output.weight"]
+    assert output.tensor_type == gguf.GGMLQuantizationType.F32
+    edit(output.data)
+    reader.data.flush()
+    return dst
+
+
 @pytest.fixture(scope="session")
 def strict_gguf(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_with_template(

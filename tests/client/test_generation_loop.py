@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import copy_with_output
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
 
@@ -298,16 +299,11 @@ def test_greedy_rows_pick_what_each_rows_own_sampler_picks(
 def nan_logits_gguf(tiny: Path, tmp_path: Path) -> Path:
     """A copy of the tiny model whose final projection holds NaN in one input column:
     every logit of every step is NaN."""
-    import gguf
 
-    path = tmp_path / "nan-everywhere.gguf"
-    path.write_bytes(tiny.read_bytes())
-    reader = gguf.GGUFReader(path, "r+")
-    (output,) = [t for t in reader.tensors if t.name == "output.weight"]
-    assert output.tensor_type == gguf.GGMLQuantizationType.F32
-    output.data[:, 0] = float("nan")
-    reader.data.flush()
-    return path
+    def edit(data: Any) -> None:
+        data[:, 0] = float("nan")
+
+    return copy_with_output(tiny, tmp_path / "nan-everywhere.gguf", edit)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import copy_with_metadata
+from conftest import copy_with_metadata, copy_with_output
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the client suite needs a llama_cpp build")
 
@@ -349,19 +349,13 @@ def nan_now_and_then(tiny: Path, tmp_path: Path) -> Path:
     the final projection, -inf at another and 0 elsewhere: that token's logit is NaN when
     the two inputs have the same sign (inf - inf), +inf or -inf otherwise, so a reply meets
     NaN logits at some step, not always the first (where the compiled loop never runs)."""
-    import gguf
     import numpy as np
 
-    path = tmp_path / "nan-tiny.gguf"
-    path.write_bytes(tiny.read_bytes())
-    reader = gguf.GGUFReader(path, "r+")
-    (output,) = [t for t in reader.tensors if t.name == "output.weight"]
-    assert output.tensor_type == gguf.GGMLQuantizationType.F32
-    row = output.data[100]
-    row[:] = 0.0
-    row[0], row[1] = np.inf, -np.inf
-    reader.data.flush()
-    return path
+    def edit(data: Any) -> None:
+        data[100] = 0.0
+        data[100, 0], data[100, 1] = np.inf, -np.inf
+
+    return copy_with_output(tiny, tmp_path / "nan-tiny.gguf", edit)
 
 
 def test_nan_logits_fail_the_request_after_the_same_text_on_both_loops(
