@@ -122,7 +122,10 @@ def test_a_load_far_beyond_memory_is_refused_before_llama_cpp(tiny: Path, ours_o
 
 
 def test_the_guard_takes_a_container_memory_limit_below_the_machine_s(
-    tiny: Path, ours_only: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Path,
+    ours_only: None,
+    fake_cgroup: Callable[[int, int], tuple[Path, Path]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Inside a container whose cgroup allows 2 MiB more (memory.max), a load that fits the
     machine's MemAvailable but not the container is refused, naming the container's limit
@@ -132,12 +135,7 @@ def test_the_guard_takes_a_container_memory_limit_below_the_machine_s(
     from saiverse_llm.loading import MEMORY_GUARD_ENV, ModelMemoryError
 
     monkeypatch.delenv(MEMORY_GUARD_ENV, raising=False)
-    root = tmp_path / "cgroup"
-    root.mkdir()
-    (root / "memory.max").write_text(f"{10 * 2**20}\n")
-    (root / "memory.current").write_text(f"{8 * 2**20}\n")
-    own = tmp_path / "self-cgroup"
-    own.write_text("0::/\n")
+    root, own = fake_cgroup(10 * 2**20, 8 * 2**20)
     monkeypatch.setattr(cgroup_memory, "CGROUP_ROOT", root)
     monkeypatch.setattr(cgroup_memory, "SELF_CGROUP", own)
     client = LlamaCppClient(

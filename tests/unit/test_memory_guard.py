@@ -5,6 +5,7 @@ never are. Pure decision, no llama_cpp: the figures come from saiverse_llm.fit."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,18 +131,15 @@ def test_available_memory_is_memavailable_plus_swapfree(tmp_path: Path) -> None:
 
 
 def test_the_guard_names_a_container_limit_that_is_the_smaller(
-    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_gguf: Path,
+    fake_cgroup: Callable[[int, int], tuple[Path, Path]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A cgroup v2 memory.max below the machine's free memory is what the guard compares
     with, and the message says so (fake cgroup root; the real load path is
     tests/client/test_load_errors.py)."""
     monkeypatch.delenv(MEMORY_GUARD_ENV, raising=False)
-    root = tmp_path / "cgroup"
-    root.mkdir()
-    (root / "memory.max").write_text(f"{64 * fit.MIB}\n")
-    (root / "memory.current").write_text(f"{60 * fit.MIB}\n")
-    own = tmp_path / "self-cgroup"
-    own.write_text("0::/\n")
+    root, own = fake_cgroup(64 * fit.MIB, 60 * fit.MIB)
     found = fit.available_memory(swap=False, cgroup_root=root, self_cgroup=own)
     if found is None:
         pytest.skip("no /proc/meminfo")
